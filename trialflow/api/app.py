@@ -1,0 +1,165 @@
+"""The HTTP API. Routes verify, translate and dispatch; services do the work."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select
+
+from trialflow.api.serialize import trial_detail, trial_summary
+from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.trial import Trial
+from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
+from trialflow.runtime import Runtime
+from trialflow.services import signups
+
+log = logging.getLogger("trialflow.api")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    app = FastAPI(title="trialflow", version="0.1.0",
+                  description="Cloud-trial workflow orchestrator: every signup becomes a durable trial.")
+    app.state.runtime = rt
+
+    def runtime() -> Runtime:
+        return rt
+
+    RT = Annotated[Runtime, Depends(runtime)]
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request, _exc):
+        return error(413, f"The request body is too large ({rt.settings.max_body_bytes} bytes at most).")
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request, exc):
+        return error(404, str(exc))
+
+    @app.exception_handler(TransitionRefused)
+    async def _refused(_request, exc):
+        return error(409, str(exc), state=exc.state, trigger=exc.trigger)
+
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(_request, exc):
+        return error(403, str(exc))
+
+    @app.exception_handler(InvalidSignup)
+    async def _invalid(_request, exc):
+        return error(422, exc.message, field=exc.field)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(500, "Something went wrong on our side; it has been logged.")
+
+    @app.post("/api/signups", status_code=201, tags=["signups"])
+    async def create_signup(request: Request, rt: RT):
+        """Sign up for a cloud trial: routed and answered in this request."""
+        body = await read_body(request, rt.settings.max_body_bytes)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return error(400, 'The body must be JSON, like {"email": "bob@acme-corp.com"}.')
+        if not isinstance(data, dict):
+            return error(400, 'The body must be a JSON object, like {"email": "bob@acme-corp.com"}.')
+        if "email" not in data:
+            return error(422, "email is required.", field="email")
+        unknown = set(data) - {"email", "name", "company", "source"}
+        if unknown:
+            return error(422, f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+        signup = signups.SignupInput(email=data.get("email"), name=data.get("name"),
+                                     company=data.get("company"), source=data.get("source"))
+        try:
+            result = await run_in_threadpool(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
+        except InvalidSignup as exc:
+            return error(422, exc.message, field=exc.field)
+        except Exception as exc:  # noqa: BLE001 - the failsafe: never lose a signup, never a 500 page
+            log.exception("routing the signup failed")
+            try:
+                await run_in_threadpool(signups.keep_failed_signup, rt.uow, rt.settings, rt.clock, body, exc)
+            except Exception:  # noqa: BLE001
+                log.exception("could not keep the failed signup either")
+                return error(503, "We could not take your request right now. Please try again in a minute.")
+            return JSONResponse(status_code=202, content={
+                "trial_id": None, "case": None, "state": "received", "redirect_url": None,
+                "message": "Thanks! We have your request and our team will get back to you by email shortly.",
+            })
+        trial = result.trial
+        return JSONResponse(status_code=201 if result.created else 200, content={
+            "trial_id": trial.id, "case": trial.case, "state": trial.state,
+            "redirect_url": result.redirect_url, "message": result.message,
+        })
+
+    def _get(rt: Runtime, trial_id: str) -> dict:
+        with rt.session_factory() as session:
+            trial = session.get(Trial, trial_id)
+            if trial is None:
+                raise NotFound(f"No trial {trial_id}.")
+            return trial_detail(session, trial)
+
+    @app.get("/api/trials/{trial_id}", tags=["trials"])
+    def get_trial(trial_id: str, rt: RT):
+        """One trial with its people, deadlines and full history."""
+        return _get(rt, trial_id)
+
+    @app.get("/api/trials", tags=["trials"])
+    def list_trials(rt: RT, state: str | None = None, domain: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0):
+        """Trials, newest first, filtered by state and/or domain."""
+        if state is not None and state not in lc.STATES:
+            return error(422, f"Unknown state {state!r}; states are: {', '.join(lc.STATES)}.", field="state")
+        stmt = select(Trial)
+        if state:
+            stmt = stmt.where(tables.trials.c.state == state)
+        if domain:
+            stmt = stmt.where(tables.trials.c.domain == domain.strip().rstrip(".").lower())
+        stmt = stmt.order_by(tables.trials.c.created_at.desc(), tables.trials.c.id).limit(limit).offset(offset)
+        with rt.session_factory() as session:
+            trials = session.scalars(stmt).all()
+            return {"trials": [trial_summary(t) for t in trials], "count": len(trials)}
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz(rt: RT):
+        """Liveness and database reachability."""
+        try:
+            with rt.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001
+            return error(503, f"database unreachable: {type(exc).__name__}")
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(rt: RT):
+        """Prometheus text exposition."""
+        from trialflow.metrics import render
+        return PlainTextResponse(render(rt), media_type="text/plain; version=0.0.4")
+
+    for extra in getattr(rt, "extra_routers", []):
+        app.include_router(extra)
+    return app

@@ -1,0 +1,291 @@
+"""The ``trialflow`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+
+from trialflow.errors import ConfigError, TrialflowError
+
+
+def _runtime(args=None, **kw):
+    from trialflow.runtime import Runtime
+    return Runtime(**kw)
+
+
+def _parse_when(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"--at: {text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    if not sys.stderr.isatty() and done != total:
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    end = "\n" if done >= total else "\r"
+    sys.stderr.write(f"{label:<24} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}{end}")
+    sys.stderr.flush()
+
+
+def prepare_database(rt, load_config: bool = True) -> None:
+    """Migrations first, then the reference data from TRIALFLOW_CONFIG_DIR (if it is there)."""
+    from trialflow.db.migrate import upgrade
+    from trialflow.services.reference import load_reference_data
+    upgrade(rt.settings.database_url)
+    config_dir = Path(rt.settings.config_dir)
+    if load_config and (config_dir / "accounts.csv").exists():
+        report = load_reference_data(rt.session_factory, config_dir, rt.clock.now())
+        logging.getLogger("trialflow").info("reference data loaded from %s: %s accounts, %s staff, %s instances",
+                                            config_dir, report.accounts, report.staff, report.instances)
+        for w in report.warnings:
+            logging.getLogger("trialflow").warning(w)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from trialflow.api.app import create_app
+    from trialflow.delivery.wiring import start_delivery
+
+    rt = _runtime()
+    prepare_database(rt)
+    stop = start_delivery(rt, with_scheduler=True)
+    app = create_app(rt)
+    mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
+    logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
+                                        rt.engine.url.render_as_string(hide_password=True), mode)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    finally:
+        stop()
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    rt = _runtime()
+    prepare_database(rt, load_config=False)
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_config_load(args) -> int:
+    from trialflow.db.migrate import upgrade
+    from trialflow.services.reference import load_reference_data
+    rt = _runtime()
+    upgrade(rt.settings.database_url)
+    directory = Path(args.dir or rt.settings.config_dir)
+    try:
+        report = load_reference_data(rt.session_factory, directory, rt.clock.now(), progress=_progress)
+    except ConfigError as exc:
+        print(f"error: {exc}\nnothing was imported.", file=sys.stderr)
+        return 2
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
+          f"({report.pool_added} new in the pool) from {directory}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from trialflow.services.sweep import sweep
+    rt = _runtime()
+    prepare_database(rt, load_config=False)
+    report = sweep(rt, at=_parse_when(args.at) if args.at else None, dry_run=args.dry_run)
+    head = "would do" if args.dry_run else "did"
+    print(f"sweep at {report.at.isoformat()} {head} {len(report.actions)} thing(s) "
+          f"({report.timers_fired} timer(s), {report.promoted} promoted) in {report.seconds * 1000:.1f} ms")
+    for action in report.actions:
+        print(f"  {action}")
+    return 0
+
+
+def cmd_outbox(args) -> int:
+    from trialflow.db import tables
+    from trialflow.delivery.core import retry
+    from trialflow.services.outbox import redact
+    rt = _runtime()
+    if args.action == "retry":
+        if args.id is None:
+            print("usage: trialflow outbox retry ID", file=sys.stderr)
+            return 2
+        if not retry(rt, args.id):
+            print(f"effect {args.id} is not failed or pending (or does not exist)", file=sys.stderr)
+            return 1
+        print(f"effect {args.id} re-queued")
+        return 0
+    if args.action == "drain":
+        from trialflow.delivery.wiring import build_deliverer
+        print(json.dumps(build_deliverer(rt).drain_all()))
+        return 0
+    statuses = ("pending", "delivering", "failed") if args.status == "open" else (args.status,)
+    with rt.session_factory() as s:
+        rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses))
+                         .order_by(tables.outbox.c.id).limit(args.limit)).all()
+    if not rows:
+        print(f"no {args.status} effects")
+    for r in rows:
+        summary = redact(r.payload)
+        what = summary.get("text") or summary.get("title") or summary.get("template") or summary.get("name") or ""
+        print(f"{r.id:>6}  {r.status:<10} {r.kind:<14} attempts={r.attempts:<2} trial={r.trial_id or '-':<20} {str(what)[:70]}")
+        if r.last_error:
+            print(f"        last error: {r.last_error[:160]}")
+    return 0
+
+
+def cmd_trials(args) -> int:
+    from trialflow.api.serialize import trial_detail, trial_summary
+    from trialflow.db import tables
+    from trialflow.domain.trial import Trial
+    rt = _runtime()
+    with rt.session_factory() as s:
+        if args.action == "show":
+            trial = s.get(Trial, args.trial_id) if args.trial_id else None
+            if trial is None:
+                print(f"no trial {args.trial_id}", file=sys.stderr)
+                return 1
+            detail = trial_detail(s, trial)
+            if args.json:
+                print(json.dumps(detail, indent=2))
+            else:
+                print_timeline(detail)
+            return 0
+        stmt = select(Trial).order_by(tables.trials.c.created_at.desc()).limit(args.limit)
+        if args.state:
+            stmt = stmt.where(tables.trials.c.state == args.state)
+        trials = [trial_summary(t) for t in s.scalars(stmt)]
+    if args.json:
+        print(json.dumps(trials, indent=2))
+        return 0
+    for t in trials:
+        print(f"{t['trial_id']:<20} {t['state']:<20} {t['case'] or '-':<22} {t['email']}")
+    return 0
+
+
+def print_timeline(detail: dict, out=None) -> None:
+    out = out or sys.stdout
+    a = detail["assignees"]
+    print(f"{detail['trial_id']}  {detail['email']}  [{detail['case']}]  now: {detail['state']}", file=out)
+    if detail.get("instance_url"):
+        print(f"  instance {detail['instance_url']}", file=out)
+    print(f"  SDR {a['sdr'] or '-'} · AE {a['ae'] or '-'} · CE {a['ce'] or '-'}", file=out)
+    for h in detail["history"]:
+        arrow = f"{h['from_state']} → {h['to_state']}" if h["from_state"] != h["to_state"] else f"({h['to_state']})"
+        print(f"  {h['at'][:16].replace('T', ' ')}  {h['trigger']:<24} {arrow:<40} by {h['actor']}", file=out)
+    for kind, due in detail.get("deadlines", {}).items():
+        print(f"  next: {kind} at {due[:16].replace('T', ' ')}", file=out)
+
+
+def cmd_demo(args) -> int:
+    from trialflow.demo import run_demo
+    return run_demo(keep=args.keep)
+
+
+def cmd_worker(args) -> int:
+    from workers.celery_app import make_celery_app
+    app = make_celery_app()
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1"]
+    if args.queues:
+        argv.append(f"--queues={args.queues}")
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(args) -> int:
+    from workers.celery_app import make_celery_app
+    app = make_celery_app()
+    app.start(["beat", "--loglevel=INFO", "--schedule=/tmp/trialflow-celerybeat-schedule"])
+    return 0
+
+
+def cmd_license(args) -> int:
+    from trialflow.db import tables
+    rt = _runtime()
+    now = rt.clock.now().isoformat()
+    with rt.session_factory() as s, s.begin():
+        if not s.execute(tables.kv.update().where(tables.kv.c.key == "license_rotated_at").values(value=now)).rowcount:
+            s.execute(tables.kv.insert().values(key="license_rotated_at", value=now))
+    print(f"license rotation recorded at {now}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trialflow", description="Cloud-trial workflow orchestrator.")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="API + delivery + scheduler (migrates the database first)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+
+    c = sub.add_parser("config", help="reference data")
+    c.add_argument("action", choices=["load"])
+    c.add_argument("--dir", help="directory with accounts.csv, staff.csv, instances.csv (default TRIALFLOW_CONFIG_DIR)")
+    c.set_defaults(func=cmd_config_load)
+
+    w = sub.add_parser("sweep", help="run the 15/30-day clock and the queues once")
+    w.add_argument("--at", help="sweep as of this ISO-8601 time (default: now)")
+    w.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
+    w.set_defaults(func=cmd_sweep)
+
+    o = sub.add_parser("outbox", help="effects waiting or failed")
+    o.add_argument("action", nargs="?", choices=["list", "retry", "drain"], default="list")
+    o.add_argument("id", nargs="?", type=int)
+    o.add_argument("--status", default="open", choices=["open", "pending", "delivering", "failed", "delivered"])
+    o.add_argument("--limit", type=int, default=100)
+    o.set_defaults(func=cmd_outbox)
+
+    t = sub.add_parser("trials", help="list or show trials")
+    t.add_argument("action", choices=["list", "show"])
+    t.add_argument("trial_id", nargs="?")
+    t.add_argument("--state")
+    t.add_argument("--limit", type=int, default=50)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_trials)
+
+    d = sub.add_parser("demo", help="play the seed's story on a throw-away database")
+    d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
+    d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("worker", help="Celery worker (needs TRIALFLOW_BROKER_URL)")
+    k.add_argument("--concurrency", type=int, default=2)
+    k.add_argument("--queues")
+    k.set_defaults(func=cmd_worker)
+    sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule").set_defaults(func=cmd_beat)
+
+    lic = sub.add_parser("license", help="trial license key bookkeeping (the key itself is never stored)")
+    lic.add_argument("action", choices=["rotated"])
+    lic.set_defaults(func=cmd_license)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trialflow.logs import configure_logging
+    configure_logging(json_lines=args.log_json)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrialflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # settings validation
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

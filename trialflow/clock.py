@@ -1,0 +1,29 @@
+"""Injected time. Production reads the system clock; tests and the demo move a ManualClock."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class ManualClock:
+    def __init__(self, start: datetime | None = None):
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, **delta: float) -> datetime:
+        with self._lock:
+            self._now += timedelta(**delta)
+            return self._now
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when

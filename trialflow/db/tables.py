@@ -1,0 +1,182 @@
+"""The schema. Alembic migrations in ``trialflow/migrations`` are generated from, and checked against, this."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint, BigInteger,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: trialflow stores UTC-aware datetimes only")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+trials = Table(
+    "trials", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("domain", String(253), nullable=False, index=True),
+    Column("name", String(200)),
+    Column("company", String(200)),
+    Column("source", String(100)),
+    Column("case", String(32)),
+    Column("state", String(32), nullable=False, index=True),
+    Column("account_name", String(200)),
+    Column("instance_host", String(253), index=True),
+    Column("sdr", String(254)),
+    Column("ae", String(254)),
+    Column("ce", String(254)),
+    Column("opportunity_id", String(64)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("kept", Boolean, nullable=False, default=False),
+    Column("last_activity_at", UTCDateTime()),
+    Column("mql_points", Integer, nullable=False, default=0),
+    Column("pql_grade", String(1)),
+)
+
+trial_history = Table(
+    "trial_history", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("trial_id", String(32), ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("from_state", String(32), nullable=False),
+    Column("to_state", String(32), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("actor", String(254), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("detail", JSONType, nullable=False, default=dict),
+)
+
+accounts = Table(
+    "accounts", metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("account_name", String(200), nullable=False),
+    Column("prequalified", Boolean, nullable=False, default=False),
+    Column("named_account", Boolean, nullable=False, default=False),
+    Column("named_sdr", String(254)),
+    Column("owner_ae", String(254)),
+    Column("owner_ce", String(254)),
+)
+
+staff = Table(
+    "staff", metadata,
+    Column("email", String(254), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(32), nullable=False, index=True),
+    Column("slack_user_id", String(32), index=True),
+    Column("github_login", String(64), index=True),
+    Column("active", Boolean, nullable=False, default=True),
+)
+
+instances = Table(
+    "instances", metadata,
+    Column("host", String(253), primary_key=True),
+    Column("admin_email", String(254)),
+    Column("status", String(16), nullable=False, index=True),  # pool | live | terminated
+    Column("trial_id", String(32)),
+    Column("claimed_at", UTCDateTime()),
+)
+
+# One row per domain that has an instance: inserting the row is how a domain claims a pool
+# instance, so two concurrent signups from one fresh domain serialise on its primary key.
+domain_claims = Table(
+    "domain_claims", metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("instance_host", String(253)),  # NULL while the claim is being made
+    Column("trial_id", String(32)),
+    Column("claimed_at", UTCDateTime(), nullable=False),
+)
+
+timers = Table(
+    "timers", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("trial_id", String(32), ForeignKey("trials.id", ondelete="CASCADE")),
+    Column("kind", String(48), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("fired_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("trial_id", "kind", name="uq_timers_trial_id_kind"),
+)
+# The sweep only ever reads unfired timers by due time: the partial index keeps that cost
+# proportional to what is due, not to everything ever stored.
+Index("ix_timers_pending_due", timers.c.due_at,
+      postgresql_where=timers.c.fired_at.is_(None), sqlite_where=timers.c.fired_at.is_(None))
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("trial_id", String(32), index=True),
+    Column("kind", String(48), nullable=False),
+    Column("payload", JSONType, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_error", Text),
+    Column("result", JSONType),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+)
+Index("ix_outbox_pending", outbox.c.next_attempt_at,
+      postgresql_where=outbox.c.status == "pending", sqlite_where=outbox.c.status == "pending")
+
+round_robin = Table(
+    "round_robin", metadata,
+    Column("role", String(32), primary_key=True),
+    Column("position", BigInteger, nullable=False, default=0),
+)
+
+locks = Table(
+    "locks", metadata,
+    Column("name", String(64), primary_key=True),
+)
+
+failed_signups = Table(
+    "failed_signups", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("error", Text, nullable=False),
+)
+
+kv = Table(
+    "kv", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

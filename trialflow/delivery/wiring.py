@@ -1,0 +1,41 @@
+"""How committed effects get delivered: in-process (embedded default) or through Celery."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from trialflow.delivery.core import Deliverer
+from trialflow.delivery.transports import build_transports
+
+log = logging.getLogger("trialflow.delivery")
+SWEEP_EVERY_SECONDS = 60.0
+
+
+def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
+    kw = {"lease_seconds": lease_seconds} if lease_seconds else {}
+    return Deliverer(rt, transports or build_transports(rt.settings), **kw)
+
+
+def start_delivery(rt, with_scheduler: bool = True):
+    """Start delivery for ``trialflow serve``; returns a function that stops it."""
+    if rt.settings.broker_url:
+        from workers.tasks import dispatch
+        rt.wake = dispatch  # the API sends a Celery task per committed effect; beat relays the rest
+        return lambda: None
+    from trialflow.delivery.relay import InProcessRelay
+    from trialflow.services.sweep import sweep
+
+    last = {"at": 0.0}
+
+    def tick() -> None:
+        if with_scheduler and time.monotonic() - last["at"] >= SWEEP_EVERY_SECONDS:
+            last["at"] = time.monotonic()
+            report = sweep(rt)
+            if report.actions:
+                log.info("sweep: %s", "; ".join(report.actions))
+
+    relay = InProcessRelay(build_deliverer(rt), rt.settings.relay_interval_seconds, on_tick=tick)
+    rt.wake = relay.wake
+    relay.start()
+    return relay.stop

@@ -1,0 +1,128 @@
+"""``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from trialflow.clock import ManualClock
+
+STORY = [
+    ("bob@acme-corp.com", "Bob", "Acme Corp", "2.1: Acme Corp is a pre-qualified named account"),
+    ("alice@acme-corp.com", "Alice", "Acme Corp", "1: acme-corp.com now has an instance"),
+    ("gina@globex.com", "Gina", "Globex", "2.2: Globex is pre-qualified, not a named account"),
+    ("mallory@gmail.com", "Mallory", None, "3: a public email domain always goes to triage"),
+    ("sam@stark-industries.com", "Sam", "Stark Industries", "3.2: not pre-qualified, then qualified"),
+    ("tom@tinytown.dev", "Tom", None, "3.1: not pre-qualified, then disqualified"),
+]
+
+
+def _config_dir() -> Path:
+    here = Path.cwd() / "config"
+    if (here / "accounts.csv").exists():
+        return here
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def run_demo(keep: bool = False) -> int:
+    from trialflow.cli import print_timeline
+    from trialflow.api.serialize import trial_detail
+    from trialflow.db.migrate import upgrade
+    from trialflow.delivery.wiring import build_deliverer
+    from trialflow.delivery.dryrun import DryRunTransport
+    from trialflow.domain.trial import Trial
+    from trialflow.runtime import Runtime
+    from trialflow.services.reference import load_reference_data
+    from trialflow.services.signups import SignupInput, submit_signup
+    from trialflow.services.sweep import sweep
+    from trialflow.services.trials import Command, run
+    from trialflow.services.directory import Directory
+    from trialflow.settings import Settings
+
+    import logging
+    logging.getLogger("trialflow").setLevel(logging.WARNING)  # the story is the output; dry-run lines would drown it
+    tmp = Path(tempfile.mkdtemp(prefix="trialflow-demo-"))
+    settings = Settings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=_config_dir(), broker_url=None,
+                        slack_bot_token=None, github_token=None, smtp_url=None, _env_file=None)
+    clock = ManualClock()
+    rt = Runtime(settings, clock=clock)
+    upgrade(settings.database_url)
+    load_reference_data(rt.session_factory, settings.config_dir, clock.now())
+    transports = {k: DryRunTransport(k) for k in ("slack", "github", "email")}
+    deliverer = build_deliverer(rt, transports)
+
+    def act(trial_id, trigger, actor, github=False, **detail):
+        with rt.session_factory() as s:
+            people = Directory(s)
+            person = people.by_github_login(actor) if github else people.by_slack_id(actor)
+        return run(rt, Command(trial_id, trigger, actor, person, detail))
+
+    print(f"trialflow demo: {clock.now():%Y-%m-%d} · database {tmp / 'demo.db'} · Slack/GitHub/email dry-run\n")
+    ids = {}
+    for email, name, company, why in STORY:
+        result = submit_signup(rt.uow, settings, clock, SignupInput(email=email, name=name, company=company, source="demo"))
+        ids[email] = result.trial.id
+        print(f"signup {email:<28} → {result.trial.case:<22} {result.trial.state:<20} {result.redirect_url or ''}")
+        print(f"       case {why}")
+        clock.advance(minutes=7)
+
+    print("\npeople act in Slack and GitHub:")
+    act(ids["alice@acme-corp.com"], "confirm_user_added", "U0AE00001")
+    print("  Alice AE clicks 'User added' for alice@acme-corp.com")
+    act(ids["tom@tinytown.dev"], "disqualify", "U0SDR0001", reason="student project, no team")
+    print("  Ivy (inbound SDR) disqualifies tom@tinytown.dev → self-hosting email")
+    act(ids["sam@stark-industries.com"], "qualify", "U0SDR0001", opportunity_id="006DEMO0001")
+    print("  Ivy qualifies sam@stark-industries.com → channel, instance-request issue with the CE's email, welcome email")
+    act(ids["gina@globex.com"], "convert_to_opportunity", "U0SDR0001", opportunity_id="006DEMO0002")
+    act(ids["bob@acme-corp.com"], "convert_to_opportunity", "U0SDR0002", opportunity_id="006DEMO0003")
+    clock.advance(hours=20)
+    act(ids["sam@stark-industries.com"], "mark_instance_ready", "cody-cloud", github=True, host="https://stark-industries.sourcegraph.com")
+    print("  the cloud team labels the issue instance-ready")
+    with rt.session_factory() as s:
+        sam_ce = s.get(Trial, ids["sam@stark-industries.com"]).ce
+        ce_slack = Directory(s).by_email(sam_ce).slack_user_id
+    clock.advance(hours=2)
+    act(ids["sam@stark-industries.com"], "hand_off", ce_slack)
+    print("  the CE clicks 'Handed off': Sam's trial starts")
+
+    # Activity: Bob and Sam use their instances; Gina never does.
+    with rt.uow() as uow:
+        for email in ("bob@acme-corp.com", "sam@stark-industries.com"):
+            uow.session.get(Trial, ids[email]).last_activity_at = clock.now()
+        uow.commit()
+
+    for day in (13, 16, 31, 34):
+        clock.set(clock.now().replace(hour=9) + timedelta(days=day - _day(clock, rt, ids)))
+        report = sweep(rt)
+        print(f"\nday {day}: sweep ({len(report.actions)} action(s))")
+        for a in report.actions:
+            print(f"  {a}")
+    act(ids["bob@acme-corp.com"], "convert", "U0CE00001")
+    print("\n  Carol CE converts Acme Corp")
+    act(ids["sam@stark-industries.com"], "terminate", ce_slack, reason="chose self-hosted")
+    act(ids["sam@stark-industries.com"], "request_feedback", ce_slack)
+    print("  Sam's CE terminates (went self-hosted) and asks for the feedback email")
+    outcome = deliverer.drain_all()
+    print(f"\neffects delivered (dry-run): {outcome.get('delivered', 0)} — "
+          + ", ".join(f"{k}: {len(t.delivered)}" for k, t in transports.items()))
+
+    print("\ntimelines:")
+    with rt.session_factory() as s:
+        for email in ids:
+            print()
+            print_timeline(trial_detail(s, s.get(Trial, ids[email])))
+    rt.close()
+    if keep:
+        print(f"\ndemo database kept at {tmp / 'demo.db'}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _day(clock, rt, ids) -> int:
+    """Days since the story's first trial started (Bob's)."""
+    from trialflow.domain.trial import Trial
+    with rt.session_factory() as s:
+        start = s.get(Trial, ids["bob@acme-corp.com"]).started_at
+    return (clock.now() - start).days

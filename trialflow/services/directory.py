@@ -1,0 +1,72 @@
+"""Who is who: staff from staff.csv, looked up by email, Slack user id or GitHub login."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from trialflow.db import tables
+from trialflow.db.sql import insert_ignore
+
+
+@dataclass(frozen=True)
+class Person:
+    email: str
+    name: str
+    role: str
+    slack_user_id: str | None
+    github_login: str | None
+    active: bool
+
+
+class Directory:
+    def __init__(self, session: Session):
+        self._session = session
+        self._by_email: dict[str, Person | None] = {}
+
+    def _one(self, where) -> Person | None:
+        row = self._session.execute(select(tables.staff).where(where)).first()
+        return Person(**row._mapping) if row else None
+
+    def by_email(self, email: str | None) -> Person | None:
+        if not email:
+            return None
+        if email not in self._by_email:
+            self._by_email[email] = self._one(tables.staff.c.email == email)
+        return self._by_email[email]
+
+    def by_slack_id(self, user_id: str) -> Person | None:
+        return self._one(tables.staff.c.slack_user_id == user_id)
+
+    def by_github_login(self, login: str) -> Person | None:
+        return self._one(tables.staff.c.github_login == login)
+
+    def mention(self, email: str | None) -> str:
+        """How a person appears in Slack text: <@U123> when we know their Slack id."""
+        if not email:
+            return "_unassigned_"
+        person = self.by_email(email)
+        if person and person.slack_user_id:
+            return f"<@{person.slack_user_id}>"
+        return person.name if person else email
+
+
+def next_in_rotation(session: Session, role: str) -> str | None:
+    """Round robin over active staff of ``role``, its position kept in the database.
+
+    The position row is updated in place (UPDATE ... RETURNING), so concurrent callers each get
+    the next person and the rotation survives restarts.
+    """
+    people = session.scalars(
+        select(tables.staff.c.email).where(tables.staff.c.role == role, tables.staff.c.active.is_(True))
+        .order_by(tables.staff.c.email)
+    ).all()
+    if not people:
+        return None
+    insert_ignore(session, tables.round_robin, {"role": role, "position": 0})
+    position = session.execute(
+        update(tables.round_robin).where(tables.round_robin.c.role == role)
+        .values(position=tables.round_robin.c.position + 1).returning(tables.round_robin.c.position)
+    ).scalar_one()
+    return people[(position - 1) % len(people)]

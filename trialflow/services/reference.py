@@ -1,0 +1,193 @@
+"""Reference data from ``TRIALFLOW_CONFIG_DIR``: accounts.csv, staff.csv, instances.csv.
+
+Every row is validated before anything is written; an error names the file and line, and the
+import is all-or-nothing (one transaction). accounts and staff are replaced wholesale (the CSV
+is the truth); instances are merged, because a pool instance claimed at run time must stay claimed.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from sqlalchemy import delete, insert, select, update
+
+from trialflow.db import tables
+from trialflow.db.sql import insert_ignore
+from trialflow.domain.normalize import PUBLIC_EMAIL_DOMAINS, normalize_domain, normalize_email
+from trialflow.errors import ConfigError, InvalidSignup
+
+ACCOUNT_COLUMNS = ["domain", "account_name", "prequalified", "named_account", "named_sdr", "owner_ae", "owner_ce"]
+STAFF_COLUMNS = ["email", "name", "role", "slack_user_id", "github_login", "active"]
+INSTANCE_COLUMNS = ["host", "admin_email", "status"]
+ROLES = {"inbound_sdr", "named_sdr", "ae", "ce", "cloud", "admin"}
+INSTANCE_STATUSES = {"live", "pool"}
+_TRUE = {"true", "yes", "y", "1"}
+_FALSE = {"false", "no", "n", "0", ""}
+
+Progress = Callable[[str, int, int], None]  # (file, rows done, rows total)
+
+
+@dataclass
+class LoadReport:
+    accounts: int = 0
+    staff: int = 0
+    instances: int = 0
+    pool_added: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _bool(value: str, column: str, path: str, line: int) -> bool:
+    v = (value or "").strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{column} must be true or false, not {value!r}", path, line)
+
+
+def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    if not path.exists():
+        raise ConfigError("file not found", str(path))
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ConfigError(f"header is missing column(s) {', '.join(missing)}; expected {','.join(columns)}", str(path), 1)
+        reader.fieldnames = header
+        for row in reader:
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            if None in row:
+                raise ConfigError(f"too many fields (expected {len(header)})", str(path), reader.line_num)
+            yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}
+
+
+def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None:
+    if not value:
+        if required:
+            raise ConfigError(f"{column} is required", path, line)
+        return None
+    try:
+        return normalize_email(value).address
+    except InvalidSignup as e:
+        raise ConfigError(f"{column}: {e.message}", path, line) from None
+
+
+def parse_accounts(path: Path, progress: Progress | None = None, total: int | None = None) -> list[dict]:
+    out: dict[str, dict] = {}
+    p = str(path)
+    for line, row in _rows(path, ACCOUNT_COLUMNS):
+        try:
+            domain = normalize_domain(row["domain"])
+        except InvalidSignup as e:
+            raise ConfigError(f"domain: {e.message}", p, line) from None
+        if domain in PUBLIC_EMAIL_DOMAINS:
+            raise ConfigError(f"{domain} is a public email domain and cannot be an account", p, line)
+        if domain in out:
+            raise ConfigError(f"domain {domain} is listed twice", p, line)
+        if not row["account_name"]:
+            raise ConfigError("account_name is required", p, line)
+        named = _bool(row["named_account"], "named_account", p, line)
+        prequalified = _bool(row["prequalified"], "prequalified", p, line)
+        if named and not prequalified:
+            raise ConfigError("a named account is always pre-qualified (set prequalified=true)", p, line)
+        out[domain] = {
+            "domain": domain, "account_name": row["account_name"], "prequalified": prequalified,
+            "named_account": named,
+            "named_sdr": _email(row["named_sdr"], "named_sdr", p, line),
+            "owner_ae": _email(row["owner_ae"], "owner_ae", p, line),
+            "owner_ce": _email(row["owner_ce"], "owner_ce", p, line),
+        }
+        if progress and len(out) % 5000 == 0:
+            progress("accounts.csv: validated", len(out), total or 0)
+    return list(out.values())
+
+
+def parse_staff(path: Path) -> list[dict]:
+    out: dict[str, dict] = {}
+    p = str(path)
+    for line, row in _rows(path, STAFF_COLUMNS):
+        email = _email(row["email"], "email", p, line, required=True)
+        if email in out:
+            raise ConfigError(f"{email} is listed twice", p, line)
+        role = row["role"].lower()
+        if role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(sorted(ROLES))}, not {row['role']!r}", p, line)
+        out[email] = {
+            "email": email, "name": row["name"] or email, "role": role,
+            "slack_user_id": row["slack_user_id"] or None, "github_login": (row["github_login"] or None),
+            "active": True if row["active"] == "" else _bool(row["active"], "active", p, line),
+        }
+    return list(out.values())
+
+
+def parse_instances(path: Path) -> list[dict]:
+    out: dict[str, dict] = {}
+    p = str(path)
+    for line, row in _rows(path, INSTANCE_COLUMNS):
+        try:
+            host = normalize_domain(row["host"])
+        except InvalidSignup as e:
+            raise ConfigError(f"host: {e.message}", p, line) from None
+        if host in out:
+            raise ConfigError(f"host {host} is listed twice", p, line)
+        status = row["status"].lower()
+        if status not in INSTANCE_STATUSES:
+            raise ConfigError(f"status must be live or pool, not {row['status']!r}", p, line)
+        admin = _email(row["admin_email"], "admin_email", p, line, required=(status == "live"))
+        out[host] = {"host": host, "admin_email": admin, "status": status}
+    return list(out.values())
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return max(sum(1 for _ in fh) - 1, 0)
+
+
+def load_reference_data(session_factory, config_dir: Path, now, progress: Progress | None = None) -> LoadReport:
+    config_dir = Path(config_dir)
+    accounts_path = config_dir / "accounts.csv"
+    total = _count_lines(accounts_path) if accounts_path.exists() else 0
+    accounts = parse_accounts(accounts_path, progress, total)
+    staff = parse_staff(config_dir / "staff.csv")
+    instances = parse_instances(config_dir / "instances.csv")
+    report = LoadReport(accounts=len(accounts), staff=len(staff), instances=len(instances))
+    known = {s["email"] for s in staff}
+    for a in accounts[:100000]:
+        for col in ("named_sdr", "owner_ae", "owner_ce"):
+            if a[col] and a[col] not in known:
+                report.warnings.append(f"accounts.csv: {a['domain']}: {col} {a[col]} is not in staff.csv")
+    del report.warnings[50:]
+
+    with session_factory() as session, session.begin():
+        session.execute(delete(tables.accounts))
+        batch = 5000
+        for i in range(0, len(accounts), batch):
+            session.execute(insert(tables.accounts), accounts[i:i + batch])
+            if progress:
+                progress("accounts.csv: written", min(i + batch, len(accounts)), len(accounts))
+        session.execute(delete(tables.staff))
+        if staff:
+            session.execute(insert(tables.staff), staff)
+        existing = {r.host: r for r in session.execute(select(tables.instances))}
+        for inst in instances:
+            current = existing.get(inst["host"])
+            if current is None:
+                session.execute(insert(tables.instances).values(**inst))
+                report.pool_added += inst["status"] == "pool"
+            elif current.status == "pool" and inst["status"] == "live":
+                session.execute(update(tables.instances).where(tables.instances.c.host == inst["host"])
+                                .values(status="live", admin_email=inst["admin_email"]))
+            if inst["status"] == "live":
+                domain = inst["admin_email"].split("@", 1)[1]
+                # The first live instance listed for a domain is where its signups go.
+                insert_ignore(session, tables.domain_claims, {
+                    "domain": domain, "instance_host": inst["host"], "trial_id": None, "claimed_at": now,
+                })
+        if report.pool_added:
+            # New pool capacity arrived: a later low-water mark may raise a new replenish request.
+            session.execute(delete(tables.kv).where(tables.kv.c.key == "pool_replenish_open"))
+    return report

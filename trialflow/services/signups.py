@@ -1,0 +1,244 @@
+"""Routing a signup inside the request (the seed's "First step"), answered in the same call.
+
+  public mailbox domain ......................... triage (case 3)
+  a domain (or parent) with a live instance ...... case 1: redirect there
+  pre-qualified account, fresh domain ............ case 2.1 / 2.2: claim a pool instance
+      pool empty or instance cap reached ......... waiting_for_capacity
+  anything else .................................. triage (case 3)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from trialflow.db import tables
+from trialflow.db.sql import insert_ignore, take_lock
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.normalize import Email, normalize_email
+from trialflow.domain.trial import (CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial,
+                                    new_trial_id)
+from trialflow.errors import InvalidSignup
+from trialflow.services import outbox, policies
+from trialflow.services.directory import next_in_rotation
+from trialflow.services.uow import UnitOfWork
+
+log = logging.getLogger("trialflow.signups")
+
+MESSAGES = {
+    lc.JOINING_EXISTING: "{domain} already has a Sourcegraph instance: we are taking you there. "
+                         "Its admin may need to add you; we have let your account team know.",
+    lc.ACTIVE: "Your Sourcegraph instance is ready. Check {email} for a link to set your password.",
+    lc.WAITING_FOR_CAPACITY: "Thanks! We are reviewing your request; we will email you as soon as your instance is ready.",
+    lc.TRIAGE: "Thanks! We are reviewing your request and will get back to you by email shortly.",
+}
+CAPACITY_LOCK = "capacity"
+
+
+@dataclass
+class SignupInput:
+    email: Any
+    name: str | None = None
+    company: str | None = None
+    source: str | None = None
+
+
+@dataclass
+class SignupResult:
+    trial: Trial
+    created: bool
+
+    @property
+    def message(self) -> str:
+        template = MESSAGES.get(self.trial.state, "Thanks! We have your request.")
+        return template.format(domain=self.trial.domain, email=self.trial.email)
+
+    @property
+    def redirect_url(self) -> str | None:
+        if self.trial.state in (lc.JOINING_EXISTING, lc.ACTIVE) and self.trial.instance_host:
+            return f"{self.trial.instance_url}/sign-in"
+        return None
+
+
+def _clean(value: Any, field: str, limit: int = 200) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidSignup(f"{field} must be text.", field)
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
+    return value or None
+
+
+def find_by_email(uow: UnitOfWork, address: str) -> Trial | None:
+    return uow.session.scalars(select(Trial).where(tables.trials.c.email == address)).first()
+
+
+def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResult:
+    email = normalize_email(data.email)
+    name = _clean(data.name, "name")
+    company = _clean(data.company, "company")
+    source = _clean(data.source, "source", 100)
+    with uow_factory() as uow:
+        existing = find_by_email(uow, email.address)
+        if existing is not None:
+            return SignupResult(existing, created=False)
+        now = clock.now()
+        trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
+        uow.session.add(trial)
+        _route(uow, settings, trial, email)
+        policies.apply(uow, trial, settings)
+        try:
+            uow.commit()
+        except IntegrityError:
+            # The same email arrived twice at once: the other request won; answer with its trial.
+            uow.rollback()
+            existing = find_by_email(uow, email.address)
+            if existing is None:
+                raise
+            return SignupResult(existing, created=False)
+        return SignupResult(trial, created=True)
+
+
+def _first_match(uow: UnitOfWork, table, column, candidates: list[str]):
+    rows = {r._mapping[column.name]: r for r in uow.session.execute(select(table).where(column.in_(candidates)))}
+    for domain in candidates:  # most specific first
+        if domain in rows:
+            return rows[domain]
+    return None
+
+
+def _route(uow: UnitOfWork, settings, trial: Trial, email: Email) -> None:
+    now = trial.created_at
+    if email.is_public:
+        trial.case = CASE_MANUAL
+        trial.fire("send_to_triage", actor=SYSTEM, at=now, reason="public email domain")
+        return
+    candidates = email.domain_candidates()
+    claim = _first_match(uow, tables.domain_claims, tables.domain_claims.c.domain, candidates)
+    if claim is not None and claim.instance_host:
+        _join_existing(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
+        return
+    account = _first_match(uow, tables.accounts, tables.accounts.c.domain, candidates)
+    if account is None or not account.prequalified:
+        trial.case = CASE_MANUAL
+        if account is not None:
+            trial.account_name = account.account_name
+            trial.domain = account.domain
+        trial.fire("send_to_triage", actor=SYSTEM, at=now)
+        return
+    trial.domain = account.domain
+    trial.account_name = account.account_name
+    trial.case = CASE_NAMED if account.named_account else CASE_UNNAMED
+    _assign_prequalified(uow, trial, account)
+    claim_for_domain(uow, settings, trial, now)
+
+
+def _join_existing(uow, trial: Trial, domain: str, host: str, owner_trial_id: str | None) -> None:
+    trial.case = CASE_EXISTING
+    trial.domain = domain
+    trial.instance_host = host
+    owner = uow.session.get(Trial, owner_trial_id) if owner_trial_id else None
+    account = uow.session.execute(select(tables.accounts).where(tables.accounts.c.domain == domain)).first()
+    trial.account_name = (owner.account_name if owner else None) or (account.account_name if account else None)
+    trial.ae = (owner.ae if owner else None) or (account.owner_ae if account else None)
+    trial.ce = (owner.ce if owner else None) or (account.owner_ce if account else None)
+    trial.fire("route_to_existing", actor=SYSTEM, at=trial.created_at, instance=host)
+
+
+def _assign_prequalified(uow, trial: Trial, account) -> None:
+    if account.named_account:
+        trial.sdr = account.named_sdr
+        trial.ae = account.owner_ae
+        trial.ce = account.owner_ce
+    trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
+    trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
+
+
+def has_capacity(uow: UnitOfWork, settings) -> bool:
+    holding = uow.session.scalar(
+        select(func.count()).select_from(tables.trials).where(tables.trials.c.state.in_(lc.HOLDING_INSTANCE)))
+    return holding < settings.instance_cap
+
+
+def claim_for_domain(uow: UnitOfWork, settings, trial: Trial, now) -> None:
+    """Give ``trial`` its domain's instance: the one already claimed, or a fresh pool instance.
+
+    Inserting the domain's claim row is the per-domain lock: on PostgreSQL a concurrent insert of
+    the same domain waits until this transaction ends, then finds the row and joins (case 1).
+    """
+    if not insert_ignore(uow.session, tables.domain_claims,
+                         {"domain": trial.domain, "instance_host": None, "trial_id": trial.id, "claimed_at": now}):
+        claim = uow.session.execute(select(tables.domain_claims).where(tables.domain_claims.c.domain == trial.domain)).first()
+        if claim is not None and claim.instance_host:
+            _join_existing(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
+            return
+        _wait(trial, now, "another signup of this domain is waiting for capacity")
+        return
+    take_lock(uow.session, CAPACITY_LOCK)
+    host = None
+    if has_capacity(uow, settings):
+        host = uow.session.scalar(
+            select(tables.instances.c.host).where(tables.instances.c.status == "pool")
+            .order_by(tables.instances.c.host).limit(1).with_for_update(skip_locked=True))
+    if host is None:
+        uow.session.execute(delete(tables.domain_claims).where(tables.domain_claims.c.domain == trial.domain))
+        _wait(trial, now, "instance cap reached" if not has_capacity(uow, settings) else "pool empty")
+        return
+    uow.session.execute(update(tables.instances).where(tables.instances.c.host == host).values(
+        status="live", admin_email=trial.email, trial_id=trial.id, claimed_at=now))
+    uow.session.execute(update(tables.domain_claims).where(tables.domain_claims.c.domain == trial.domain)
+                        .values(instance_host=host))
+    trial.instance_host = host
+    trial.fire("claim_pool_instance", actor=SYSTEM, at=now, instance=host)
+    _check_pool_low_water(uow, settings, now)
+
+
+def _wait(trial: Trial, now, reason: str) -> None:
+    if trial.state == lc.WAITING_FOR_CAPACITY:
+        return  # already in the queue: stays there, nothing new to record
+    trial.fire("wait_for_capacity", actor=SYSTEM, at=now, reason=reason)
+
+
+def _check_pool_low_water(uow: UnitOfWork, settings, now) -> None:
+    free = uow.session.scalar(select(func.count()).select_from(tables.instances).where(tables.instances.c.status == "pool"))
+    if free >= settings.pool_low_water:
+        return
+    # One request per low-water episode, not one per claim: the flag is cleared when config
+    # load brings new pool instances.
+    if not insert_ignore(uow.session, tables.kv, {"key": "pool_replenish_open", "value": now.isoformat()}):
+        return
+    episode = now.strftime("%Y%m%dT%H%M%S")
+    outbox.enqueue(uow, key=f"pool-replenish:{episode}", kind="github.issue", now=now, payload={
+        "issue_kind": "pool-replenish", "ref": f"pool-replenish:{episode}",
+        "title": f"Pre-provision more cloud trial instances ({free} left in the pool)",
+        "body": f"The pool of pre-provisioned trial instances is at {free}, below its low-water mark of "
+                f"{settings.pool_low_water}. Please pre-provision more and add them to instances.csv with status `pool`.\n\n"
+                f"<!-- trialflow:pool-replenish:{episode} -->",
+        "labels": ["cloud-trial", "pool-replenish"],
+    })
+
+
+def keep_failed_signup(session_factory, settings, clock, body: bytes, error: BaseException) -> None:
+    """The failsafe: routing failed, so keep the raw signup and queue an email to support."""
+    now = clock.now()
+    text = body.decode("utf-8", "replace")
+    with UnitOfWork(session_factory) as uow:
+        row_id = uow.session.execute(tables.failed_signups.insert().values(
+            received_at=now, body=text, error=f"{type(error).__name__}: {error}").returning(tables.failed_signups.c.id)).scalar_one()
+        try:
+            submitted = json.loads(text)
+        except ValueError:
+            submitted = {"raw": text[:2000]}
+        outbox.enqueue(uow, key=f"failed-signup:{row_id}", kind="email", now=now, payload={
+            "template": "support_failsafe", "to": settings.support_email, "cc": [], "from": None,
+            "context": {"signup": json.dumps(submitted, indent=2, default=str)[:4000], "error": type(error).__name__,
+                        "failed_signup_id": row_id},
+        })
+        uow.commit()
+    log.error("signup failed and was kept for support (failed_signups.id=%s): %s", row_id, type(error).__name__)

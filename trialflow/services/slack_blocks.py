@@ -1,0 +1,45 @@
+"""Block Kit for the messages trialflow posts. Buttons carry the trial id as their value.
+
+Every button's ``action_id`` is ``trial:<action>``; ``trialflow.api.slack`` maps it to a command.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+ACTIONS = {
+    "qualify": ("Qualify", "primary"),
+    "disqualify": ("Disqualify", "danger"),
+    "convert_to_opportunity": ("Converted to Opp", None),
+    "reassign": ("Reassign AE/CE", None),
+    "user_added": ("User added", "primary"),
+    "hand_off": ("Handed off", "primary"),
+    "keep": ("Keep", "primary"),
+    "extend": ("Extend", None),
+    "convert": ("Convert", "primary"),
+    "terminate": ("Terminate", "danger"),
+    "request_feedback": ("Request feedback email", None),
+}
+
+
+def section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def buttons(trial_id: str, *actions: str) -> dict[str, Any]:
+    elements = []
+    for action in actions:
+        label, style = ACTIONS[action]
+        button = {"type": "button", "action_id": f"trial:{action}", "value": trial_id,
+                  "text": {"type": "plain_text", "text": label}}
+        if style:
+            button["style"] = style
+        elements.append(button)
+    return {"type": "actions", "block_id": f"trial:{trial_id}", "elements": elements}
+
+
+def message(text: str, *blocks: dict[str, Any]) -> dict[str, Any]:
+    return {"text": text, "blocks": [section(text), *blocks]}

@@ -1,0 +1,221 @@
+"""Commands people (and the clock) give a trial. One handler per command; each runs in one
+transaction: load the trial with a row lock, check who may act, take the lifecycle step, write
+its effects to the outbox, commit."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from trialflow.db import tables
+from trialflow.db.sql import insert_ignore, take_lock
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.normalize import normalize_domain
+from trialflow.domain.trial import SYSTEM, Trial
+from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
+from trialflow.services import policies
+from trialflow.services.directory import Directory, Person, next_in_rotation
+from trialflow.services.signups import CAPACITY_LOCK, claim_for_domain, has_capacity
+from trialflow.services.uow import UnitOfWork
+
+SDR_ROLES = {"inbound_sdr", "named_sdr", "admin"}
+CLOUD_ROLES = {"cloud", "admin"}
+
+
+@dataclass
+class Command:
+    trial_id: str
+    trigger: str
+    actor: str = SYSTEM                 # "system", a Slack user id, or a GitHub login
+    person: Person | None = None        # who the actor is in staff.csv (None for the system)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def get_trial(uow: UnitOfWork, trial_id: str, lock: bool = False) -> Trial:
+    stmt = select(Trial).where(tables.trials.c.id == trial_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    trial = uow.session.scalars(stmt).first()
+    if trial is None:
+        raise NotFound(f"no trial {trial_id}")
+    return trial
+
+
+def authorize(trial: Trial, trigger: str, person: Person | None, actor: str) -> None:
+    """Raises NotAllowed unless this person may take this step on this trial."""
+    step = lc.STEPS.get(trigger)
+    if step is None:
+        raise TransitionRefused(trigger, trial.state, known=False)
+    if person is None:
+        if actor == SYSTEM and step.who in ("system", "owner", "sdr", "cloud"):
+            return
+        raise NotAllowed(f"{actor} is not in staff.csv, so they cannot take the step '{trigger}'")
+    if not person.active:
+        raise NotAllowed(f"{person.name} is not an active staff member")
+    if person.role == "admin":
+        return
+    if step.who == "sdr" and person.role in SDR_ROLES:
+        return
+    if step.who == "owner" and person.email in (trial.ce, trial.ae):
+        return
+    if step.who == "cloud" and person.role in CLOUD_ROLES:
+        return
+    needed = {"sdr": "an SDR", "owner": "the trial's CE or AE", "cloud": "the cloud team", "system": "trialflow itself"}[step.who]
+    raise NotAllowed(f"only {needed} can do this ({trigger}); {person.name} is {person.role}")
+
+
+def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command) -> Trial:
+    trial = get_trial(uow, cmd.trial_id, lock=True)
+    authorize(trial, cmd.trigger, cmd.person, cmd.actor)
+    if not trial.can(cmd.trigger):
+        raise TransitionRefused(cmd.trigger, trial.state)
+    handler = _HANDLERS.get(cmd.trigger, _plain)
+    handler(uow, settings, now, trial, cmd)
+    policies.apply(uow, trial, settings)
+    return trial
+
+
+def run(rt, cmd: Command) -> Trial:
+    """One command, one transaction."""
+    with rt.uow() as uow:
+        trial = handle(uow, rt.settings, rt.clock.now(), cmd)
+        uow.commit()
+        return trial
+
+
+def _plain(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    trial.fire(cmd.trigger, actor=cmd.actor, at=now, **cmd.detail)
+
+
+def _qualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    if cmd.person is not None:
+        trial.sdr = cmd.person.email
+    opp = (cmd.detail.get("opportunity_id") or "").strip()
+    if opp:
+        trial.opportunity_id = opp
+    # Not in accounts.csv: the account is named after the company the lead gave, or its domain.
+    trial.account_name = trial.account_name or trial.company or trial.domain
+    trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
+    trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
+    take_lock(uow.session, CAPACITY_LOCK)
+    if not has_capacity(uow, settings):
+        trial.fire("wait_for_capacity", actor=cmd.actor, at=now, reason="instance cap reached", qualified=True, **cmd.detail)
+        return
+    trial.fire("qualify", actor=cmd.actor, at=now, **cmd.detail)
+
+
+def _disqualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    reason = (cmd.detail.get("reason") or "").strip()
+    if not reason:
+        raise InvalidSignup("a disqualification needs a reason", "reason")
+    if cmd.person is not None:
+        trial.sdr = cmd.person.email
+    trial.fire("disqualify", actor=cmd.actor, at=now, reason=reason)
+
+
+def _convert_to_opp(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    opp = (cmd.detail.get("opportunity_id") or "").strip()
+    if opp:
+        trial.opportunity_id = opp
+    if cmd.person is not None and cmd.person.role in SDR_ROLES - {"admin"}:
+        trial.sdr = trial.sdr or cmd.person.email
+    trial.fire("convert_to_opportunity", actor=cmd.actor, at=now, opportunity_id=trial.opportunity_id)
+
+
+def _reassign(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    people = Directory(uow.session)
+    for role in ("ae", "ce"):
+        wanted = cmd.detail.get(role)
+        if wanted == "next":
+            setattr(trial, role, next_in_rotation(uow.session, role))
+        elif wanted:
+            person = people.by_email(wanted.strip().lower())
+            if person is None or person.role != role or not person.active:
+                raise InvalidSignup(f"{wanted} is not an active {role.upper()} in staff.csv", role)
+            setattr(trial, role, person.email)
+    trial.fire("reassign", actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce)
+
+
+def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    host = cmd.detail.get("host")
+    if not host:
+        raise InvalidSignup("the instance's URL or host is needed to mark it ready", "host")
+    host = normalize_domain(host.split("://", 1)[-1].split("/", 1)[0])
+    trial.instance_host = host
+    if not insert_ignore(uow.session, tables.instances, {"host": host, "admin_email": trial.email, "status": "live",
+                                                        "trial_id": trial.id, "claimed_at": now}):
+        uow.session.execute(tables.instances.update().where(tables.instances.c.host == host)
+                            .values(status="live", admin_email=trial.email, trial_id=trial.id, claimed_at=now))
+    insert_ignore(uow.session, tables.domain_claims, {"domain": trial.domain, "instance_host": host,
+                                                      "trial_id": trial.id, "claimed_at": now})
+    trial.fire("mark_instance_ready", actor=cmd.actor, at=now, instance=host)
+
+
+def _keep(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    trial.kept = True
+    trial.fire("keep", actor=cmd.actor, at=now)
+
+
+def current_end(trial: Trial) -> datetime:
+    """When the trial currently ends: the last extension's date, or day 15."""
+    for entry in reversed(trial.history):
+        if entry.trigger == "extend" and entry.detail.get("until"):
+            return datetime.fromisoformat(entry.detail["until"])
+    return trial.started_at + timedelta(days=policies.REVIEW_DAYS)
+
+
+def _extend(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    try:
+        days = int(cmd.detail.get("days") or policies.EXTENSION_DAYS)
+    except (TypeError, ValueError):
+        raise InvalidSignup("days must be a whole number", "days") from None
+    if not 1 <= days <= 90:
+        raise InvalidSignup("an extension is between 1 and 90 days", "days")
+    until = current_end(trial) + timedelta(days=days)
+    extra = until - (trial.started_at + timedelta(days=policies.REVIEW_DAYS))
+    # The seed: a 15-day extension needs no license change; anything beyond 15 extra days does.
+    license_change = extra > timedelta(days=policies.EXTENSION_DAYS)
+    trial.fire("extend", actor=cmd.actor, at=now, days=days, until=until.isoformat(), license_change=license_change,
+               **{k: v for k, v in cmd.detail.items() if k not in ("days",)})
+
+
+def _domain_change(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    sub = (cmd.detail.get("subdomain") or "").strip().lower()
+    if not sub or not all(c.isalnum() or c == "-" for c in sub) or sub.startswith("-") or len(sub) > 63:
+        raise InvalidSignup("the new subdomain must be letters, digits and dashes, like acme-corp", "subdomain")
+    parent = trial.instance_host.split(".", 1)[1] if trial.instance_host and "." in trial.instance_host else "sourcegraph.com"
+    trial.fire("request_domain_change", actor=cmd.actor, at=now, new_host=f"{sub}.{parent}")
+
+
+def _terminate(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    trial.fire("terminate", actor=cmd.actor, at=now, reason=(cmd.detail.get("reason") or "").strip())
+
+
+_HANDLERS = {
+    "qualify": _qualify,
+    "disqualify": _disqualify,
+    "convert_to_opportunity": _convert_to_opp,
+    "reassign": _reassign,
+    "mark_instance_ready": _mark_ready,
+    "keep": _keep,
+    "extend": _extend,
+    "request_domain_change": _domain_change,
+    "terminate": _terminate,
+}
+
+
+def promote_waiting(uow: UnitOfWork, settings, now: datetime, trial: Trial) -> bool:
+    """Capacity freed: move one waiting trial on. True when it moved."""
+    if trial.case in ("prequalified_named", "prequalified_unnamed"):
+        claim_for_domain(uow, settings, trial, now)
+        moved = trial.state != lc.WAITING_FOR_CAPACITY
+    else:
+        take_lock(uow.session, CAPACITY_LOCK)
+        if not has_capacity(uow, settings):
+            return False
+        trial.fire("request_instance", actor=SYSTEM, at=now)
+        moved = True
+    policies.apply(uow, trial, settings)
+    return moved

@@ -1,0 +1,41 @@
+"""Unit of work: one transaction, and what to do once it has committed."""
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class UnitOfWork:
+    def __init__(self, session_factory: sessionmaker[Session], after_commit: Callable[[list[int]], None] | None = None):
+        self._factory = session_factory
+        self._after_commit = after_commit
+        self.session: Session
+        self.new_effect_ids: list[int] = []
+
+    def __enter__(self) -> "UnitOfWork":
+        self.session = self._factory()
+        self.new_effect_ids = []
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self) -> None:
+        self.session.commit()
+        ids, self.new_effect_ids = self.new_effect_ids, []
+        if ids and self._after_commit is not None:
+            # The rows are durable now; waking the delivery is only an optimisation (the relay
+            # sweeps pending rows anyway), so a failure here must not fail the request.
+            try:
+                self._after_commit(ids)
+            except Exception:  # noqa: BLE001
+                import logging
+                logging.getLogger("trialflow.outbox").warning("could not wake delivery for %s", ids, exc_info=True)
+
+    def rollback(self) -> None:
+        self.session.rollback()
+        self.new_effect_ids = []

@@ -1,0 +1,50 @@
+"""The Celery app: Redis broker, late acks, prefetch of one, a lost worker's task re-queued.
+
+Tasks take ids and call one service function (``workers.tasks``). The beat schedule runs the
+relay (re-dispatches effects whose task was lost, e.g. with a restarted Redis) and the sweep.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from trialflow.settings import get_settings
+
+RELAY_EVERY_SECONDS = 5.0
+SWEEP_EVERY_SECONDS = 120.0
+
+
+def make_celery_app(broker_url: str | None = None) -> Celery:
+    settings = get_settings()
+    broker = broker_url or settings.broker_url
+    if not broker:
+        raise SystemExit("TRIALFLOW_BROKER_URL is not set: the embedded default delivers in-process (trialflow serve)")
+    app = Celery("trialflow", broker=broker, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,                  # ack after the work, so a killed worker's task is redelivered
+        task_reject_on_worker_lost=True,      # ... including when the worker process dies (SIGKILL)
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,   # Redis restarting is an outage to wait out, not a crash
+        # Tasks here take milliseconds; an unacked one (its worker died) comes back after this long.
+        broker_transport_options={"visibility_timeout": 60},
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_default_queue="trialflow",
+        beat_schedule={
+            "relay": {"task": "trialflow.relay", "schedule": RELAY_EVERY_SECONDS},
+            "sweep": {"task": "trialflow.sweep", "schedule": SWEEP_EVERY_SECONDS},
+        },
+    )
+    return app
+
+
+app = None
+
+
+def get_app() -> Celery:
+    global app
+    if app is None:
+        app = make_celery_app()
+    return app
