@@ -62,8 +62,8 @@ def run_demo(keep: bool = False) -> int:
     ids = {}
     for email, name, company, why in STORY:
         result = submit_signup(rt.uow, settings, clock, SignupInput(email=email, name=name, company=company, source="demo"))
-        ids[email] = result.trial.id
-        print(f"signup {email:<28} → {result.trial.case:<22} {result.trial.state:<20} {result.redirect_url or ''}")
+        ids[email] = result.trial_id
+        print(f"signup {email:<28} → {result.case:<22} {result.state:<20} {result.redirect_url or ''}")
         print(f"       case {why}")
         clock.advance(minutes=7)
 

@@ -39,6 +39,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RT = Annotated[Runtime, Depends(get_runtime)]
+
+
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -47,11 +54,6 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="trialflow", version="0.1.0",
                   description="Cloud-trial workflow orchestrator: every signup becomes a durable trial.")
     app.state.runtime = rt
-
-    def runtime() -> Runtime:
-        return rt
-
-    RT = Annotated[Runtime, Depends(runtime)]
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_request, _exc):
@@ -110,9 +112,8 @@ def create_app(rt: Runtime) -> FastAPI:
                 "trial_id": None, "case": None, "state": "received", "redirect_url": None,
                 "message": "Thanks! We have your request and our team will get back to you by email shortly.",
             })
-        trial = result.trial
         return JSONResponse(status_code=201 if result.created else 200, content={
-            "trial_id": trial.id, "case": trial.case, "state": trial.state,
+            "trial_id": result.trial_id, "case": result.case, "state": result.state,
             "redirect_url": result.redirect_url, "message": result.message,
         })
 

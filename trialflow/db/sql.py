@@ -17,7 +17,9 @@ def insert_ignore(session: Session, table: Table, values: dict, index_elements: 
     dialect = session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(**values)
     stmt = ins.on_conflict_do_nothing(index_elements=index_elements)
-    return session.execute(stmt).rowcount == 1
+    # RETURNING, not rowcount: psycopg 3 under SQLAlchemy 2.1 reports rowcount -1 here.
+    first_key = list(table.primary_key.columns)[0]
+    return session.execute(stmt.returning(first_key)).first() is not None
 
 
 def take_lock(session: Session, name: str) -> None:

@@ -47,20 +47,30 @@ class SignupInput:
     source: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SignupResult:
-    trial: Trial
+    """What the signup page is told; a snapshot, so it outlives the transaction."""
+    trial_id: str
+    case: str | None
+    state: str
+    domain: str
+    email: str
+    instance_url: str | None
     created: bool
+
+    @classmethod
+    def of(cls, trial: Trial, created: bool) -> "SignupResult":
+        return cls(trial.id, trial.case, trial.state, trial.domain, trial.email, trial.instance_url, created)
 
     @property
     def message(self) -> str:
-        template = MESSAGES.get(self.trial.state, "Thanks! We have your request.")
-        return template.format(domain=self.trial.domain, email=self.trial.email)
+        template = MESSAGES.get(self.state, "Thanks! We have your request.")
+        return template.format(domain=self.domain, email=self.email)
 
     @property
     def redirect_url(self) -> str | None:
-        if self.trial.state in (lc.JOINING_EXISTING, lc.ACTIVE) and self.trial.instance_host:
-            return f"{self.trial.instance_url}/sign-in"
+        if self.state in (lc.JOINING_EXISTING, lc.ACTIVE) and self.instance_url:
+            return f"{self.instance_url}/sign-in"
         return None
 
 
@@ -87,7 +97,7 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
     with uow_factory() as uow:
         existing = find_by_email(uow, email.address)
         if existing is not None:
-            return SignupResult(existing, created=False)
+            return SignupResult.of(existing, created=False)
         now = clock.now()
         trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
         uow.session.add(trial)
@@ -101,8 +111,8 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
             existing = find_by_email(uow, email.address)
             if existing is None:
                 raise
-            return SignupResult(existing, created=False)
-        return SignupResult(trial, created=True)
+            return SignupResult.of(existing, created=False)
+        return SignupResult.of(trial, created=True)
 
 
 def _first_match(uow: UnitOfWork, table, column, candidates: list[str]):

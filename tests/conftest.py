@@ -1,0 +1,112 @@
+"""Shared fixtures. Database-backed tests run on SQLite and on PostgreSQL (``db_url`` is
+parametrised); PostgreSQL is migrated once per session and truncated between tests."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tests.support.config import write_config
+from tests.support.services import POSTGRES_URL, ensure_postgres_database
+from trialflow.clock import ManualClock
+from trialflow.db.engine import make_engine
+from trialflow.db.migrate import upgrade
+from trialflow.db.tables import metadata
+from trialflow.settings import Settings
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.exists():
+        pytest.fail(f"../shared/fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated() -> str:
+    url = ensure_postgres_database(POSTGRES_URL)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(url)
+    return url
+
+
+def truncate_all(url: str) -> None:
+    engine = make_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        target = tmp_path / "trialflow.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    url = request.getfixturevalue("postgres_migrated")
+    truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def pg_url(postgres_migrated) -> str:
+    """PostgreSQL only (races, SKIP LOCKED)."""
+    truncate_all(postgres_migrated)
+    return postgres_migrated
+
+
+@pytest.fixture
+def config_dir(tmp_path) -> Path:
+    return write_config(tmp_path / "config")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def make_settings(db_url: str, config_dir: Path, **overrides) -> Settings:
+    values = dict(database_url=db_url, config_dir=config_dir, broker_url=None, slack_bot_token=None,
+                  slack_signing_secret=None, github_token=None, github_webhook_secret=None, smtp_url=None,
+                  activity_secret=None, _env_file=None)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(db_url, config_dir) -> Settings:
+    return make_settings(db_url, config_dir)
+
+
+@pytest.fixture
+def runtime(settings, clock):
+    from trialflow.runtime import Runtime
+    from trialflow.services.reference import load_reference_data
+    rt = Runtime(settings, clock=clock)
+    load_reference_data(rt.session_factory, settings.config_dir, clock.now())
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(runtime):
+    from fastapi.testclient import TestClient
+    from trialflow.api.app import create_app
+    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
+        yield c
