@@ -206,6 +206,16 @@ def cmd_beat(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from trialflow.funnel import cli_report
+    return cli_report(_runtime(), args)
+
+
+def cmd_graph(args) -> int:
+    from trialflow.graph import cli_graph
+    return cli_graph(args)
+
+
 def cmd_license(args) -> int:
     from trialflow.db import tables
     rt = _runtime()
@@ -263,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--queues")
     k.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule").set_defaults(func=cmd_beat)
+
+    r = sub.add_parser("report", help="the funnel: requests, starts, activation, conversion, time in each step")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--weeks", type=int, default=12, help="weekly cohorts to show")
+    r.set_defaults(func=cmd_report)
+
+    g = sub.add_parser("graph", help="write the lifecycle diagram from the table the machine runs on")
+    g.add_argument("--output", "-o", help="file to write (default: stdout)")
+    g.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    g.set_defaults(func=cmd_graph)
 
     lic = sub.add_parser("license", help="trial license key bookkeeping (the key itself is never stored)")
     lic.add_argument("action", choices=["rotated"])

@@ -161,6 +161,7 @@ def create_app(rt: Runtime) -> FastAPI:
         from trialflow.metrics import render
         return PlainTextResponse(render(rt), media_type="text/plain; version=0.0.4")
 
-    for extra in getattr(rt, "extra_routers", []):
-        app.include_router(extra)
+    from trialflow.api import activity, dashboard, events, github, slack
+    for module in (slack, github, activity, events, dashboard):
+        app.include_router(module.router)
     return app

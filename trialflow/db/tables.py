@@ -180,3 +180,43 @@ kv = Table(
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# --- people acting from Slack and GitHub, instance activity, marketing events -------------
+
+# A GitHub delivery is processed once: X-GitHub-Delivery is the key.
+github_deliveries = Table(
+    "github_deliveries", metadata,
+    Column("delivery_id", String(64), primary_key=True),
+    Column("event", String(64), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+)
+
+# A Slack request is processed once: Slack retries (X-Slack-Retry-Num) and double clicks map to one key.
+slack_requests = Table(
+    "slack_requests", metadata,
+    Column("key", String(200), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+)
+
+instance_activity = Table(
+    "instance_activity", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("host", String(253), nullable=False, index=True),
+    Column("trial_id", String(32), index=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("active_users", Integer, nullable=False, default=0),
+    Column("searches", Integer, nullable=False, default=0),
+    Column("code_intel_actions", Integer, nullable=False, default=0),
+    Column("repositories", Integer, nullable=False, default=0),
+)
+
+marketing_events = Table(
+    "marketing_events", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False, index=True),
+    Column("kind", String(48), nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("trial_id", String(32), index=True),
+)
