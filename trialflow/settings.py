@@ -44,7 +44,11 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 16 * 1024
     delivery_max_attempts: int = 8
-    relay_interval_seconds: float = 0.5
+    # How long a worker may hold an effect before another may assume it died and take over.
+    delivery_lease_seconds: float = 60.0
+    relay_interval_seconds: float = 0.5      # in-process relay
+    beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
+    beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
     log_json: bool = False
 
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",

@@ -9,10 +9,6 @@ from celery import Celery
 
 from trialflow.settings import get_settings
 
-RELAY_EVERY_SECONDS = 5.0
-SWEEP_EVERY_SECONDS = 120.0
-
-
 def make_celery_app(broker_url: str | None = None) -> Celery:
     settings = get_settings()
     broker = broker_url or settings.broker_url
@@ -33,18 +29,18 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue="trialflow",
         beat_schedule={
-            "relay": {"task": "trialflow.relay", "schedule": RELAY_EVERY_SECONDS},
-            "sweep": {"task": "trialflow.sweep", "schedule": SWEEP_EVERY_SECONDS},
+            "relay": {"task": "trialflow.relay", "schedule": settings.beat_relay_seconds},
+            "sweep": {"task": "trialflow.sweep", "schedule": settings.beat_sweep_seconds},
         },
     )
     return app
 
 
-app = None
+_app: Celery | None = None
 
 
 def get_app() -> Celery:
-    global app
-    if app is None:
-        app = make_celery_app()
-    return app
+    global _app
+    if _app is None:
+        _app = make_celery_app()
+    return _app

@@ -13,8 +13,8 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    kw = {"lease_seconds": lease_seconds} if lease_seconds else {}
-    return Deliverer(rt, transports or build_transports(rt.settings), **kw)
+    return Deliverer(rt, transports or build_transports(rt.settings),
+                     lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 
 
 def start_delivery(rt, with_scheduler: bool = True):
