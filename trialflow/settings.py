@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     delivery_lease_seconds: float = 60.0
     relay_interval_seconds: float = 0.5      # in-process relay
     beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
+    relay_grace_seconds: float = 10.0        # a task not finished this long after dispatch is sent again
     beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
     log_json: bool = False
 

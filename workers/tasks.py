@@ -36,8 +36,9 @@ def deliver(effect_id: int) -> str:
 
 @shared_task(name="trialflow.relay")
 def relay(limit: int = 1000) -> int:
-    """Send a task for every effect that is due (new, retrying, or whose worker died)."""
-    ids = _deliverer().due_ids(limit)
+    """Send a task for every effect that is due and has no live task (retrying, or whose
+    worker or broker died). Fresh effects were already sent by the process that committed them."""
+    ids = _deliverer().claim_for_dispatch(limit, grace_seconds=_runtime().settings.relay_grace_seconds)
     dispatch(ids)
     return len(ids)
 

@@ -148,6 +148,9 @@ outbox = Table(
     Column("result", JSONType),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("delivered_at", UTCDateTime()),
+    # When the Celery relay last sent a task for it: lets the relay re-send lost tasks without
+    # flooding the queue with duplicates of tasks that are merely waiting their turn.
+    Column("dispatched_at", UTCDateTime()),
 )
 Index("ix_outbox_pending", outbox.c.next_attempt_at,
       postgresql_where=outbox.c.status == "pending", sqlite_where=outbox.c.status == "pending")

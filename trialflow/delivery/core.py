@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, select, update
 
 from trialflow.db import tables
 from trialflow.errors import PermanentFailure, RetryLater
@@ -105,6 +105,21 @@ class Deliverer:
                 select(tables.outbox.c.id)
                 .where(tables.outbox.c.status.in_(("pending", "delivering")), tables.outbox.c.next_attempt_at <= now)
                 .order_by(tables.outbox.c.next_attempt_at, tables.outbox.c.id).limit(limit)))
+
+    def claim_for_dispatch(self, limit: int = 1000, grace_seconds: float = 5.0) -> list[int]:
+        """Due effects whose task was never sent, or was sent ``grace_seconds`` ago and has not
+        finished (lost with a dead worker or a restarted broker). Marks them dispatched now."""
+        now = self.rt.clock.now()
+        cutoff = now - timedelta(seconds=grace_seconds)
+        o = tables.outbox
+        with self.rt.session_factory() as session, session.begin():
+            ids = list(session.scalars(
+                select(o.c.id).where(o.c.status.in_(("pending", "delivering")), o.c.next_attempt_at <= now,
+                                     func.coalesce(o.c.dispatched_at, o.c.created_at) <= cutoff)
+                .order_by(o.c.next_attempt_at, o.c.id).limit(limit).with_for_update(skip_locked=True)))
+            if ids:
+                session.execute(update(o).where(o.c.id.in_(ids)).values(dispatched_at=now))
+        return ids
 
     def _lease(self, effect_id: int) -> Effect | None:
         now = self.rt.clock.now()

@@ -1,0 +1,120 @@
+"""Real processes for the Celery tests: a private Redis server we may kill and restart, and
+trialflow worker / beat processes started as a user would start them."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.services import unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIALFLOW = str(Path(sys.executable).with_name("trialflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A throw-away redis-server on its own port (nothing persisted), so a test may restart it."""
+
+    def __init__(self, workdir: Path):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server", "binary not on PATH")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._ping, 10, "redis-server to answer")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self, down_for: float = 0.5) -> None:
+        self.stop()
+        time.sleep(down_for)  # an outage, not a blip: clients must notice and reconnect
+        self.start()
+
+
+class TrialflowProcess:
+    """`trialflow worker` or `trialflow beat` in its own process group (so SIGKILL takes its pool too)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "TrialflowProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([TRIALFLOW, *self.args], env=self.env, cwd=ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, marker: str, timeout: float = 30) -> None:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
+            return marker in self.log()
+        wait_for(ready, timeout, f"{self.args[0]} to log {marker!r}", interval=0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self.proc and self.proc.poll() is None:
+            self.kill(signal.SIGKILL)
+
+
+def trialflow_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
+    env.update({f"TRIALFLOW_{k.upper()}": str(v) for k, v in settings.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
