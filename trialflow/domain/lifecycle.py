@@ -116,6 +116,10 @@ def fire(model, trigger: str) -> tuple[str, str]:
     event = MACHINE.events.get(trigger)
     if event is None:
         raise TransitionRefused(trigger, before, known=False)
+    if before not in event.transitions:
+        # Also covers a state the table does not know (a row written by another version):
+        # transitions would raise a bare ValueError there, which the API would turn into a 500.
+        raise TransitionRefused(trigger, before)
     try:
         event.trigger(model)
     except MachineError:
