@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
+from trialflow.domain.normalize import normalize_domain
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.runtime import Runtime
@@ -139,7 +140,12 @@ def create_app(rt: Runtime) -> FastAPI:
         if state:
             stmt = stmt.where(tables.trials.c.state == state)
         if domain:
-            stmt = stmt.where(tables.trials.c.domain == domain.strip().rstrip(".").lower())
+            # The same normalisation as a signup's, so bücher.example finds xn--bcher-kva.example.
+            try:
+                wanted = normalize_domain(domain)
+            except InvalidSignup as exc:
+                return error(422, exc.message, field="domain")
+            stmt = stmt.where(tables.trials.c.domain == wanted)
         stmt = stmt.order_by(tables.trials.c.created_at.desc(), tables.trials.c.id).limit(limit).offset(offset)
         with rt.session_factory() as session:
             trials = session.scalars(stmt).all()

@@ -234,11 +234,15 @@ def _check_pool_low_water(uow: UnitOfWork, settings, now) -> None:
     })
 
 
-def keep_failed_signup(session_factory, settings, clock, body: bytes, error: BaseException) -> None:
-    """The failsafe: routing failed, so keep the raw signup and queue an email to support."""
+def keep_failed_signup(uow_factory, settings, clock, body: bytes, error: BaseException) -> None:
+    """The failsafe: routing failed, so keep the raw signup and queue an email to support.
+
+    ``uow_factory`` is the same one the signup used (``Runtime.uow``), so the support email is
+    woken for delivery as soon as it is committed, like any other effect.
+    """
     now = clock.now()
     text = body.decode("utf-8", "replace")
-    with UnitOfWork(session_factory) as uow:
+    with uow_factory() as uow:
         row_id = uow.session.execute(tables.failed_signups.insert().values(
             received_at=now, body=text, error=f"{type(error).__name__}: {error}").returning(tables.failed_signups.c.id)).scalar_one()
         try:
