@@ -1,5 +1,111 @@
+"""Marketing actions for lead scoring: ``POST /api/events`` and ``GET /api/events?email=``."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from trialflow import scoring
+from trialflow.api.app import RT, error, read_body
+from trialflow.db import tables
+from trialflow.domain.normalize import normalize_email
+from trialflow.errors import InvalidSignup
+
+router = APIRouter(tags=["lead scoring"])
+
+FIELDS = {"email", "kind", "at"}
+# A little clock skew between marketing automation and us is normal; a day ahead is a bug.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+EXAMPLE = '{"email": "bob@acme-corp.com", "kind": "demo_request", "at": "2026-03-02T10:00:00Z"}'
+
+
+class BadEvent(Exception):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def _kinds() -> str:
+    return ", ".join(f"{k} ({p})" for k, p in scoring.MQL_POINTS.items())
+
+
+def parse_event(data: Any, now: datetime) -> tuple[str, str, datetime]:
+    """(email, kind, at) from the request body, or BadEvent with a sentence a person can act on."""
+    if not isinstance(data, dict):
+        raise BadEvent(f"The body must be a JSON object, like {EXAMPLE}.")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise BadEvent(f"Unknown field(s): {', '.join(unknown)}. Send email, kind and (optionally) at.", unknown[0])
+    for required in ("email", "kind"):
+        if data.get(required) in (None, ""):
+            raise BadEvent(f"{required} is required, like {EXAMPLE}.", required)
+    try:
+        email = normalize_email(data["email"]).address
+    except InvalidSignup as exc:
+        raise BadEvent(exc.message, "email") from None
+    kind = data["kind"]
+    if not isinstance(kind, str) or kind.strip().lower() not in scoring.MQL_POINTS:
+        raise BadEvent(f"kind {kind!r} is not a scored marketing action; kinds (points) are: {_kinds()}.", "kind")
+    kind = kind.strip().lower()
+    at = now
+    if data.get("at") is not None:
+        raw = data["at"]
+        try:
+            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+        except ValueError:
+            at = None
+        if at is None:
+            raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r}.", "at")
+        # A time without an offset is taken as UTC, the zone everything here is stored in.
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        if at > now + FUTURE_TOLERANCE:
+            raise BadEvent(f"at ({at.isoformat()}) is in the future; send when the action happened.", "at")
+    return email, kind, at
+
+
+def _record(rt, email: str, kind: str, at: datetime) -> scoring.MarketingEventResult:
+    with rt.uow() as uow:
+        result = scoring.record_marketing_event(uow.session, email, kind, at)
+        uow.commit()
+        return result
+
+
+@router.post("/api/events", status_code=201)
+async def post_event(request: Request, rt: RT):
+    """Record one marketing action (form, demo request, pricing inquiry, sign-up, page view) and score it."""
+    body = await read_body(request, rt.settings.max_body_bytes)  # too large: 413 from the app's handler
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error(422, f"The body must be JSON, like {EXAMPLE}.")
+    try:
+        email, kind, at = parse_event(data, rt.clock.now())
+    except BadEvent as exc:
+        return error(422, exc.message, field=exc.field)
+    result = await run_in_threadpool(_record, rt, email, kind, at)
+    return JSONResponse(status_code=201, content={
+        "email": result.email, "kind": result.kind, "points": result.points, "at": result.at.isoformat(),
+        "trial_id": result.trial_id, "mql_points": result.mql_points, "mql": result.mql,
+    })
+
+
+@router.get("/api/events")
+def get_events(email: str, rt: RT):
+    """An email's marketing actions and its MQL score (counted whether or not it has a trial yet)."""
+    try:
+        address = normalize_email(email).address
+    except InvalidSignup as exc:
+        return error(422, exc.message, field="email")
+    me = tables.marketing_events
+    with rt.session_factory() as session:
+        rows = session.execute(select(me.c.kind, me.c.points, me.c.at, me.c.trial_id)
+                               .where(me.c.email == address).order_by(me.c.at, me.c.id)).all()
+    total = sum(r.points for r in rows)
+    return {"email": address, "mql_points": total, "mql": scoring.is_mql(total), "mql_threshold": scoring.MQL_THRESHOLD,
+            "events": [{"kind": r.kind, "points": r.points, "at": r.at.isoformat(), "trial_id": r.trial_id} for r in rows]}
