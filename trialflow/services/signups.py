@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, insert, select, update
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore, take_lock
@@ -85,11 +84,27 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
     return value or None
 
 
-def find_by_email(uow: UnitOfWork, address: str) -> Trial | None:
-    return uow.session.scalars(select(Trial).where(tables.trials.c.email == address)).first()
+_RESULT_COLUMNS = (tables.trials.c.id, tables.trials.c.case, tables.trials.c.state, tables.trials.c.domain,
+                   tables.trials.c.email, tables.trials.c.instance_host)
+
+
+def find_by_email(uow: UnitOfWork, address: str) -> SignupResult | None:
+    row = uow.session.execute(select(*_RESULT_COLUMNS).where(tables.trials.c.email == address)).first()
+    if row is None:
+        return None
+    return SignupResult(row.id, row.case, row.state, row.domain, row.email,
+                        f"https://{row.instance_host}" if row.instance_host else None, created=False)
 
 
 def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResult:
+    """Route one signup and commit it with its effects, in one transaction.
+
+    The trial is routed as a plain object and written with Core statements at the end: a signup
+    is the hottest path of the service, and the ORM's unit of work costs more here than the
+    routing itself. Inserting the trial row with ON CONFLICT (email) DO NOTHING is the per-email
+    lock: a second request for the same email waits for the first to commit, inserts nothing,
+    rolls back whatever it routed and answers with the first one's trial.
+    """
     email = normalize_email(data.email)
     name = _clean(data.name, "name")
     company = _clean(data.company, "company")
@@ -97,26 +112,44 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
     with uow_factory() as uow:
         existing = find_by_email(uow, email.address)
         if existing is not None:
-            return SignupResult.of(existing, created=False)
+            return existing
         now = clock.now()
         trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
-        uow.session.add(trial)
         _route(uow, settings, trial, email)
-        policies.apply(uow, trial, settings)
-        try:
-            uow.commit()
-        except IntegrityError:
-            # The same email arrived twice at once: the other request won; answer with its trial.
+        if not _insert_trial(uow, trial):
             uow.rollback()
             existing = find_by_email(uow, email.address)
-            if existing is None:
-                raise
-            return SignupResult.of(existing, created=False)
+            if existing is None:  # the other request's trial vanished again: not a race we can answer
+                raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
+            return existing
+        policies.apply(uow, trial, settings)
+        uow.commit()
         return SignupResult.of(trial, created=True)
 
 
-def _first_match(uow: UnitOfWork, table, column, candidates: list[str]):
-    rows = {r._mapping[column.name]: r for r in uow.session.execute(select(table).where(column.in_(candidates)))}
+def _insert_trial(uow: UnitOfWork, trial: Trial) -> bool:
+    """Write the routed trial and its history; False when the email already has a trial."""
+    values = {column.name: getattr(trial, column.name) for column in tables.trials.columns
+              if column.name not in ("kept", "mql_points")}
+    values["kept"] = bool(trial.kept)
+    values["mql_points"] = 0
+    values["id"] = trial.id
+    if not insert_ignore(uow.session, tables.trials, values, index_elements=["email"]):
+        return False
+    uow.session.execute(insert(tables.trial_history), [
+        {"trial_id": trial.id, "from_state": h.from_state, "to_state": h.to_state, "trigger": h.trigger,
+         "actor": h.actor, "at": h.at, "detail": h.detail}
+        for h in trial.history
+    ])
+    return True
+
+
+def _first_match(uow: UnitOfWork, table, column, candidates: list[str], *columns):
+    if len(candidates) == 1:
+        condition = column == candidates[0]
+    else:
+        condition = column.in_(candidates)
+    rows = {r._mapping[column.name]: r for r in uow.session.execute(select(*(columns or (table,))).where(condition))}
     for domain in candidates:  # most specific first
         if domain in rows:
             return rows[domain]
@@ -130,7 +163,9 @@ def _route(uow: UnitOfWork, settings, trial: Trial, email: Email) -> None:
         trial.fire("send_to_triage", actor=SYSTEM, at=now, reason="public email domain")
         return
     candidates = email.domain_candidates()
-    claim = _first_match(uow, tables.domain_claims, tables.domain_claims.c.domain, candidates)
+    claims = tables.domain_claims.c
+    claim = _first_match(uow, tables.domain_claims, claims.domain, candidates,
+                         claims.domain, claims.instance_host, claims.trial_id)
     if claim is not None and claim.instance_host:
         _join_existing(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
         return
@@ -145,29 +180,35 @@ def _route(uow: UnitOfWork, settings, trial: Trial, email: Email) -> None:
     trial.domain = account.domain
     trial.account_name = account.account_name
     trial.case = CASE_NAMED if account.named_account else CASE_UNNAMED
-    _assign_prequalified(uow, trial, account)
-    claim_for_domain(uow, settings, trial, now)
+    if account.named_account:
+        trial.sdr = account.named_sdr
+        trial.ae = account.owner_ae
+        trial.ce = account.owner_ce
+    claim_for_domain(uow, settings, trial, now, assign=_assign_by_rotation)
 
 
 def _join_existing(uow, trial: Trial, domain: str, host: str, owner_trial_id: str | None) -> None:
+    """Case 1: the domain's people are the ones who own its instance (its first trial's, or the account's)."""
+    t, a = tables.trials.c, tables.accounts.c
+    owner = uow.session.execute(select(t.account_name, t.ae, t.ce).where(t.id == owner_trial_id)).first() \
+        if owner_trial_id else None
+    account = uow.session.execute(select(a.account_name, a.owner_ae, a.owner_ce).where(a.domain == domain)).first() \
+        if owner is None or not (owner.account_name and owner.ae and owner.ce) else None
     trial.case = CASE_EXISTING
     trial.domain = domain
     trial.instance_host = host
-    owner = uow.session.get(Trial, owner_trial_id) if owner_trial_id else None
-    account = uow.session.execute(select(tables.accounts).where(tables.accounts.c.domain == domain)).first()
     trial.account_name = (owner.account_name if owner else None) or (account.account_name if account else None)
     trial.ae = (owner.ae if owner else None) or (account.owner_ae if account else None)
     trial.ce = (owner.ce if owner else None) or (account.owner_ce if account else None)
     trial.fire("route_to_existing", actor=SYSTEM, at=trial.created_at, instance=host)
 
 
-def _assign_prequalified(uow, trial: Trial, account) -> None:
-    if account.named_account:
-        trial.sdr = account.named_sdr
-        trial.ae = account.owner_ae
-        trial.ce = account.owner_ce
-    trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
-    trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
+def _assign_by_rotation(uow, trial: Trial) -> None:
+    """AE and CE from the round robin, for whoever the account does not name."""
+    if not trial.ae:
+        trial.ae = next_in_rotation(uow.session, "ae")
+    if not trial.ce:
+        trial.ce = next_in_rotation(uow.session, "ce")
 
 
 def has_capacity(uow: UnitOfWork, settings) -> bool:
@@ -176,11 +217,15 @@ def has_capacity(uow: UnitOfWork, settings) -> bool:
     return holding < settings.instance_cap
 
 
-def claim_for_domain(uow: UnitOfWork, settings, trial: Trial, now) -> None:
+def claim_for_domain(uow: UnitOfWork, settings, trial: Trial, now,
+                     assign: Callable[[UnitOfWork, Trial], None] | None = None) -> None:
     """Give ``trial`` its domain's instance: the one already claimed, or a fresh pool instance.
 
     Inserting the domain's claim row is the per-domain lock: on PostgreSQL a concurrent insert of
     the same domain waits until this transaction ends, then finds the row and joins (case 1).
+    ``assign`` runs only once this trial has won the domain, so the signups that lose a race for
+    it (and join the winner's instance) never use up a turn of the round robin.
+    Locks, always in this order: the domain's claim, the round robin, the capacity lock.
     """
     if not insert_ignore(uow.session, tables.domain_claims,
                          {"domain": trial.domain, "instance_host": None, "trial_id": trial.id, "claimed_at": now}):
@@ -190,6 +235,8 @@ def claim_for_domain(uow: UnitOfWork, settings, trial: Trial, now) -> None:
             return
         _wait(trial, now, "another signup of this domain is waiting for capacity")
         return
+    if assign is not None:
+        assign(uow, trial)
     take_lock(uow.session, CAPACITY_LOCK)
     host = None
     if has_capacity(uow, settings):
