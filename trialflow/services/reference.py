@@ -65,6 +65,14 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]
             yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}
 
 
+def _text(value: str, column: str, limit: int, path: str, line: int) -> str:
+    # The schema's limits, checked here so PostgreSQL never answers with a bare "value too long"
+    # (and SQLite, which does not enforce them, never stores what PostgreSQL would refuse).
+    if len(value) > limit:
+        raise ConfigError(f"{column} is too long ({len(value)} characters, {limit} at most)", path, line)
+    return value
+
+
 def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None:
     if not value:
         if required:
@@ -90,6 +98,7 @@ def parse_accounts(path: Path, progress: Progress | None = None, total: int | No
             raise ConfigError(f"domain {domain} is listed twice", p, line)
         if not row["account_name"]:
             raise ConfigError("account_name is required", p, line)
+        _text(row["account_name"], "account_name", 200, p, line)
         named = _bool(row["named_account"], "named_account", p, line)
         prequalified = _bool(row["prequalified"], "prequalified", p, line)
         if named and not prequalified:
@@ -116,6 +125,9 @@ def parse_staff(path: Path) -> list[dict]:
         role = row["role"].lower()
         if role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(sorted(ROLES))}, not {row['role']!r}", p, line)
+        _text(row["name"], "name", 200, p, line)
+        _text(row["slack_user_id"], "slack_user_id", 32, p, line)
+        _text(row["github_login"], "github_login", 64, p, line)
         out[email] = {
             "email": email, "name": row["name"] or email, "role": role,
             "slack_user_id": row["slack_user_id"] or None, "github_login": (row["github_login"] or None),
@@ -183,6 +195,11 @@ def load_reference_data(session_factory, config_dir: Path, now, progress: Progre
                                 .values(status="live", admin_email=inst["admin_email"]))
             if inst["status"] == "live":
                 domain = inst["admin_email"].split("@", 1)[1]
+                if domain in PUBLIC_EMAIL_DOMAINS:
+                    # Never "the gmail.com instance": every gmail user would be sent there.
+                    report.warnings.append(f"instances.csv: {inst['host']}: its admin {inst['admin_email']} uses the "
+                                           f"public mailbox domain {domain}, so no signups are routed to it")
+                    continue
                 # The first live instance listed for a domain is where its signups go.
                 insert_ignore(session, tables.domain_claims, {
                     "domain": domain, "instance_host": inst["host"], "trial_id": None, "claimed_at": now,

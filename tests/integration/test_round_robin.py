@@ -1,0 +1,120 @@
+"""Round robin of AEs and CEs for pre-qualified accounts that do not name them (case 2.2):
+fair, kept in the database across restarts, and never handing a lead to someone inactive."""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import make_settings
+from tests.support.config import STAFF, write_config
+from trialflow.api.app import create_app
+from trialflow.runtime import Runtime
+from trialflow.services.reference import load_reference_data
+
+DOMAINS = [f"company{i:02d}.example" for i in range(12)]
+ACCOUNTS = "domain,account_name,prequalified,named_account,named_sdr,owner_ae,owner_ce\n" + \
+    "acme-corp.com,Acme Corp,true,true,nina.named@example.com,alice.ae@example.com,carol.ce@example.com\n" + \
+    "halfnamed.example,Half Named,true,true,nina.named@example.com,alice.ae@example.com,\n" + \
+    "".join(f"{d},Company {i},true,false,,,\n" for i, d in enumerate(DOMAINS))
+INSTANCES = "host,admin_email,status\n" + "".join(f"pool-{i:02d}.sourcegraph.com,,pool\n" for i in range(20))
+ACTIVE_AES = ["alice.ae@example.com", "andy.ae@example.com"]
+ACTIVE_CES = ["carol.ce@example.com", "chris.ce@example.com"]
+
+
+@pytest.fixture
+def service(db_url, tmp_path, clock):
+    """Start (or restart) trialflow on the test's database: each call is a new Runtime and app."""
+    runtimes: list[Runtime] = []
+
+    @contextmanager
+    def start(staff: str = STAFF, load: bool = True):
+        config = write_config(tmp_path / f"config-{len(runtimes)}", ACCOUNTS, staff, INSTANCES)
+        rt = Runtime(make_settings(db_url, config), clock=clock)
+        runtimes.append(rt)
+        if load:
+            load_reference_data(rt.session_factory, config, clock.now())
+        try:
+            with TestClient(create_app(rt), raise_server_exceptions=False) as client:
+                yield client
+        finally:
+            rt.close()
+
+    return start
+
+
+def assignees(client, email):
+    r = client.post("/api/signups", json={"email": email})
+    assert r.status_code == 201, r.text
+    trial = client.get(f"/api/trials/{r.json()['trial_id']}").json()
+    return trial["assignees"]["ae"], trial["assignees"]["ce"]
+
+
+def test_the_rotation_takes_turns_evenly(service):
+    with service() as client:
+        picks = [assignees(client, f"lead@{d}") for d in DOMAINS[:8]]
+
+    assert [ae for ae, _ in picks] == ACTIVE_AES * 4
+    assert [ce for _, ce in picks] == ACTIVE_CES * 4
+    assert Counter(ae for ae, _ in picks) == {a: 4 for a in ACTIVE_AES}
+
+
+def test_an_inactive_staff_member_is_never_assigned(service):
+    with service() as client:
+        picks = [assignees(client, f"lead@{d}") for d in DOMAINS[:6]]
+    assert "old.ae@example.com" not in {ae for ae, _ in picks}
+    assert {ae for ae, _ in picks} == set(ACTIVE_AES)
+
+
+def test_someone_deactivated_in_staff_csv_drops_out_of_the_rotation(service):
+    with service() as client:
+        assert assignees(client, f"lead@{DOMAINS[0]}")[0] == "alice.ae@example.com"
+    andy_leaves = STAFF.replace("andy.ae@example.com,Andy AE,ae,U0AE00002,,true",
+                                "andy.ae@example.com,Andy AE,ae,U0AE00002,,false")
+    assert andy_leaves != STAFF
+    with service(staff=andy_leaves) as client:
+        later = [assignees(client, f"lead@{d}") for d in DOMAINS[1:5]]
+    assert {ae for ae, _ in later} == {"alice.ae@example.com"}
+    assert [ce for _, ce in later] == ["chris.ce@example.com", "carol.ce@example.com"] * 2
+
+
+def test_the_rotation_continues_where_it_was_after_a_restart(service):
+    with service() as client:
+        before = [assignees(client, f"lead@{d}") for d in DOMAINS[:3]]
+    # A new Runtime (new engine, new app) on the same database, as after a deploy; the
+    # reference data is not even reloaded, so nothing but the stored position can carry the turn.
+    with service(load=False) as client:
+        after = [assignees(client, f"lead@{d}") for d in DOMAINS[3:6]]
+
+    assert [ae for ae, _ in before + after] == ACTIVE_AES * 3
+    assert [ce for _, ce in before + after] == ACTIVE_CES * 3
+
+
+def test_a_named_account_with_its_own_people_does_not_take_a_turn(service):
+    with service() as client:
+        first = assignees(client, f"lead@{DOMAINS[0]}")
+        named = assignees(client, "bob@acme-corp.com")
+        second = assignees(client, f"lead@{DOMAINS[1]}")
+    assert named == ("alice.ae@example.com", "carol.ce@example.com")
+    assert (first[0], second[0]) == ("alice.ae@example.com", "andy.ae@example.com")
+
+
+def test_a_named_account_missing_its_ce_gets_one_from_the_rotation(service):
+    with service() as client:
+        ae, ce = assignees(client, "bob@halfnamed.example")
+        next_ae, next_ce = assignees(client, f"lead@{DOMAINS[0]}")
+    assert ae == "alice.ae@example.com"  # the account's own AE
+    assert ce == "carol.ce@example.com"  # the CE rotation's first turn
+    assert (next_ae, next_ce) == ("alice.ae@example.com", "chris.ce@example.com")
+
+
+def test_with_nobody_active_in_a_role_the_trial_is_unassigned_but_still_routed(service):
+    no_ces = "\n".join(line for line in STAFF.splitlines() if ",ce," not in line) + "\n"
+    with service(staff=no_ces) as client:
+        r = client.post("/api/signups", json={"email": f"lead@{DOMAINS[0]}"})
+        assert r.status_code == 201 and r.json()["state"] == "active"
+        trial = client.get(f"/api/trials/{r.json()['trial_id']}").json()
+    assert trial["assignees"]["ae"] == "alice.ae@example.com"
+    assert trial["assignees"]["ce"] is None
