@@ -1,0 +1,297 @@
+"""The funnel the growth team watches, by weekly cohort: trial requests, trial starts, activation,
+conversion and the median time in each step (``trialflow report``, ``/dashboard``, ``/api/funnel``).
+
+A cohort is the ISO week (UTC) a trial was requested in; everything that later happens to a trial
+counts in its request week, so a week's numbers are comparable with any other week's at the same
+age (recent weeks are still maturing: their starts and conversions will grow).
+
+- requests: every signup (``POST /api/signups``), whatever its case;
+- starts: the user got an instance (``trials.started_at`` is set: hand-off or a claimed pool instance);
+- activation: started trials with PQL grade A or B (``trialflow.scoring``), over starts;
+- conversion: started trials now converted, over starts;
+- time in each step, from ``trial_history``: for case 3, signup → trial start; then
+  triage → qualified, instance requested → instance ready, ready → handed off (medians over the
+  trials of the cohort that completed the step).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.trial import CASE_MANUAL
+from trialflow.scoring import PQL_QUALIFIED
+
+# (key, label): the order in which a case-3 trial meets them.
+STEPS: tuple[tuple[str, str], ...] = (
+    ("signup_to_start", "signup → start (case 3)"),
+    ("triage_to_qualified", "triage → qualified"),
+    ("requested_to_ready", "requested → ready"),
+    ("ready_to_handed_off", "ready → handed off"),
+)
+STEP_LABELS = dict(STEPS)
+
+
+@dataclass(frozen=True)
+class Move:
+    from_state: str
+    to_state: str
+    trigger: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TrialFacts:
+    """What the funnel needs to know about one trial."""
+    trial_id: str
+    case: str | None
+    state: str
+    created_at: datetime
+    started_at: datetime | None
+    pql_grade: str | None
+    moves: tuple[Move, ...] = ()    # trial_history, oldest first
+
+
+def _entered(moves: tuple[Move, ...], state: str, after: int = 0) -> tuple[int, Move] | None:
+    for i in range(after, len(moves)):
+        if moves[i].to_state == state and moves[i].from_state != state:
+            return i, moves[i]
+    return None
+
+
+def _left(moves: tuple[Move, ...], state: str, after: int, to: Iterable[str]) -> Move | None:
+    targets = set(to)
+    for move in moves[after + 1:]:
+        if move.from_state == state and move.to_state in targets:
+            return move
+    return None
+
+
+def step_seconds(trial: TrialFacts) -> dict[str, float]:
+    """Seconds this trial spent in each step it has completed."""
+    out: dict[str, float] = {}
+    if trial.case == CASE_MANUAL and trial.started_at is not None:
+        out["signup_to_start"] = (trial.started_at - trial.created_at).total_seconds()
+    triage = _entered(trial.moves, lc.TRIAGE)
+    if triage:
+        # Qualified = left triage for an instance; a qualified lead may first wait for capacity.
+        qualified = _left(trial.moves, lc.TRIAGE, triage[0], (lc.INSTANCE_REQUESTED, lc.WAITING_FOR_CAPACITY))
+        if qualified:
+            out["triage_to_qualified"] = (qualified.at - triage[1].at).total_seconds()
+    requested = _entered(trial.moves, lc.INSTANCE_REQUESTED)
+    ready = _entered(trial.moves, lc.INSTANCE_READY, requested[0] if requested else 0)
+    if requested and ready:
+        out["requested_to_ready"] = (ready[1].at - requested[1].at).total_seconds()
+    if ready:
+        handed = _left(trial.moves, lc.INSTANCE_READY, ready[0], (lc.ACTIVE,))
+        if handed:
+            out["ready_to_handed_off"] = (handed.at - ready[1].at).total_seconds()
+    return out
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+@dataclass
+class Cohort:
+    week: str                 # ISO week, "2026-W02"
+    week_start: date          # its Monday
+    requests: int = 0
+    starts: int = 0
+    activated: int = 0
+    converted: int = 0
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in STEPS})
+
+    def add(self, trial: TrialFacts) -> None:
+        self.requests += 1
+        if trial.started_at is not None:
+            self.starts += 1
+            self.activated += trial.pql_grade in PQL_QUALIFIED
+            self.converted += trial.state == lc.CONVERTED
+        for key, value in step_seconds(trial).items():
+            self.seconds[key].append(value)
+
+    def merge(self, other: "Cohort") -> None:
+        self.requests += other.requests
+        self.starts += other.starts
+        self.activated += other.activated
+        self.converted += other.converted
+        for key in self.seconds:
+            self.seconds[key].extend(other.seconds[key])
+
+    @property
+    def start_rate(self) -> float | None:
+        return _ratio(self.starts, self.requests)
+
+    @property
+    def activation_rate(self) -> float | None:
+        return _ratio(self.activated, self.starts)
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return _ratio(self.converted, self.starts)
+
+    def median_seconds(self, key: str) -> float | None:
+        return _median(self.seconds[key])
+
+    def to_dict(self) -> dict:
+        return {
+            "week": self.week, "week_start": self.week_start.isoformat(),
+            "requests": self.requests, "starts": self.starts, "start_rate": self.start_rate,
+            "activated": self.activated, "activation_rate": self.activation_rate,
+            "converted": self.converted, "conversion_rate": self.conversion_rate,
+            "median_seconds": {k: self.median_seconds(k) for k, _ in STEPS},
+            "completed": {k: len(v) for k, v in self.seconds.items()},
+        }
+
+
+@dataclass
+class Funnel:
+    as_of: datetime
+    cohorts: list[Cohort]     # oldest week first
+
+    @property
+    def total(self) -> Cohort:
+        total = Cohort(f"{len(self.cohorts)} weeks", self.cohorts[0].week_start if self.cohorts else self.as_of.date())
+        for cohort in self.cohorts:
+            total.merge(cohort)
+        return total
+
+    def to_dict(self) -> dict:
+        return {"as_of": self.as_of.isoformat(), "weeks": len(self.cohorts),
+                "steps": [{"key": k, "label": label} for k, label in STEPS],
+                "cohorts": [c.to_dict() for c in self.cohorts], "total": self.total.to_dict()}
+
+
+def week_of(moment: datetime) -> tuple[str, date]:
+    day = moment.astimezone(timezone.utc).date()
+    year, week, weekday = day.isocalendar()
+    return f"{year}-W{week:02d}", day - timedelta(days=weekday - 1)
+
+
+def window_start(now: datetime, weeks: int) -> datetime:
+    """Monday 00:00 UTC of the oldest of the ``weeks`` weeks ending with ``now``'s."""
+    _, monday = week_of(now)
+    first = monday - timedelta(weeks=weeks - 1)
+    return datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+
+
+def compute_funnel(trials: Iterable[TrialFacts], now: datetime, weeks: int = 12) -> Funnel:
+    """Pure: the ``weeks`` weekly cohorts up to ``now``'s week, empty weeks included."""
+    if weeks < 1:
+        raise ValueError("weeks must be 1 or more")
+    start = window_start(now, weeks)
+    cohorts: dict[str, Cohort] = {}
+    for i in range(weeks):
+        week, monday = week_of(start + timedelta(weeks=i))
+        cohorts[week] = Cohort(week, monday)
+    for trial in trials:
+        if start <= trial.created_at <= now:
+            cohorts[week_of(trial.created_at)[0]].add(trial)
+    return Funnel(now, list(cohorts.values()))
+
+
+# Only moves that bound a step are loaded; internal steps (reminders, reassignments) are not needed.
+_STEP_STATES = (lc.TRIAGE, lc.INSTANCE_REQUESTED, lc.INSTANCE_READY, lc.WAITING_FOR_CAPACITY, lc.ACTIVE)
+
+
+def load_trials(session, since: datetime, until: datetime) -> list[TrialFacts]:
+    t, h = tables.trials, tables.trial_history
+    in_window = (t.c.created_at >= since) & (t.c.created_at <= until)
+    moves: dict[str, list[Move]] = {}
+    rows = session.execute(
+        select(h.c.trial_id, h.c.from_state, h.c.to_state, h.c.trigger, h.c.at)
+        .join(t, t.c.id == h.c.trial_id)
+        .where(in_window, h.c.from_state != h.c.to_state,
+               h.c.from_state.in_(_STEP_STATES) | h.c.to_state.in_(_STEP_STATES))
+        .order_by(h.c.trial_id, h.c.id))
+    for trial_id, from_state, to_state, trigger, at in rows:
+        moves.setdefault(trial_id, []).append(Move(from_state, to_state, trigger, at))
+    return [
+        TrialFacts(r.id, r.case, r.state, r.created_at, r.started_at, r.pql_grade, tuple(moves.get(r.id, ())))
+        for r in session.execute(select(t.c.id, t.c["case"], t.c.state, t.c.created_at, t.c.started_at, t.c.pql_grade)
+                                 .where(in_window))
+    ]
+
+
+def funnel_from_db(rt, weeks: int = 12, now: datetime | None = None) -> Funnel:
+    now = now or rt.clock.now()
+    with rt.session_factory() as session:
+        trials = load_trials(session, window_start(now, weeks), now)
+    return compute_funnel(trials, now, weeks)
+
+
+# --- text ----------------------------------------------------------------------------------
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def render_text(funnel: Funnel) -> str:
+    as_of = funnel.as_of.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = ("week", "from", "requests", "starts", "start/req", "activated", "activation", "converted", "conversion")
+    widths = (10, 10, 8, 6, 9, 9, 10, 9, 10)
+
+    def row(cells) -> str:
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    def numbers(c: Cohort, week: str, start: str) -> list:
+        return [week, start, c.requests, c.starts, percent(c.start_rate), c.activated, percent(c.activation_rate),
+                c.converted, percent(c.conversion_rate)]
+
+    total = funnel.total
+    lines = [f"Trial funnel by signup week (UTC), {len(funnel.cohorts)} weeks to {as_of}",
+             "activation = PQL grade A or B among starts; conversion = converted among starts", "",
+             row(head), row("-" * w for w in widths)]
+    lines += [row(numbers(c, c.week, c.week_start.isoformat())) for c in funnel.cohorts]
+    lines += [row("-" * w for w in widths), row(numbers(total, "all", ""))]
+
+    step_width = 24
+    lines += ["", "Median time in each step (n = trials of the cohort that completed it)", "",
+              "week".ljust(10) + "  " + "  ".join(label.rjust(step_width) for _, label in STEPS)]
+    for c in [*funnel.cohorts, total]:
+        cells = [f"{duration(c.median_seconds(k))} (n={len(c.seconds[k])})" for k, _ in STEPS]
+        name = "all" if c is total else c.week
+        lines.append(name.ljust(10) + "  " + "  ".join(cell.rjust(step_width) for cell in cells))
+    return "\n".join(lines) + "\n"
+
+
+def cli_report(runtime, args) -> int:
+    weeks = getattr(args, "weeks", 12)
+    if weeks < 1 or weeks > 520:
+        print("error: --weeks must be between 1 and 520", file=sys.stderr)
+        return 2
+    try:
+        funnel = funnel_from_db(runtime, weeks)
+    except DBAPIError as exc:
+        print(f"error: cannot read the trials ({type(exc.orig).__name__}); is the database migrated? "
+              f"Run `trialflow migrate`.", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(funnel.to_dict(), indent=2))
+    else:
+        sys.stdout.write(render_text(funnel))
+    return 0
