@@ -148,6 +148,18 @@ def test_a_listed_account_that_is_not_prequalified_is_triaged_under_its_account_
         assert trial["domain"] == "umbrella.com"
 
 
+def test_marketing_actions_seen_before_the_signup_count_in_the_triage_alert(client, runtime):
+    for kind in ("demo_request", "pricing_page_view"):
+        assert client.post("/api/events", json={"email": "Lee@Tiny-Startup.io", "kind": kind}).status_code in (200, 201, 202)
+
+    body = signup(client, "lee@tiny-startup.io").json()
+
+    assert detail(client, body["trial_id"])["lead_score"]["mql_points"] == 20
+    with runtime.engine.connect() as conn:
+        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"])).scalar_one()
+    assert "MQL 20 pts (MQL)" in json.dumps(alert)
+
+
 # --- public mailbox domains ---------------------------------------------------------------
 
 @pytest.mark.parametrize("email", ["someone@gmail.com", "someone@Outlook.com.", "someone@eu.gmail.com"])

@@ -22,6 +22,7 @@ from trialflow.domain.normalize import Email, normalize_email
 from trialflow.domain.trial import (CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial,
                                     new_trial_id)
 from trialflow.errors import InvalidSignup
+from trialflow.scoring import attach_marketing_events
 from trialflow.services import outbox, policies
 from trialflow.services.directory import next_in_rotation
 from trialflow.services.uow import UnitOfWork
@@ -116,6 +117,8 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
         now = clock.now()
         trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
         _route(uow, settings, trial, email)
+        # Marketing actions seen before the signup count now, so the triage alert shows the score.
+        attach_marketing_events(uow.session, trial)
         if not _insert_trial(uow, trial):
             uow.rollback()
             existing = find_by_email(uow, email.address)
@@ -132,7 +135,7 @@ def _insert_trial(uow: UnitOfWork, trial: Trial) -> bool:
     values = {column.name: getattr(trial, column.name) for column in tables.trials.columns
               if column.name not in ("kept", "mql_points")}
     values["kept"] = bool(trial.kept)
-    values["mql_points"] = 0
+    values["mql_points"] = trial.mql_points or 0
     values["id"] = trial.id
     if not insert_ignore(uow.session, tables.trials, values, index_elements=["email"]):
         return False
