@@ -1,30 +1,106 @@
 """Logging: one line per event, JSON when asked, the trial id on every line that has one.
 
+Where a line's trial id comes from, first found wins: ``extra={"trial_id": ...}`` on the call; the
+trial bound to the current context (``with bind_trial(trial_id): ...``, which reaches every line
+logged inside, from any module); a trial id (``tr_`` + 16 hex digits) named in the message, as in
+an effect key ``tr_…:3:qualify:alert``.
+
 Secrets never reach a log line: settings hold them as SecretStr, effect payloads are redacted
-before they are logged, and the filter below masks token-shaped strings as a last line of defence.
+before they are logged, and the filter below masks, as a last line of defence, every configured
+secret (``register_secrets``), token-shaped strings (Slack, GitHub), passwords in URLs,
+Authorization headers and password-reset links. The filter sits on the handler, so it also
+covers lines from libraries and exception text.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import re
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Iterator
 
-_TOKEN = re.compile(r"(xox[abprs]-[A-Za-z0-9-]+|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]+|"
-                    r"(?<=[?&]code=)[A-Za-z0-9_\-]+|(?<=password-reset\?)[^\s\"']+)")
+REDACTED = "[redacted]"
+_TOKEN = re.compile(
+    r"(xox[abeprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]+"
+    r"|(?<=[?&]code=)[A-Za-z0-9_\-]+|(?<=password-reset\?)[^\s\"'<>]+"
+    r"|(?<=://)[^\s/:@\"']+:[^\s/@\"']+(?=@)"                      # user:password@ in a URL
+    r"|(?i:(?<=authorization: )(?:bearer |token |basic )?[^\s\"']+)"
+    r"|(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{8,}))")
+_TRIAL_ID = re.compile(r"\btr_[0-9a-f]{16}\b")
+_current_trial: contextvars.ContextVar[str | None] = contextvars.ContextVar("trialflow_trial_id", default=None)
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+# Shorter strings would mask ordinary words; real tokens and passwords are longer.
+MIN_SECRET_LENGTH = 6
+
+
+def register_secret(value: str | None) -> None:
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def register_secrets(settings) -> None:
+    """Mask every secret these settings hold (tokens, signing secrets, passwords in URLs)."""
+    from pydantic import SecretStr
+    from sqlalchemy.engine import make_url
+
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            try:
+                register_secret(make_url(value).password)
+            except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: the regex still masks user:pass@
+                pass
 
 
 def scrub(text: str) -> str:
-    return _TOKEN.sub("[redacted]", text)
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _TOKEN.sub(REDACTED, text)
+
+
+@contextmanager
+def bind_trial(trial_id: str | None) -> Iterator[None]:
+    """Every line logged inside (this thread or task) carries ``trial_id``."""
+    token = _current_trial.set(trial_id)
+    try:
+        yield
+    finally:
+        _current_trial.reset(token)
+
+
+def trial_id_for(record: logging.LogRecord, message: str) -> str | None:
+    given = getattr(record, "trial_id", None)
+    if given:
+        return given
+    bound = _current_trial.get()
+    if bound:
+        return bound
+    found = _TRIAL_ID.search(message)
+    return found.group(0) if found else None
 
 
 class _Scrub(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        message = record.getMessage()
+        record.trial_id = trial_id_for(record, message)
+        record.msg = scrub(message)
         record.args = ()
-        if not hasattr(record, "trial_id"):
-            record.trial_id = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
         return True
 
 
@@ -36,26 +112,53 @@ class JsonFormatter(logging.Formatter):
         kind = getattr(record, "effect_kind", None)
         if kind:
             doc["effect_kind"] = kind
-        if record.exc_info:
-            doc["error"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(doc)
+        if record.exc_info or record.exc_text:
+            doc["error"] = scrub(record.exc_text or self.formatException(record.exc_info))
+        return json.dumps(doc, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
+    """Human-readable, still one line per event: newlines (tracebacks included) are escaped."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        base = self.formatMessage(record)
         trial = getattr(record, "trial_id", None)
-        return f"{base} trial={trial}" if trial else base
+        line = f"{base} trial={trial}" if trial else base
+        if record.exc_info or record.exc_text:
+            line += " error=" + json.dumps(scrub(record.exc_text or self.formatException(record.exc_info)),
+                                           ensure_ascii=False)
+        return line.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def configure_logging(json_lines: bool | None = None, level: str | None = None) -> None:
-    if json_lines is None or json_lines is False:
-        json_lines = json_lines or os.environ.get("TRIALFLOW_LOG_JSON", "").lower() in ("1", "true", "yes")
-    handler = logging.StreamHandler()
+def make_handler(json_lines: bool, stream=None) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_Scrub())
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def configure_logging(json_lines: bool | None = None, level: str | None = None, settings=None) -> None:
+    """Root logging for every trialflow process. ``json_lines`` unset or False: TRIALFLOW_LOG_JSON decides."""
+    if not json_lines:
+        json_lines = os.environ.get("TRIALFLOW_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
+    if settings is None:
+        try:
+            from trialflow.settings import get_settings
+            settings = get_settings()
+        except Exception:  # noqa: BLE001 - bad settings are reported by the command that needs them
+            settings = None
+    if settings is not None:
+        register_secrets(settings)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(bool(json_lines))]
     root.setLevel(level or os.environ.get("TRIALFLOW_LOG_LEVEL", "INFO"))
     for noisy in ("httpx", "urllib3", "github", "alembic", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Servers and workers bring their own handlers; send their lines through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.worker"):
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True
