@@ -1,0 +1,252 @@
+"""Slack effects through slack_sdk's WebClient: messages, in-place updates, per-account channels.
+
+Exactly once: every message carries Slack message metadata naming the effect
+(``{"event_type": "trialflow_effect", "event_payload": {"key": <effect key>}}``). When an earlier
+attempt may have reached Slack before its worker died (``effect.maybe_delivered``), the channel
+history (or the thread) is searched for that key first and the message found is returned
+instead of posting a second one. Updates and channel set-up are idempotent by nature.
+
+Rate limits are the Deliverer's business: slack_sdk's retry handlers are switched off, so a 429
+surfaces here at once and becomes ``RetryLater(retry_after=<Retry-After>)`` instead of a sleep
+inside a worker.
+
+The bot token needs the scopes chat:write, channels:manage, channels:read, channels:join,
+channels:history (the look-back on a retry), groups:read, users:read and users:read.email.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlsplit
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from trialflow.errors import PermanentFailure, RetryLater
+
+log = logging.getLogger("trialflow.delivery.slack")
+
+EFFECT_EVENT_TYPE = "trialflow_effect"
+TIMEOUT_SECONDS = 15
+HISTORY_PAGE = 100
+HISTORY_PAGES = 5            # how far back a retry looks for its own earlier message
+LIST_PAGE = 200
+# Slack errors worth another try later; everything else it answers with ok=false is a refusal.
+TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                              "request_timeout", "team_added_to_org"})
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+
+
+class SlackTransport:
+    def __init__(self, settings, client: WebClient | None = None):
+        if client is None:
+            base_url = settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
+            client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=base_url,
+                               timeout=TIMEOUT_SECONDS, retry_handlers=[])
+        self.client = client
+        self._channel_ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def deliver(self, effect) -> dict[str, Any]:
+        handlers = {"slack.message": self._message, "slack.update": self._update, "slack.channel": self._channel}
+        handler = handlers.get(effect.kind)
+        if handler is None:
+            raise PermanentFailure(f"the Slack transport does not know effect kind {effect.kind}")
+        try:
+            return handler(effect)
+        except SlackApiError as exc:
+            raise _translate(exc) from None
+        except (URLError, TimeoutError, ConnectionError) as exc:
+            raise RetryLater(f"Slack unreachable: {type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+
+    # --- slack.message -------------------------------------------------------------------------
+
+    def _message(self, effect) -> dict[str, Any]:
+        payload = effect.payload
+        thread_ts = None
+        if payload.get("thread_ref"):
+            parent = _delivered_message(effect, payload["thread_ref"])
+            channel_id, thread_ts = parent["channel"], parent["ts"]
+        else:
+            channel_id = self.channel_id(payload["channel"])
+        if effect.maybe_delivered:
+            earlier = self._find_posted(effect.key, channel_id, thread_ts)
+            if earlier is not None:
+                log.info("effect %s was already posted (ts %s): not posting it again", effect.key, earlier["ts"],
+                         extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+                return earlier
+        args = dict(channel=channel_id, text=payload.get("text") or "", blocks=payload.get("blocks") or None,
+                    metadata={"event_type": EFFECT_EVENT_TYPE, "event_payload": {"key": effect.key}},
+                    unfurl_links=False, unfurl_media=False)
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+        try:
+            response = self.client.chat_postMessage(**args)
+        except SlackApiError as exc:
+            error = _error(exc)
+            if error == "not_in_channel":
+                self.client.conversations_join(channel=channel_id)
+                response = self.client.chat_postMessage(**args)
+            elif error in ("channel_not_found", "is_archived"):
+                self._forget(channel_id)  # a stale cached id: resolve the name afresh next time
+                raise
+            else:
+                raise
+        return {"channel": response["channel"], "ts": response["ts"]}
+
+    def _find_posted(self, key: str, channel_id: str, thread_ts: str | None) -> dict[str, Any] | None:
+        cursor = None
+        for _ in range(HISTORY_PAGES):
+            if thread_ts:
+                page = self.client.conversations_replies(channel=channel_id, ts=thread_ts, include_all_metadata=True,
+                                                         limit=HISTORY_PAGE, cursor=cursor)
+            else:
+                page = self.client.conversations_history(channel=channel_id, include_all_metadata=True,
+                                                         limit=HISTORY_PAGE, cursor=cursor)
+            for msg in page.get("messages") or []:
+                meta = msg.get("metadata") or {}
+                if meta.get("event_type") == EFFECT_EVENT_TYPE and (meta.get("event_payload") or {}).get("key") == key:
+                    return {"channel": channel_id, "ts": msg["ts"]}
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not page.get("has_more") or not cursor:
+                return None
+        return None
+
+    # --- slack.update --------------------------------------------------------------------------
+
+    def _update(self, effect) -> dict[str, Any]:
+        payload = effect.payload
+        target = _delivered_message(effect, payload["ref"])
+        self.client.chat_update(channel=target["channel"], ts=target["ts"], text=payload.get("text") or "",
+                                blocks=payload.get("blocks") or [])
+        return {"channel": target["channel"], "ts": target["ts"]}
+
+    # --- slack.channel -------------------------------------------------------------------------
+
+    def _channel(self, effect) -> dict[str, Any]:
+        payload = effect.payload
+        name = _channel_name(payload["name"])
+        channel, created = self._create_or_find(name)
+        channel_id = channel["id"]
+        has_topic = bool((channel.get("topic") or {}).get("value"))
+        if payload.get("topic") and (created or not has_topic):  # never overwrite a topic people set
+            self.client.conversations_setTopic(channel=channel_id, topic=payload["topic"])
+        invited, already, not_in_slack = [], [], []
+        for email in payload.get("invite") or []:
+            try:
+                user_id = self.client.users_lookupByEmail(email=email)["user"]["id"]
+            except SlackApiError as exc:
+                if _error(exc) != "users_not_found":
+                    raise
+                # One missing person must not keep the others out of the channel.
+                not_in_slack.append(email)
+                log.warning("#%s: %s has no Slack account (users_not_found); invite them by hand", name, email,
+                            extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+                continue
+            try:
+                self.client.conversations_invite(channel=channel_id, users=user_id)
+                invited.append(user_id)
+            except SlackApiError as exc:
+                if _error(exc) not in ("already_in_channel", "cant_invite_self"):
+                    raise
+                already.append(user_id)
+        return {"channel": channel_id, "name": name, "created": created, "invited": invited,
+                "already_in_channel": already, "not_in_slack": not_in_slack}
+
+    # --- channels by name ----------------------------------------------------------------------
+
+    def channel_id(self, channel: str) -> str:
+        """The id of a channel given as an id, ``name`` or ``#name``; created if it does not exist yet."""
+        if _CHANNEL_ID.match(channel):
+            return channel
+        name = _channel_name(channel)
+        with self._lock:
+            known = self._channel_ids.get(name)
+        if known:
+            return known
+        found, _ = self._create_or_find(name)
+        return found["id"]
+
+    def _create_or_find(self, name: str) -> tuple[dict[str, Any], bool]:
+        try:
+            channel = self.client.conversations_create(name=name, is_private=False)["channel"]
+            created = True
+        except SlackApiError as exc:
+            if _error(exc) != "name_taken":
+                raise
+            channel, created = self._find(name), False
+            if channel is None:
+                raise PermanentFailure(f"Slack says #{name} exists, but trialflow's bot cannot see it "
+                                       f"(a private channel without the bot?): invite the bot to #{name}") from None
+            if channel.get("is_archived"):
+                raise PermanentFailure(f"#{name} exists but is archived: unarchive it (or rename it) and retry") from None
+            if not channel.get("is_member"):
+                self.client.conversations_join(channel=channel["id"])
+        with self._lock:
+            self._channel_ids[name] = channel["id"]
+        return channel, created
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        cursor = None
+        while True:
+            page = self.client.conversations_list(types="public_channel,private_channel", exclude_archived=False,
+                                                  limit=LIST_PAGE, cursor=cursor)
+            for channel in page.get("channels") or []:
+                if channel.get("name") == name:
+                    return channel
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+
+    def _forget(self, channel_id: str) -> None:
+        with self._lock:
+            for name, known in list(self._channel_ids.items()):
+                if known == channel_id:
+                    del self._channel_ids[name]
+
+
+def _channel_name(channel: str) -> str:
+    return channel.strip().lstrip("#").lower()
+
+
+def _delivered_message(effect, ref: str) -> dict[str, Any]:
+    """The channel and ts of the message an earlier effect posted under ``ref``."""
+    result = effect.results.result_for_ref(ref)
+    if result is None:
+        raise RetryLater(f"the Slack message {ref} is not posted yet")
+    if not result.get("ts") or not result.get("channel"):
+        raise PermanentFailure(f"the Slack message {ref} was never posted to Slack (delivered by the dry-run sink)")
+    return result
+
+
+def _error(exc: SlackApiError) -> str | None:
+    data = exc.response.data if exc.response is not None else None
+    return data.get("error") if isinstance(data, dict) else None
+
+
+def _translate(exc: SlackApiError) -> Exception:
+    response = exc.response
+    method = urlsplit(str(response.api_url)).path.rsplit("/", 1)[-1] if response is not None else "?"
+    status = response.status_code if response is not None else 0
+    error = _error(exc) or f"HTTP {status}"
+    if status == 429 or error == "ratelimited":
+        retry_after = _retry_after(response.headers if response is not None else {})
+        return RetryLater(f"Slack rate-limited {method}" + (f"; retry after {retry_after:g}s" if retry_after else ""),
+                          retry_after)
+    if status >= 500 or error in TRANSIENT_ERRORS:
+        return RetryLater(f"Slack {method} failed for now: {error}")
+    return PermanentFailure(f"Slack refused {method}: {error}")
+
+
+def _retry_after(headers) -> float | None:
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            value = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(value), 0.0)
+            except (TypeError, ValueError):
+                return None
+    return None
