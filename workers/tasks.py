@@ -54,6 +54,6 @@ def sweep() -> int:
 
 def dispatch(ids) -> None:
     from workers.celery_app import get_app
-    get_app()  # binds the shared tasks to the configured broker in a non-worker process (the API)
+    app = get_app()
     for effect_id in ids:
-        deliver.apply_async((effect_id,), queue="trialflow")
+        app.send_task("trialflow.deliver", (effect_id,), queue="trialflow")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from trialflow.db import tables
 from trialflow.errors import PermanentFailure, RetryLater
@@ -163,6 +163,10 @@ class Deliverer:
         if values.get("status") == "delivered":
             values.setdefault("delivered_at", now)
         with self.rt.session_factory() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                # Safe to lose in a database crash: the lease (committed durably before the call)
+                # then expires and the next attempt asks the provider before sending again.
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             session.execute(update(tables.outbox).where(tables.outbox.c.id == effect.id,
                                                         tables.outbox.c.status == "delivering").values(**values))
 

@@ -1,0 +1,138 @@
+"""Effects delivered per second by Celery workers on Redis, and commit-to-delivery latency.
+
+Real pieces: PostgreSQL (database trialflow_bench_delivery), a private redis-server, two
+`trialflow worker` processes, the real slack_sdk WebClient talking HTTP to the local Slack
+server from tests/support (rate limits off). Run:
+
+    .venv/bin/python bench/bench_delivery.py [--effects 4000] [--latency-effects 300] [--rate 50]
+
+Targets (issue 3): >= 500 effects/s with two worker processes; p99 commit-to-delivery < 1 s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, select, text  # noqa: E402
+
+from tests.support.config import write_config  # noqa: E402
+from tests.support.fake_slack import FakeSlack  # noqa: E402
+from tests.support.processes import RedisServer, TrialflowProcess, trialflow_env, wait_for  # noqa: E402
+from tests.support.services import ensure_postgres_database  # noqa: E402
+from trialflow.db import tables  # noqa: E402
+from trialflow.db.engine import make_engine  # noqa: E402
+from trialflow.db.migrate import upgrade  # noqa: E402
+from trialflow.runtime import Runtime  # noqa: E402
+from trialflow.services import outbox  # noqa: E402
+from trialflow.settings import Settings  # noqa: E402
+
+DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/trialflow_bench_delivery"
+
+
+def fresh_database() -> None:
+    ensure_postgres_database(DB_URL)
+    engine = make_engine(DB_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(DB_URL)
+
+
+def enqueue(rt: Runtime, n: int, prefix: str) -> list[int]:
+    ids = []
+    with rt.uow() as uow:
+        for i in range(n):
+            ids.append(outbox.enqueue(uow, key=f"{prefix}:{i}", kind="slack.message", now=rt.clock.now(), payload={
+                "channel": "cloud-trial-alerts", "text": f"bench {prefix} {i}"}))
+        uow.commit()
+    return ids
+
+
+def delivered(rt: Runtime, prefix: str) -> int:
+    with rt.session_factory() as s:
+        return s.scalar(select(func.count()).select_from(tables.outbox).where(
+            tables.outbox.c.status == "delivered", tables.outbox.c.key.like(f"{prefix}:%")))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--effects", type=int, default=4000)
+    p.add_argument("--latency-effects", type=int, default=300)
+    p.add_argument("--rate", type=float, default=50.0, help="effects committed per second in the latency run")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    fresh_database()
+    tmp = Path(tempfile.mkdtemp(prefix="trialflow-bench-"))
+    config_dir = write_config(tmp / "config")
+    redis = RedisServer(tmp)
+    redis.start()
+    slack = FakeSlack().start()
+    slack.add_channel("cloud-trial-alerts")
+    overrides = dict(broker_url=redis.url, **slack.settings(), beat_relay_seconds=1.0, relay_grace_seconds=5.0)
+    settings = Settings(database_url=DB_URL, config_dir=config_dir, _env_file=None, **overrides)
+    env = trialflow_env(database_url=DB_URL, config_dir=config_dir, **overrides)
+    from workers.celery_app import make_celery_app
+    celery = make_celery_app(redis.url)
+
+    def dispatch(ids):
+        for effect_id in ids:
+            celery.send_task("trialflow.deliver", (effect_id,), queue="trialflow")
+
+    rt = Runtime(settings)
+    rt.wake = dispatch
+    workers = [TrialflowProcess(["worker", "--concurrency", "1"], env, tmp / f"worker-{i}.log").start()
+               for i in range(args.workers)]
+    try:
+        for w in workers:
+            w.wait_ready("ready", timeout=60)
+        # warm-up: connections, imports
+        enqueue(rt, 50, "warmup")
+        wait_for(lambda: delivered(rt, "warmup") == 50, 60, "warm-up")
+
+        rt.wake = None
+        ids = enqueue(rt, args.effects, "throughput")
+        started = time.perf_counter()
+        dispatch(ids)
+        wait_for(lambda: delivered(rt, "throughput") == args.effects, 600, "throughput run", interval=0.02)
+        elapsed = time.perf_counter() - started
+        throughput = args.effects / elapsed
+
+        rt.wake = dispatch
+        interval = 1.0 / args.rate
+        next_at = time.perf_counter()
+        for i in range(args.latency_effects):
+            with rt.uow() as uow:
+                outbox.enqueue(uow, key=f"latency:{i}", kind="slack.message", now=rt.clock.now(),
+                               payload={"channel": "cloud-trial-alerts", "text": f"latency {i}"})
+                uow.commit()
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        wait_for(lambda: delivered(rt, "latency") == args.latency_effects, 120, "latency run", interval=0.05)
+        with rt.session_factory() as s:
+            rows = s.execute(select(tables.outbox.c.created_at, tables.outbox.c.delivered_at)
+                             .where(tables.outbox.c.key.like("latency:%"))).all()
+        lat = sorted((d - c).total_seconds() * 1000 for c, d in rows)
+        q = statistics.quantiles(lat, n=100)
+        print(f"| effects/s, {args.workers} worker processes, rate limits off | {throughput:,.0f} ({args.effects} effects in {elapsed:.2f} s) | >= 500 |")
+        print(f"| commit-to-delivery at {args.rate:g}/s: p50 / p95 / p99 | {q[49]:.1f} / {q[94]:.1f} / {q[98]:.1f} ms | p99 < 1000 ms |")
+        doubles = {k: n for k, n in slack.deliveries().items() if n > 1}
+        print(f"duplicates at the Slack server: {len(doubles)}")
+    finally:
+        for w in workers:
+            w.stop()
+        slack.stop()
+        redis.stop()
+        rt.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
