@@ -6,8 +6,17 @@ relay (re-dispatches effects whose task was lost, e.g. with a restarted Redis) a
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from trialflow.settings import get_settings
+
+
+@setup_logging.connect
+def _use_trialflow_logging(**_kwargs) -> None:
+    # Our handler, not Celery's: one line per event, JSON when asked, trial id on every line,
+    # and the secret-scrubbing filter applies to worker output too.
+    from trialflow.logs import configure_logging
+    configure_logging()
 
 def make_celery_app(broker_url: str | None = None) -> Celery:
     settings = get_settings()
