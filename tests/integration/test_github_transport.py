@@ -112,7 +112,7 @@ def test_a_secondary_rate_limit_comes_back_after_github_s_retry_after(runtime, d
     assert deliverer.drain() == {"retry": 1}
 
     # One request, one 403: PyGithub did not sleep and retry inside the call.
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 30  # GithubRetry would have slept the full 60 s
     assert [r.status for r in fake_github.calls("POST", "/repos/")] == [403]
     waiting = row(runtime, effect_id)
     assert waiting.status == "pending"
@@ -135,8 +135,9 @@ def test_the_primary_rate_limit_waits_until_github_resets_it(runtime, deliverer,
 
     waiting = row(runtime, effect_id)
     assert "rate limit" in waiting.last_error
-    # x-ratelimit-reset is epoch seconds, measured against the response's Date (1 s resolution).
-    assert timedelta(seconds=598) <= waiting.next_attempt_at - started <= timedelta(seconds=602)
+    # x-ratelimit-reset is epoch seconds, measured against the response's Date (1 s resolution,
+    # and a loaded machine may take a few seconds between arranging the limit and the request).
+    assert timedelta(seconds=590) <= waiting.next_attempt_at - started <= timedelta(seconds=601)
     assert fake_github.issues == []
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,36 @@ def test_a_qualified_lead_gets_its_channel_issue_and_welcome_email_each_exactly_
     assert "TODO" not in issue["body"].upper()
     [welcome] = smtp_server.messages
     assert welcome["From"] == trial.ce and welcome["Cc"] == trial.ae and welcome["To"] == "gavin@hooli.com"
+    assert_each_effect_arrived_exactly_once(runtime, fake_slack, fake_github, smtp_server)
+
+
+def test_two_workers_draining_at_once_deliver_every_effect_exactly_once(client, runtime, settings, fake_slack,
+                                                                        fake_github, smtp_server, clock):
+    for email in ("bob@acme-corp.com", "ann@globex.com", "peter@initech.com", "gavin@hooli.com", "kim@piedpiper.com"):
+        assert client.post("/api/signups", json={"email": email}).status_code == 201
+    for trial in client.get("/api/trials", params={"state": "triage"}).json()["trials"]:
+        qualify(runtime, trial["trial_id"])
+    workers = [Deliverer(runtime, real_transports(settings)) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def work(deliverer):
+        try:
+            for _ in range(3):  # updates wait for their alert: give them their retries
+                deliverer.drain_all()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for _ in range(3):
+        clock.advance(minutes=1)
+        workers[0].drain_all()
+
+    assert errors == []
+    assert len(fake_github.issues) == 2 and len(smtp_server.messages) == 4
     assert_each_effect_arrived_exactly_once(runtime, fake_slack, fake_github, smtp_server)
 
 

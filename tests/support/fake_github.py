@@ -164,6 +164,8 @@ class FakeGitHub:
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any,
                headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        if path == "/_fake/state":
+            return 200, {}, self.state()
         with self.lock:
             record = GitHubRequest(method, path, query, body, headers)
             self.requests.append(record)
@@ -172,8 +174,6 @@ class FakeGitHub:
             return status, extra, answer
 
     def _answer(self, method, path, query, body, headers):
-        if path == "/_fake/state":
-            return 200, {}, self.state()
         if self._limits:
             status, hdrs, payload = self._limits.popleft()
             return status, dict(hdrs), copy.deepcopy(payload)

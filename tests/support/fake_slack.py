@@ -430,17 +430,23 @@ def _handler_for(fake: FakeSlack):
     return Handler
 
 
-@pytest.fixture
-def fake_slack():
-    """A running FakeSlack for one test; the staff of tests/support/config.py are Slack users."""
+def add_test_staff(slack: FakeSlack) -> FakeSlack:
+    """The staff of tests/support/config.py become Slack users (with their slack_user_id), and
+    #cloud-trial-alerts exists with the bot in it."""
     from tests.support.config import STAFF
 
+    for line in STAFF.strip().splitlines()[1:]:
+        email, _name, _role, slack_user_id, *_ = line.split(",")
+        slack.add_user(email, slack_user_id)
+    slack.add_channel("cloud-trial-alerts")
+    return slack
+
+
+@pytest.fixture
+def fake_slack():
+    """A running FakeSlack for one test, with the test staff as users and #cloud-trial-alerts."""
     with FakeSlack() as slack:
-        for line in STAFF.strip().splitlines()[1:]:
-            email, _name, _role, slack_user_id, *_ = line.split(",")
-            slack.add_user(email, slack_user_id)
-        slack.add_channel("cloud-trial-alerts")
-        yield slack
+        yield add_test_staff(slack)
 
 
 if __name__ == "__main__":
@@ -450,8 +456,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=DEFAULT_TOKEN)
     cli = parser.parse_args()
-    server = FakeSlack(token=cli.token, port=cli.port)
-    server.add_channel("cloud-trial-alerts")
+    server = add_test_staff(FakeSlack(token=cli.token, port=cli.port))
     print(f"TRIALFLOW_SLACK_API_URL={server.url} TRIALFLOW_SLACK_BOT_TOKEN={server.token}", flush=True)
     try:
         server._server.serve_forever()
