@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from trialflow.errors import ConfigError, TrialflowError
 
@@ -305,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # settings validation
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        hint = " (run `trialflow migrate` first?)" if "no such table" in reason or "does not exist" in reason else ""
+        print(f"error: database: {reason}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -193,6 +193,21 @@ def test_a_429_comes_back_after_the_retry_after_slack_asked_for_and_not_before(r
     assert len(fake_slack.messages) == 1
 
 
+def test_waiting_out_rate_limits_does_not_spend_the_attempt_budget(runtime, deliverer, fake_slack, clock):
+    limit = runtime.settings.delivery_max_attempts
+    fake_slack.rate_limit("chat.postMessage", retry_after=5, times=limit + 2)
+    effect_id = enqueue(runtime, "k:throttled", "slack.message", message("cloud-trial-alerts", "patience"))
+
+    for _ in range(limit + 2):
+        assert deliverer.drain() == {"retry": 1}
+        assert row(runtime, effect_id).status == "pending"
+        clock.advance(seconds=6)
+
+    assert deliverer.drain() == {"delivered": 1}
+    assert row(runtime, effect_id).attempts == 1
+    assert len(fake_slack.messages) == 1
+
+
 def test_a_bad_token_parks_the_effect_with_slack_s_reason(runtime, fake_slack):
     from trialflow.delivery.core import Deliverer
     from trialflow.delivery.dryrun import DryRunTransport

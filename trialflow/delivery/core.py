@@ -68,8 +68,11 @@ class _DbResults:
     def result_for_ref(self, ref: str) -> dict[str, Any] | None:
         """What an earlier effect with this ``ref`` returned (the alert's ts, the issue's number)."""
         trial_id = _trial_of(ref)
+        # Only effects that create something (a message, an issue) define a ref; updates and
+        # comments carry the ref of their target and must never be mistaken for it.
         stmt = select(tables.outbox.c.payload, tables.outbox.c.result).where(
-            tables.outbox.c.status == "delivered", tables.outbox.c.result.is_not(None))
+            tables.outbox.c.status == "delivered", tables.outbox.c.result.is_not(None),
+            tables.outbox.c.kind.in_(("slack.message", "github.issue")))
         stmt = stmt.where(tables.outbox.c.trial_id == trial_id) if trial_id else stmt.where(tables.outbox.c.trial_id.is_(None))
         with self._factory() as session:
             for payload, result in session.execute(stmt.order_by(tables.outbox.c.id)):
@@ -171,11 +174,17 @@ class Deliverer:
                                                         tables.outbox.c.status == "delivering").values(**values))
 
     def _retry(self, effect: Effect, why: str, retry_after: float | None) -> str:
-        if effect.attempt >= self.rt.settings.delivery_max_attempts:
+        values: dict[str, Any] = {}
+        if retry_after is not None:
+            # The provider said when to come back (a rate limit): waiting is not failing, so this
+            # attempt does not spend the budget. It certainly did not deliver, so undoing its
+            # count keeps "maybe delivered" true only for attempts that really may have.
+            values["attempts"] = tables.outbox.c.attempts - 1
+        elif effect.attempt >= self.rt.settings.delivery_max_attempts:
             return self._park(effect, why)
         delay = backoff(effect.attempt, retry_after)
         self._finish(effect, status="pending", last_error=why[:2000],
-                     next_attempt_at=self.rt.clock.now() + timedelta(seconds=delay))
+                     next_attempt_at=self.rt.clock.now() + timedelta(seconds=delay), **values)
         return "retry"
 
     def _park(self, effect: Effect, why: str) -> str:
