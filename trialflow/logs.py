@@ -36,10 +36,13 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 # Shorter strings would mask ordinary words; real tokens and passwords are longer.
 MIN_SECRET_LENGTH = 6
+# A URL's password is masked wherever a URL is logged (the regex); elsewhere only a long one is
+# masked, so a default such as "trialflow" does not blank out the product's own name.
+MIN_URL_PASSWORD_LENGTH = 10
 
 
-def register_secret(value: str | None) -> None:
-    if value and len(value) >= MIN_SECRET_LENGTH:
+def register_secret(value: str | None, min_length: int = MIN_SECRET_LENGTH) -> None:
+    if value and len(value) >= min_length:
         with _secrets_lock:
             _secrets.add(value)
 
@@ -54,7 +57,7 @@ def register_secrets(settings) -> None:
             register_secret(value.get_secret_value())
         elif isinstance(value, str) and "://" in value and "@" in value:
             try:
-                register_secret(make_url(value).password)
+                register_secret(make_url(value).password, MIN_URL_PASSWORD_LENGTH)
             except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: the regex still masks user:pass@
                 pass
 

@@ -126,3 +126,15 @@ def test_trialflow_log_json_in_the_environment_switches_to_json(capsys, monkeypa
     logging.getLogger("trialflow.test").info("hello")
     (line,) = lines_of(capsys.readouterr().err)
     assert (line["level"], line["logger"], line["message"], line["trial_id"]) == ("info", "trialflow.test", "hello", None)
+
+
+def test_a_short_default_database_password_does_not_blank_out_ordinary_words(config_dir, capsys):
+    settings = make_settings("postgresql+psycopg://trialflow:trialflow@db:5432/trialflow", config_dir,
+                             smtp_url=f"smtp://trialflow:{SMTP_PASSWORD}@mail:587")
+    configure_logging(json_lines=True, settings=settings)
+    log = logging.getLogger("trialflow.test")
+    log.info("trialflow on http://0.0.0.0:8000 (database postgresql+psycopg://trialflow:trialflow@db:5432/trialflow)")
+    log.info(f"SMTP said 535 authentication failed for password {SMTP_PASSWORD}")
+    first, second = (line["message"] for line in lines_of(capsys.readouterr().err))
+    assert first == "trialflow on http://0.0.0.0:8000 (database postgresql+psycopg://[redacted]@db:5432/trialflow)"
+    assert second == "SMTP said 535 authentication failed for password [redacted]"
