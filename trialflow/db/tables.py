@@ -212,7 +212,13 @@ instance_activity = Table(
     Column("searches", Integer, nullable=False, default=0),
     Column("code_intel_actions", Integer, nullable=False, default=0),
     Column("repositories", Integer, nullable=False, default=0),
+    # One report per instance per moment: a replayed (re-signed or retried) report is a no-op.
+    UniqueConstraint("host", "at", name="uq_instance_activity_host_at"),
 )
+
+# Terminating a trial frees its instance and deletes the domain's claim by host: without this
+# index each termination the sweep makes would scan every claim ever made.
+Index("ix_domain_claims_instance_host", domain_claims.c.instance_host)
 
 marketing_events = Table(
     "marketing_events", metadata,

@@ -31,7 +31,8 @@ def upgrade() -> None:
     sa.Column('searches', sa.Integer(), nullable=False),
     sa.Column('code_intel_actions', sa.Integer(), nullable=False),
     sa.Column('repositories', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_instance_activity'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_instance_activity')),
+    sa.UniqueConstraint('host', 'at', name='uq_instance_activity_host_at')
     )
     with op.batch_alter_table('instance_activity', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_instance_activity_host'), ['host'], unique=False)
@@ -50,6 +51,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_marketing_events_email'), ['email'], unique=False)
         batch_op.create_index(batch_op.f('ix_marketing_events_trial_id'), ['trial_id'], unique=False)
 
+    with op.batch_alter_table('domain_claims', schema=None) as batch_op:
+        batch_op.create_index('ix_domain_claims_instance_host', ['instance_host'], unique=False)
+
     op.create_table('slack_requests',
     sa.Column('key', sa.String(length=200), nullable=False),
     sa.Column('received_at', trialflow.db.tables.UTCDateTime(timezone=True), nullable=False),
@@ -59,6 +63,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('slack_requests')
+    with op.batch_alter_table('domain_claims', schema=None) as batch_op:
+        batch_op.drop_index('ix_domain_claims_instance_host')
+
     with op.batch_alter_table('marketing_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_marketing_events_trial_id'))
         batch_op.drop_index(batch_op.f('ix_marketing_events_email'))
