@@ -17,6 +17,11 @@ SECRET_KEYS = frozenset({"reset_link", "token", "license_key"})
 def enqueue(uow: UnitOfWork, *, key: str, kind: str, payload: dict[str, Any], now: datetime,
             trial_id: str | None = None) -> int | None:
     """Add one effect. A second enqueue with the same idempotency key is a no-op (returns None)."""
+    batch = getattr(uow, "batched_writes", None)
+    if batch is not None:  # the sweep writes a whole batch's effects in one statement (services/sweep.py)
+        batch.effect(dict(key=key, kind=kind, payload=payload, trial_id=trial_id, status="pending", attempts=0,
+                          next_attempt_at=now, created_at=now))
+        return None
     dialect = uow.session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(tables.outbox).values(
         key=key, kind=kind, payload=payload, trial_id=trial_id, status="pending", attempts=0,

@@ -53,6 +53,10 @@ class Context:
 
 
 def schedule(uow: UnitOfWork, trial: Trial, kind: str, due_at: datetime, now: datetime) -> None:
+    batch = getattr(uow, "batched_writes", None)
+    if batch is not None:  # the sweep writes a whole batch's timers at once (services/sweep.py)
+        batch.schedule(trial.id, kind, due_at, now)
+        return
     if not insert_ignore(uow.session, tables.timers,
                          {"trial_id": trial.id, "kind": kind, "due_at": due_at, "created_at": now}):
         uow.session.execute(update(tables.timers).where(
@@ -61,6 +65,10 @@ def schedule(uow: UnitOfWork, trial: Trial, kind: str, due_at: datetime, now: da
 
 
 def cancel(uow: UnitOfWork, trial: Trial, *kinds: str) -> None:
+    batch = getattr(uow, "batched_writes", None)
+    if batch is not None:
+        batch.cancel(trial.id, kinds)
+        return
     uow.session.execute(delete(tables.timers).where(
         tables.timers.c.trial_id == trial.id, tables.timers.c.kind.in_(kinds), tables.timers.c.fired_at.is_(None)))
 
@@ -358,9 +366,17 @@ def _on_terminate(fx, ctx, trial, event):
     fx.update_alert(f":wastebasket: {_lead(trial)}: terminated.")
     cancel(ctx.uow, trial, *TIMER_KINDS)
     if trial.instance_host:
-        ctx.uow.session.execute(update(tables.instances).where(tables.instances.c.host == trial.instance_host)
-                                .values(status="terminated"))
-        ctx.uow.session.execute(delete(tables.domain_claims).where(tables.domain_claims.c.instance_host == trial.instance_host))
+        release_instance(ctx.uow, trial.instance_host)
+
+
+def release_instance(uow: UnitOfWork, host: str) -> None:
+    """The instance is being terminated: it no longer counts as live, and its domain is free again."""
+    batch = getattr(uow, "batched_writes", None)
+    if batch is not None:
+        batch.release_instance(host)
+        return
+    uow.session.execute(update(tables.instances).where(tables.instances.c.host == host).values(status="terminated"))
+    uow.session.execute(delete(tables.domain_claims).where(tables.domain_claims.c.instance_host == host))
 
 
 def _on_feedback(fx, ctx, trial, event):

@@ -66,14 +66,17 @@ def authorize(trial: Trial, trigger: str, person: Person | None, actor: str) -> 
     raise NotAllowed(f"only {needed} can do this ({trigger}); {person.name} is {person.role}")
 
 
-def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command) -> Trial:
-    trial = get_trial(uow, cmd.trial_id, lock=True)
+def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial | None = None,
+           ctx: policies.Context | None = None) -> Trial:
+    """``trial``: already loaded *and row-locked* by the caller (the sweep locks a batch at once);
+    ``ctx``: a policy context shared across commands of one transaction (its staff lookups are cached)."""
+    trial = trial if trial is not None else get_trial(uow, cmd.trial_id, lock=True)
     authorize(trial, cmd.trigger, cmd.person, cmd.actor)
     if not trial.can(cmd.trigger):
         raise TransitionRefused(cmd.trigger, trial.state)
     handler = _HANDLERS.get(cmd.trigger, _plain)
     handler(uow, settings, now, trial, cmd)
-    policies.apply(uow, trial, settings)
+    policies.apply(uow, trial, settings, ctx)
     return trial
 
 
