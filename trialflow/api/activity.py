@@ -1,5 +1,64 @@
+"""Instances report their usage: ``POST /api/instances/{host}/activity``.
+
+Signed like Slack signs, with ``TRIALFLOW_ACTIVITY_SECRET``:
+    X-Trialflow-Timestamp: <unix seconds>
+    X-Trialflow-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<exact body>">
+A timestamp more than 5 minutes from trialflow's clock is refused, so a captured request cannot
+be replayed later; within those 5 minutes a replay is a no-op (the report's moment defaults to
+the signed timestamp, and one report per instance per moment is kept).
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+import hmac
+import json
+import logging
+from datetime import datetime, timezone
 
-router = APIRouter()
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from trialflow.api.app import RT, error, read_body
+from trialflow.errors import InvalidSignup, NotFound
+from trialflow.services import activity
+
+log = logging.getLogger("trialflow.api.activity")
+router = APIRouter(tags=["instances"])
+
+MAX_SKEW_SECONDS = 300
+
+
+def activity_signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+@router.post("/api/instances/{host}/activity")
+async def instance_activity(host: str, request: Request, rt: RT):
+    """An instance's usage report (signed with the activity secret); decides "inactive at day 15"."""
+    secret = rt.settings.activity_secret
+    if secret is None:
+        return error(503, "Activity reports cannot be verified: TRIALFLOW_ACTIVITY_SECRET is not set.")
+    body = await read_body(request, rt.settings.max_body_bytes)
+    timestamp = request.headers.get("x-trialflow-timestamp") or ""
+    given = request.headers.get("x-trialflow-signature") or ""
+    now = rt.clock.now()
+    if not timestamp.isdigit() or abs(now.timestamp() - int(timestamp)) > MAX_SKEW_SECONDS:
+        log.warning("refused an activity report for %s: missing or stale timestamp", host)
+        return error(401, "X-Trialflow-Timestamp is missing or more than 5 minutes away from now.")
+    if not hmac.compare_digest(given.encode(), activity_signature(secret.get_secret_value().encode(), timestamp, body).encode()):
+        log.warning("refused an activity report for %s: wrong signature", host)
+        return error(401, "X-Trialflow-Signature is missing or does not match the timestamp and body.")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return error(400, "The body must be JSON.")
+    try:
+        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), timezone.utc), now)
+    except InvalidSignup as exc:
+        return error(422, exc.message, field=exc.field)
+    try:
+        result = await run_in_threadpool(activity.record_activity, rt, host, report)
+    except NotFound as exc:
+        return error(404, str(exc))
+    return JSONResponse(result, status_code=201 if result["recorded"] else 200)

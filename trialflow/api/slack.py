@@ -1,5 +1,92 @@
+"""Slack's requests: verify the signature, translate, dispatch, answer within Slack's 3 seconds.
+
+The signature is checked with slack_sdk's ``SignatureVerifier`` against the runtime's clock, so
+a request older than 5 minutes is refused (a replay) whatever the machine's wall clock says in a
+test. Nothing is read from the payload before the signature holds.
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import logging
+from urllib.parse import parse_qs
 
-router = APIRouter()
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from slack_sdk.signature import SignatureVerifier
+
+from trialflow.api.app import RT, error, read_body
+from trialflow.services import interactions
+
+log = logging.getLogger("trialflow.api.slack")
+router = APIRouter(tags=["slack"])
+
+# Interaction payloads carry the whole message or view they came from (blocks and all).
+SLACK_MAX_BODY = 512 * 1024
+
+
+class _RuntimeClock:
+    """slack_sdk's clock interface (epoch seconds) over trialflow's injected clock."""
+
+    def __init__(self, clock):
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.now().timestamp()
+
+
+async def verified_body(request: Request, rt) -> bytes | JSONResponse:
+    secret = rt.settings.slack_signing_secret
+    if secret is None:
+        return error(503, "Slack requests cannot be verified: TRIALFLOW_SLACK_SIGNING_SECRET is not set. "
+                          "Set it to the app's signing secret (Slack app settings → Basic Information).")
+    body = await read_body(request, max(rt.settings.max_body_bytes, SLACK_MAX_BODY))
+    verifier = SignatureVerifier(secret.get_secret_value(), clock=_RuntimeClock(rt.clock))
+    try:
+        valid = verifier.is_valid_request(body, dict(request.headers))
+    except (ValueError, UnicodeDecodeError):  # a timestamp that is not a number, a body that is not text
+        valid = False
+    if not valid:
+        log.warning("refused a Slack request to %s: missing, wrong or stale signature", request.url.path)
+        return error(401, "The Slack signature is missing, wrong, or older than 5 minutes.")
+    retry = request.headers.get("x-slack-retry-num")
+    if retry:
+        log.info("Slack retry #%s (%s) of a request to %s", retry, request.headers.get("x-slack-retry-reason"),
+                 request.url.path)
+    return body
+
+
+def _form(body: bytes) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True).items()}
+
+
+@router.post("/slack/interactions")
+async def slack_interactions(request: Request, rt: RT, background: BackgroundTasks):
+    """Slack buttons and modal submissions (form field ``payload``, signed by Slack)."""
+    body = await verified_body(request, rt)
+    if isinstance(body, Response):
+        return body
+    try:
+        payload = json.loads(_form(body).get("payload") or "")
+    except ValueError:
+        return error(400, "Expected a form field 'payload' holding the interaction's JSON.")
+    if not isinstance(payload, dict):
+        return error(400, "The interaction payload must be a JSON object.")
+    web = interactions.slack_web(rt.settings)
+    reply = await run_in_threadpool(interactions.handle_interaction, rt, payload, web)
+    if reply.notify and reply.response_url:
+        background.add_task(web.respond, reply.response_url, reply.notify)
+    if reply.body is None:
+        return Response(status_code=200)
+    return JSONResponse(reply.body)
+
+
+@router.post("/slack/commands")
+async def slack_commands(request: Request, rt: RT):
+    """The ``/trial`` slash command: status, mine, queue, domain, help (answers are ephemeral)."""
+    body = await verified_body(request, rt)
+    if isinstance(body, Response):
+        return body
+    form = _form(body)
+    answer = await run_in_threadpool(interactions.handle_slash_command, rt, form)
+    return JSONResponse(answer)

@@ -1,0 +1,104 @@
+"""Usage reported by a trial's instance: what decides "inactive at day 15".
+
+Each report is kept (``instance_activity``); a report that shows any use (an active user, a
+search, a code-intelligence action) moves the trial's ``last_activity_at`` forward, and the
+sweep's day-15 review reads that (``services.sweep._active``). A report of all zeros is kept but
+is not activity. One report per instance per moment: a replayed report is a no-op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from trialflow.db import tables
+from trialflow.db.sql import insert_ignore
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.normalize import normalize_domain
+from trialflow.errors import InvalidSignup, NotFound
+
+COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
+# Counters that mean someone used the instance; repositories alone (a sync) does not.
+USE_COUNTERS = ("active_users", "searches", "code_intel_actions")
+MAX_FUTURE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ActivityReport:
+    at: datetime
+    active_users: int
+    searches: int
+    code_intel_actions: int
+    repositories: int
+
+    @property
+    def shows_use(self) -> bool:
+        return any(getattr(self, name) > 0 for name in USE_COUNTERS)
+
+
+def parse_report(data: Any, default_at: datetime, now: datetime) -> ActivityReport:
+    """Validate a report body; ``default_at`` (the signed timestamp) when it has no ``at``."""
+    if not isinstance(data, dict):
+        raise InvalidSignup('The body must be a JSON object like {"active_users": 3, "searches": 12, '
+                            '"code_intel_actions": 4, "repositories": 20}.', "body")
+    unknown = set(data) - {*COUNTERS, "at"}
+    if unknown:
+        raise InvalidSignup(f"Unknown field(s): {', '.join(sorted(unknown))}.", sorted(unknown)[0])
+    counts = {}
+    for name in COUNTERS:
+        value = data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 10**9:
+            raise InvalidSignup(f"{name} must be a whole number of at least 0.", name)
+        counts[name] = value
+    at = default_at
+    if data.get("at") is not None:
+        if not isinstance(data["at"], str):
+            raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at")
+        try:
+            at = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at") from None
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    if at > now + MAX_FUTURE:
+        raise InvalidSignup("at is in the future.", "at")
+    return ActivityReport(at=at.astimezone(timezone.utc), **counts)
+
+
+def trial_for_host(session, host: str) -> tuple[bool, str | None]:
+    """(is the instance known, the trial it belongs to). The instance's own trial first; else the
+    latest started trial on that host (an instance from instances.csv has no trial)."""
+    owner = session.execute(select(tables.instances.c.trial_id).where(tables.instances.c.host == host)).first()
+    if owner is not None and owner.trial_id:
+        return True, owner.trial_id
+    trial_id = session.scalar(
+        select(tables.trials.c.id).where(tables.trials.c.instance_host == host,
+                                         tables.trials.c.state.in_(lc.STARTED | lc.HOLDING_INSTANCE))
+        .order_by(tables.trials.c.started_at.desc()).limit(1))
+    return owner is not None or trial_id is not None, trial_id
+
+
+def record_activity(rt, raw_host: str, report: ActivityReport) -> dict[str, Any]:
+    try:
+        host = normalize_domain(raw_host)
+    except InvalidSignup:
+        raise NotFound(f"No instance {raw_host!r}.") from None
+    with rt.uow() as uow:
+        session = uow.session
+        known, trial_id = trial_for_host(session, host)
+        if not known:
+            raise NotFound(f"No instance {host} is known to trialflow.")
+        recorded = insert_ignore(session, tables.instance_activity, {
+            "host": host, "trial_id": trial_id, "at": report.at, **{n: getattr(report, n) for n in COUNTERS}})
+        if recorded and trial_id and report.shows_use:
+            # Forward only: a late report for an earlier moment never moves activity back.
+            t = tables.trials
+            session.execute(update(t).where(t.c.id == trial_id, or_(t.c.last_activity_at.is_(None),
+                                                                    t.c.last_activity_at < report.at))
+                            .values(last_activity_at=report.at))
+        last = session.scalar(select(tables.trials.c.last_activity_at).where(tables.trials.c.id == trial_id)) \
+            if trial_id else None
+        uow.commit()
+    return {"recorded": recorded, "duplicate": not recorded, "host": host, "trial_id": trial_id,
+            "active": report.shows_use, "last_activity_at": last.isoformat() if last else None}
