@@ -308,7 +308,7 @@ def _on_domain_change(fx, ctx, trial, event):
     ])
     fx.issue("domain-change", "domain-change", f"Domain name change: {trial.instance_host} → {new}", body,
              ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}")
-    fx.to_account_channel("domain-change", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
+    fx.to_account_channel("domain-change-ae", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
 
 
 def _on_warn(fx, ctx, trial, event):
