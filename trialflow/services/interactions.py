@@ -675,8 +675,8 @@ def fetch_issue_comments(settings, repo: str, number: int) -> list[str]:
     from github import Auth, Github, GithubException
     try:
         client = Github(auth=Auth.Token(settings.github_token.get_secret_value()), base_url=settings.github_api_url,
-                        timeout=5, retry=None)
-        issue = client.get_repo(repo, lazy=True).get_issue(number)
+                        timeout=5, retry=None, lazy=True)
+        issue = client.get_repo(repo).get_issue(number)
         return [c.body or "" for c in issue.get_comments()]
     except (GithubException, OSError) as exc:
         log.warning("could not read the comments of %s#%s: %s", repo, number, type(exc).__name__)

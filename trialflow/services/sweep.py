@@ -98,17 +98,18 @@ def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 50
     report = SweepReport(at=now, dry_run=dry_run)
     if dry_run:
         with rt.uow() as uow:
-            while _sweep_timers(uow, rt, now, report, batch, lock=False) == batch:
-                pass  # fired_at is set inside this transaction, so the next batch is the next one
+            # fired_at is set inside this transaction, so the next batch is the next one.
+            while _more(*_sweep_timers(uow, rt, now, report, batch, lock=False), batch):
+                pass
             _sweep_queue(uow, rt, now, report, lock=False)
             _sweep_program(uow, rt, now, report)
             uow.rollback()
     else:
         while True:
             with rt.uow() as uow:
-                claimed = _sweep_timers(uow, rt, now, report, batch, lock=True)
+                claimed, settled = _sweep_timers(uow, rt, now, report, batch, lock=True)
                 uow.commit()
-            if claimed < batch:
+            if not _more(claimed, settled, batch):
                 break
         with rt.uow() as uow:
             _sweep_queue(uow, rt, now, report, lock=True)
@@ -208,21 +209,32 @@ def _insert_effects(session, effects: list[dict]) -> list[int]:
     return ids
 
 
-def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int, lock: bool) -> int:
-    """Claim up to ``batch`` due timers and take the step each one causes. Returns how many were claimed.
+def _more(claimed: int, settled: int, batch: int) -> bool:
+    """Another batch may be due: this one was full, and it moved something (a batch made only of
+    timers whose step fails would otherwise be claimed again and again)."""
+    return claimed == batch and settled > 0
+
+
+def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int,
+                  lock: bool) -> tuple[int, int]:
+    """Claim up to ``batch`` due timers and take the step each one causes. Returns (claimed, settled):
+    settled leaves out timers left due because their step failed.
 
     The fast path flushes the batch's trial changes once, at the end (history rows go out as one
     multi-row INSERT). If anything unexpected fails, the batch is rolled back and redone with a
     savepoint per trial, so one bad trial is skipped (its timer left due, and logged) instead of
     stopping every sweep behind it.
     """
+    effects_before = len(uow.new_effect_ids)
     try:
-        return _claim_and_step(uow, rt, now, report, batch, lock, careful=False)
-    except Exception:  # noqa: BLE001 - redo carefully; the careful pass logs the culprit
-        log.warning("sweep batch failed; redoing it one trial at a time", exc_info=True)
+        # A savepoint, not the transaction: a dry run holds every batch in one transaction.
+        with uow.session.begin_nested():
+            return _claim_and_step(uow, rt, now, report, batch, lock, careful=False)
+    except Exception as exc:  # noqa: BLE001 - redo carefully; the careful pass logs the culprit
+        log.warning("sweep batch failed (%s: %s); redoing it one trial at a time", type(exc).__name__, exc)
         uow.batched_writes = None
-        uow.rollback()
-        return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
+        del uow.new_effect_ids[effects_before:]
+    return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
 
 
 def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int, lock: bool,
@@ -235,7 +247,7 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
         due_stmt = due_stmt.with_for_update(skip_locked=True)
     due = session.execute(due_stmt).all()
     if not due:
-        return 0
+        return 0, 0
     session.execute(update(t).where(_among(session, t.c.id, [row.id for row in due])).values(fired_at=now))
 
     trial_ids = sorted({row.trial_id for row in due if row.trial_id is not None})
@@ -249,6 +261,7 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
     batched = None if careful else BatchedWrites()
     uow.batched_writes = batched
     done: list[str] = []
+    left_due = 0
     for row in due:
         trial = trials.get(row.trial_id)
         decision = _decide(trial, row.kind) if trial is not None else None
@@ -267,6 +280,7 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
                 log.exception("timer %s for %s failed; left due for the next sweep", row.kind, row.trial_id,
                               extra={"trial_id": row.trial_id})
                 session.execute(update(t).where(t.c.id == row.id).values(fired_at=None))
+                left_due += 1
                 continue
         else:
             # For the clock's own steps handle() refuses (TrialflowError) before changing anything,
@@ -282,10 +296,10 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
         uow.batched_writes = None
         batched.write(uow)
     session.flush()
-    report.timers_fired += len(due)
+    report.timers_fired += len(due) - left_due
     report.trials_touched += len(done)
     report.actions.extend(done)
-    return len(due)
+    return len(due), len(due) - left_due
 
 
 def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
