@@ -65,7 +65,8 @@ def cmd_serve(args) -> int:
     logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
                                         rt.engine.url.render_as_string(hide_password=True), mode)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+        # log_config=None: uvicorn's lines go through our handler (JSON when asked, secrets masked).
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=None)
     finally:
         stop()
     return 0

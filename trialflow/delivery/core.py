@@ -25,6 +25,7 @@ from sqlalchemy import func, select, text, update
 
 from trialflow.db import tables
 from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
 from trialflow.services.slack_blocks import message
 from trialflow.services.uow import UnitOfWork
@@ -145,6 +146,10 @@ class Deliverer:
         effect = self._lease(effect_id)
         if effect is None:
             return "skipped"
+        with bind_trial(effect.trial_id):
+            return self._deliver(effect)
+
+    def _deliver(self, effect: Effect) -> str:
         transport = self.transports.get(effect.kind.split(".", 1)[0])
         try:
             if transport is None:
@@ -174,6 +179,7 @@ class Deliverer:
                                                         tables.outbox.c.status == "delivering").values(**values))
 
     def _retry(self, effect: Effect, why: str, retry_after: float | None) -> str:
+        why = scrub(why)
         values: dict[str, Any] = {}
         if retry_after is not None:
             # The provider said when to come back (a rate limit): waiting is not failing, so this
@@ -188,6 +194,7 @@ class Deliverer:
         return "retry"
 
     def _park(self, effect: Effect, why: str) -> str:
+        why = scrub(why)  # a provider's error may quote what it was sent (a reset link, a token)
         self._finish(effect, status="failed", last_error=why[:2000])
         log.error("effect %s parked as failed after %s attempt(s): %s", effect.key, effect.attempt, why,
                   extra={"trial_id": effect.trial_id})
