@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import String, bindparam, delete, func, insert, select, text, update
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore, take_lock
@@ -89,54 +89,161 @@ _RESULT_COLUMNS = (tables.trials.c.id, tables.trials.c.case, tables.trials.c.sta
                    tables.trials.c.email, tables.trials.c.instance_host)
 
 
+def _result(trial_id, case, state, domain, email, instance_host) -> SignupResult:
+    return SignupResult(trial_id, case, state, domain, email,
+                        f"https://{instance_host}" if instance_host else None, created=False)
+
+
 def find_by_email(uow: UnitOfWork, address: str) -> SignupResult | None:
     row = uow.session.execute(select(*_RESULT_COLUMNS).where(tables.trials.c.email == address)).first()
-    if row is None:
+    return _result(*row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    domain: str
+    instance_host: str | None
+    trial_id: str | None
+    owner: tuple[str | None, str | None, str | None] | None  # (account_name, ae, ce) of the trial that claimed it
+
+
+@dataclass(frozen=True)
+class _Account:
+    domain: str
+    account_name: str
+    prequalified: bool
+    named_account: bool
+    named_sdr: str | None
+    owner_ae: str | None
+    owner_ce: str | None
+
+
+@dataclass
+class _Known:
+    """What the database knows about a signup's email and domain, read in one round trip."""
+    existing: SignupResult | None = None
+    claims: dict[str, _Claim] = field(default_factory=dict)
+    accounts: dict[str, _Account] = field(default_factory=dict)
+    has_marketing_events: bool = False
+
+    def first(self, found: dict, candidates: list[str]):
+        for domain in candidates:  # most specific first
+            if domain in found:
+                return found[domain]
         return None
-    return SignupResult(row.id, row.case, row.state, row.domain, row.email,
-                        f"https://{row.instance_host}" if row.instance_host else None, created=False)
+
+
+# The signup's reads in one statement: its trial (a repeat), the claims and accounts of its domain
+# and parents, and whether marketing actions wait for it. Plain SQL (valid on PostgreSQL and
+# SQLite): one round trip instead of four, and no statement to build and key on each request.
+_LOOKUP = text("""
+SELECT 'trial' AS kind, t.id AS k, t."case" AS a, t.state AS b, t.domain AS c, t.instance_host AS d,
+       NULL AS e, NULL AS f, NULL AS g
+  FROM trials t WHERE t.email = :email
+UNION ALL
+SELECT 'claim', c.domain, c.instance_host, c.trial_id, o.account_name, o.ae, o.ce, NULL, NULL
+  FROM domain_claims c LEFT JOIN trials o ON o.id = c.trial_id WHERE c.domain IN :candidates
+UNION ALL
+SELECT 'account', a.domain, a.account_name, CASE WHEN a.prequalified THEN 'y' ELSE 'n' END,
+       CASE WHEN a.named_account THEN 'y' ELSE 'n' END, a.named_sdr, a.owner_ae, a.owner_ce, NULL
+  FROM accounts a WHERE a.domain IN :candidates
+UNION ALL
+SELECT 'events', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+ WHERE EXISTS (SELECT 1 FROM marketing_events m WHERE m.email = :email AND m.trial_id IS NULL)
+""").bindparams(bindparam("candidates", expanding=True, type_=String()))
+
+
+def _look_up(uow: UnitOfWork, email: Email) -> _Known:
+    # A public mailbox domain matches nothing, so its claims and accounts are not even read.
+    candidates = [] if email.is_public else email.domain_candidates()
+    known = _Known()
+    for kind, k, a, b, c, d, e, f, g in uow.session.connection().execute(
+            _LOOKUP, {"email": email.address, "candidates": candidates}):
+        if kind == "trial":
+            known.existing = _result(k, a, b, c, email.address, d)
+        elif kind == "claim":
+            known.claims[k] = _Claim(k, a, b, (c, d, e) if b else None)
+        elif kind == "account":
+            known.accounts[k] = _Account(k, a, b == "y", c == "y", d, e, f)
+        else:
+            known.has_marketing_events = True
+    return known
 
 
 def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResult:
     """Route one signup and commit it with its effects, in one transaction.
 
-    The trial is routed as a plain object and written with Core statements at the end: a signup
-    is the hottest path of the service, and the ORM's unit of work costs more here than the
-    routing itself. Inserting the trial row with ON CONFLICT (email) DO NOTHING is the per-email
-    lock: a second request for the same email waits for the first to commit, inserts nothing,
-    rolls back whatever it routed and answers with the first one's trial.
+    This is the hottest path of the service, so it counts round trips: one read (``_LOOKUP``),
+    one write of the trial with its history, the effects, the commit. The trial is routed as a
+    plain object and written at the end. Inserting it with ON CONFLICT (email) DO NOTHING is the
+    per-email lock: a second request for the same email waits for the first to commit, inserts
+    nothing, rolls back whatever it routed and answers with the first one's trial.
     """
     email = normalize_email(data.email)
     name = _clean(data.name, "name")
     company = _clean(data.company, "company")
     source = _clean(data.source, "source", 100)
     with uow_factory() as uow:
-        existing = find_by_email(uow, email.address)
-        if existing is not None:
-            return existing
+        known = _look_up(uow, email)
+        if known.existing is not None:
+            return known.existing
         now = clock.now()
         trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
-        _route(uow, settings, trial, email)
-        # Marketing actions seen before the signup count now, so the triage alert shows the score.
-        attach_marketing_events(uow.session, trial)
+        _route(uow, settings, trial, email, known)
+        if known.has_marketing_events:
+            # Marketing actions seen before the signup count now, so the triage alert shows the score.
+            attach_marketing_events(uow.session, trial)
         if not _insert_trial(uow, trial):
             uow.rollback()
             existing = find_by_email(uow, email.address)
             if existing is None:  # the other request's trial vanished again: not a race we can answer
                 raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
             return existing
-        policies.apply(uow, trial, settings)
+        _apply_policies(uow, trial, settings)
         uow.commit()
         return SignupResult.of(trial, created=True)
 
 
-def _insert_trial(uow: UnitOfWork, trial: Trial) -> bool:
-    """Write the routed trial and its history; False when the email already has a trial."""
-    values = {column.name: getattr(trial, column.name) for column in tables.trials.columns
-              if column.name not in ("kept", "mql_points")}
+def _apply_policies(uow: UnitOfWork, trial: Trial, settings) -> None:
+    """The signup's effects and timers, written together at the end (as the sweep does): one
+    statement for its effects instead of one per effect. Nothing in the signup reads them back."""
+    from trialflow.services.sweep import BatchedWrites  # sweep imports this module
+    uow.batched_writes = BatchedWrites()
+    try:
+        policies.apply(uow, trial, settings)
+        uow.batched_writes.write(uow)
+    finally:
+        uow.batched_writes = None
+
+
+_TRIAL_COLUMNS = [column.name for column in tables.trials.columns]
+# PostgreSQL: the trial and its one history entry in one statement; nothing is written to the
+# history when the email already has a trial (the CTE returns no row).
+_INSERT_TRIAL_AND_HISTORY_PG = text(
+    "WITH new_trial AS (INSERT INTO trials ({columns}) VALUES ({values}) ON CONFLICT (email) DO NOTHING RETURNING id) "
+    'INSERT INTO trial_history (trial_id, from_state, to_state, "trigger", actor, at, detail) '
+    "SELECT new_trial.id, :h_from_state, :h_to_state, :h_trigger, :h_actor, :h_at, CAST(:h_detail AS JSONB) "
+    "FROM new_trial RETURNING trial_id".format(
+        columns=", ".join(f'"{name}"' for name in _TRIAL_COLUMNS),
+        values=", ".join(f":t_{name}" for name in _TRIAL_COLUMNS)))
+
+
+def _trial_values(trial: Trial) -> dict[str, Any]:
+    values = {name: getattr(trial, name) for name in _TRIAL_COLUMNS}
     values["kept"] = bool(trial.kept)
     values["mql_points"] = trial.mql_points or 0
-    values["id"] = trial.id
+    return values
+
+
+def _insert_trial(uow: UnitOfWork, trial: Trial) -> bool:
+    """Write the routed trial and its history; False when the email already has a trial."""
+    values = _trial_values(trial)
+    if uow.session.get_bind().dialect.name == "postgresql" and len(trial.history) == 1:
+        (entry,) = trial.history
+        params = {f"t_{name}": value for name, value in values.items()}
+        params.update(h_from_state=entry.from_state, h_to_state=entry.to_state, h_trigger=entry.trigger,
+                      h_actor=entry.actor, h_at=entry.at, h_detail=json.dumps(entry.detail))
+        return uow.session.connection().execute(_INSERT_TRIAL_AND_HISTORY_PG, params).first() is not None
     if not insert_ignore(uow.session, tables.trials, values, index_elements=["email"]):
         return False
     uow.session.execute(insert(tables.trial_history), [
@@ -147,32 +254,18 @@ def _insert_trial(uow: UnitOfWork, trial: Trial) -> bool:
     return True
 
 
-def _first_match(uow: UnitOfWork, table, column, candidates: list[str], *columns):
-    if len(candidates) == 1:
-        condition = column == candidates[0]
-    else:
-        condition = column.in_(candidates)
-    rows = {r._mapping[column.name]: r for r in uow.session.execute(select(*(columns or (table,))).where(condition))}
-    for domain in candidates:  # most specific first
-        if domain in rows:
-            return rows[domain]
-    return None
-
-
-def _route(uow: UnitOfWork, settings, trial: Trial, email: Email) -> None:
+def _route(uow: UnitOfWork, settings, trial: Trial, email: Email, known: _Known) -> None:
     now = trial.created_at
     if email.is_public:
         trial.case = CASE_MANUAL
         trial.fire("send_to_triage", actor=SYSTEM, at=now, reason="public email domain")
         return
     candidates = email.domain_candidates()
-    claims = tables.domain_claims.c
-    claim = _first_match(uow, tables.domain_claims, claims.domain, candidates,
-                         claims.domain, claims.instance_host, claims.trial_id)
+    claim = known.first(known.claims, candidates)
     if claim is not None and claim.instance_host:
-        _join_existing(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
+        _join_existing(trial, claim.domain, claim.instance_host, claim.owner, known.accounts.get(claim.domain))
         return
-    account = _first_match(uow, tables.accounts, tables.accounts.c.domain, candidates)
+    account = known.first(known.accounts, candidates)
     if account is None or not account.prequalified:
         trial.case = CASE_MANUAL
         if account is not None:
@@ -190,20 +283,25 @@ def _route(uow: UnitOfWork, settings, trial: Trial, email: Email) -> None:
     claim_for_domain(uow, settings, trial, now, assign=_assign_by_rotation)
 
 
-def _join_existing(uow, trial: Trial, domain: str, host: str, owner_trial_id: str | None) -> None:
+def _join_existing(trial: Trial, domain: str, host: str, owner, account) -> None:
     """Case 1: the domain's people are the ones who own its instance (its first trial's, or the account's)."""
-    t, a = tables.trials.c, tables.accounts.c
-    owner = uow.session.execute(select(t.account_name, t.ae, t.ce).where(t.id == owner_trial_id)).first() \
-        if owner_trial_id else None
-    account = uow.session.execute(select(a.account_name, a.owner_ae, a.owner_ce).where(a.domain == domain)).first() \
-        if owner is None or not (owner.account_name and owner.ae and owner.ce) else None
+    owner_name, owner_ae, owner_ce = owner or (None, None, None)
     trial.case = CASE_EXISTING
     trial.domain = domain
     trial.instance_host = host
-    trial.account_name = (owner.account_name if owner else None) or (account.account_name if account else None)
-    trial.ae = (owner.ae if owner else None) or (account.owner_ae if account else None)
-    trial.ce = (owner.ce if owner else None) or (account.owner_ce if account else None)
+    trial.account_name = owner_name or (account.account_name if account else None)
+    trial.ae = owner_ae or (account.owner_ae if account else None)
+    trial.ce = owner_ce or (account.owner_ce if account else None)
     trial.fire("route_to_existing", actor=SYSTEM, at=trial.created_at, instance=host)
+
+
+def _join_claimed(uow, trial: Trial, domain: str, host: str, owner_trial_id: str | None) -> None:
+    """Case 1 found only at claim time (another signup won the domain a moment ago): read its people."""
+    t, a = tables.trials.c, tables.accounts.c
+    owner = uow.session.execute(select(t.account_name, t.ae, t.ce).where(t.id == owner_trial_id)).first() \
+        if owner_trial_id else None
+    account = uow.session.execute(select(a.account_name, a.owner_ae, a.owner_ce).where(a.domain == domain)).first()
+    _join_existing(trial, domain, host, tuple(owner) if owner else None, account)
 
 
 def _assign_by_rotation(uow, trial: Trial) -> None:
@@ -234,7 +332,7 @@ def claim_for_domain(uow: UnitOfWork, settings, trial: Trial, now,
                          {"domain": trial.domain, "instance_host": None, "trial_id": trial.id, "claimed_at": now}):
         claim = uow.session.execute(select(tables.domain_claims).where(tables.domain_claims.c.domain == trial.domain)).first()
         if claim is not None and claim.instance_host:
-            _join_existing(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
+            _join_claimed(uow, trial, claim.domain, claim.instance_host, claim.trial_id)
             return
         _wait(trial, now, "another signup of this domain is waiting for capacity")
         return
