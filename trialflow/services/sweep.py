@@ -241,8 +241,10 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
                     careful: bool) -> int:
     t = tables.timers
     session = uow.session
+    # Ordered by due_at alone: exactly the partial index's order, so a batch reads only its own rows
+    # (a tie-breaker on id would make PostgreSQL sort every timer due at the same moment).
     due_stmt = (select(t.c.id, t.c.trial_id, t.c.kind).where(t.c.fired_at.is_(None), t.c.due_at <= now)
-                .order_by(t.c.due_at, t.c.id).limit(batch))
+                .order_by(t.c.due_at).limit(batch))
     if lock:
         due_stmt = due_stmt.with_for_update(skip_locked=True)
     due = session.execute(due_stmt).all()
