@@ -57,6 +57,19 @@ def test_a_report_of_no_use_is_kept_but_is_not_activity(client, runtime, clock):
     assert last_activity(runtime, bob["trial_id"]) is None
 
 
+def grade(runtime, trial_id: str):
+    with runtime.session_factory() as s:
+        return s.scalar(select(tables.trials.c.pql_grade).where(tables.trials.c.id == trial_id))
+
+
+def test_a_report_grades_the_trial_at_once_without_waiting_for_the_sweep(client, runtime, clock):
+    bob = claim(client, "bob@acme-corp.com")
+    gina = claim(client, "gina@globex.com")
+    post_activity(client, bob["host"], USE, clock.now())        # 3 users, 41 searches: grade B
+    post_activity(client, gina["host"], IDLE, clock.now())      # nothing used: grade D
+    assert (grade(runtime, bob["trial_id"]), grade(runtime, gina["trial_id"])) == ("B", "D")
+
+
 def test_a_late_report_never_moves_activity_back(client, runtime, clock):
     bob = claim(client, "bob@acme-corp.com")
     clock.advance(days=5)

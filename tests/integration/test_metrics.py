@@ -84,8 +84,7 @@ def test_the_last_sweeps_duration_and_trials_touched_are_exposed(client, runtime
     assert "trialflow_sweep_last_trials_touched" not in scrape(client)  # no sweep yet: absent, not 0
     client.post("/api/signups", json={"email": "bob@acme-corp.com"})
     runtime.clock.advance(days=12)             # the day-12 heads-up before the day-15 review is due
-    report = sweep(runtime)
-    metrics.record_sweep(runtime, report)
+    report = sweep(runtime)                    # the sweep records its own numbers
     m = scrape(client)
     assert report.timers_fired == 1 and report.trials_touched == 1
     assert m["trialflow_sweep_last_trials_touched"][()] == 1
@@ -93,10 +92,10 @@ def test_the_last_sweeps_duration_and_trials_touched_are_exposed(client, runtime
     assert m["trialflow_sweep_last_promoted"][()] == 0
     assert m["trialflow_sweep_last_duration_seconds"][()] == report.seconds > 0
     assert m["trialflow_sweep_last_run_timestamp_seconds"][()] == runtime.clock.now().timestamp()
-    metrics.record_sweep(runtime, sweep(runtime, dry_run=True))  # a dry run is not the last sweep
+    sweep(runtime, dry_run=True)               # a dry run is not the last sweep
     assert scrape(client)["trialflow_sweep_last_timers_fired"][()] == 1
     runtime.clock.advance(minutes=1)
-    metrics.record_sweep(runtime, sweep(runtime))                # nothing due now
+    sweep(runtime)                             # nothing due now
     m = scrape(client)
     assert m["trialflow_sweep_last_timers_fired"][()] == 0
     assert m["trialflow_sweep_last_run_timestamp_seconds"][()] == runtime.clock.now().timestamp()

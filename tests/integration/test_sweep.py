@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select, update
 from tests.conftest import make_settings
 from tests.support.processes import trialflow_env
 from trialflow.db import tables
+from trialflow.metrics import SWEEP_KEY
 from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
@@ -66,13 +67,14 @@ def pending_timers(rt, trial_id: str) -> dict:
 
 
 def snapshot(rt) -> tuple:
-    """Everything a sweep may change."""
+    """Everything a sweep may change in the program (not the /metrics note of its last run)."""
     with rt.session_factory() as s:
         return (s.scalar(select(func.count()).select_from(tables.trial_history)),
                 s.scalar(select(func.count()).select_from(tables.outbox)),
                 s.scalar(select(func.count()).select_from(tables.timers).where(tables.timers.c.fired_at.is_not(None))),
                 tuple(s.execute(select(tables.trials.c.id, tables.trials.c.state).order_by(tables.trials.c.id)).all()),
-                tuple(s.execute(select(tables.kv.c.key, tables.kv.c.value).order_by(tables.kv.c.key)).all()))
+                tuple(s.execute(select(tables.kv.c.key, tables.kv.c.value).where(tables.kv.c.key != SWEEP_KEY)
+                                .order_by(tables.kv.c.key)).all()))
 
 
 def buttons(message: dict) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
+from trialflow.scoring import grade_trials
 from trialflow.errors import InvalidSignup, NotFound
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
@@ -97,6 +98,9 @@ def record_activity(rt, raw_host: str, report: ActivityReport) -> dict[str, Any]
             session.execute(update(t).where(t.c.id == trial_id, or_(t.c.last_activity_at.is_(None),
                                                                     t.c.last_activity_at < report.at))
                             .values(last_activity_at=report.at))
+        if recorded and trial_id:
+            # Grade now, not at the next sweep: the triage queue and the dashboard read it.
+            grade_trials(session, rt.clock.now(), config_dir=rt.settings.config_dir, trial_ids=[trial_id])
         last = session.scalar(select(tables.trials.c.last_activity_at).where(tables.trials.c.id == trial_id)) \
             if trial_id else None
         uow.commit()
