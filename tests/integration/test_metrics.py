@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from trialflow import metrics, scoring
+from trialflow import scoring
 from trialflow.db import tables
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.wiring import build_deliverer
