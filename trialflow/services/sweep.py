@@ -113,9 +113,7 @@ def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 50
                 uow.commit()
             if not _more(claimed, settled, batch):
                 break
-        with rt.uow() as uow:
-            _sweep_queue(uow, rt, now, report, lock=True)
-            uow.commit()
+        _sweep_queue_durably(rt, now, report)
         with rt.uow() as uow:
             _sweep_program(uow, rt, now, report)
             uow.commit()
@@ -311,26 +309,60 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
     return len(due), len(due) - left_due
 
 
-def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
-    """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
+def _waiting(uow: UnitOfWork, lock: bool, ids: list[str] | None = None) -> list[Trial]:
     stmt = (select(Trial).where(tables.trials.c.state == lc.WAITING_FOR_CAPACITY)
             .order_by(tables.trials.c.created_at, tables.trials.c.id).limit(QUEUE_BATCH))
+    if ids is not None:
+        stmt = stmt.where(tables.trials.c.id.in_(ids))
     if lock:
         stmt = stmt.with_for_update(skip_locked=True)
-    waiting = uow.session.scalars(stmt).all()
+    return list(uow.session.scalars(stmt).all())
+
+
+def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
+    """Try to move one waiting trial on. True: moved; False: not now; None: the cap is reached."""
+    with uow.session.begin_nested():
+        moved = promote_waiting(uow, rt.settings, now, trial)
+    if moved:
+        report.promoted += 1
+        report.trials_touched += 1
+        report.add(f"{trial.id} {trial.email}: capacity freed → {trial.state}")
+        return True
+    # a pre-qualified trial may wait for the pool while a manual one behind it can still go
+    return None if not has_capacity(uow, rt.settings) else False
+
+
+def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
+    """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
+    waiting = _waiting(uow, lock)
     # Nobody can move while the cap is reached: one count instead of one attempt per waiting trial.
     if not waiting or not has_capacity(uow, rt.settings):
         return
     for trial in waiting:
-        with uow.session.begin_nested():
-            moved = promote_waiting(uow, rt.settings, now, trial)
-        if not moved:
-            if not has_capacity(uow, rt.settings):
-                break
-            continue  # a pre-qualified trial waits for the pool; a manual one behind it may still go
-        report.promoted += 1
-        report.trials_touched += 1
-        report.add(f"{trial.id} {trial.email}: capacity freed → {trial.state}")
+        if _promote(uow, rt, now, report, trial) is None:
+            break
+
+
+def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
+    """As ``_sweep_queue``, one transaction per trial.
+
+    A promotion takes its domain's claim row and then the capacity lock, as a signup does; holding
+    one trial's claim while taking the next one's could deadlock with a signup of that next
+    domain waiting for capacity. One trial per transaction holds at most one claim at a time.
+    """
+    with rt.uow() as uow:
+        ids = [t.id for t in _waiting(uow, lock=False)]
+        if not ids or not has_capacity(uow, rt.settings):
+            return
+    for trial_id in ids:
+        with rt.uow() as uow:
+            trials = _waiting(uow, lock=True, ids=[trial_id])
+            if not trials:
+                continue  # moved by someone else meanwhile, or locked by another sweeper
+            outcome = _promote(uow, rt, now, report, trials[0])
+            uow.commit()
+        if outcome is None:
+            break
 
 
 def _sweep_program(uow: UnitOfWork, rt, now: datetime, report: SweepReport) -> None:
