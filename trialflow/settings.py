@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
     github_repo: str | None = None
     github_webhook_secret: SecretStr | None = None
+    # GitHub asks integrations to leave a second between writes (secondary rate limits); per process.
+    github_seconds_between_writes: float = Field(1.0, ge=0)
 
     smtp_url: str | None = None
     email_from: str = "trials@example.com"

@@ -38,7 +38,10 @@ def redis_server(tmp_path):
 @pytest.fixture
 def stack(pg_url, config_dir, tmp_path, redis_server, fake_slack, fake_github):
     fake_slack.add_channel("cloud-trial-alerts")
-    timing = dict(delivery_lease_seconds=2, beat_relay_seconds=0.5, relay_grace_seconds=1.5, beat_sweep_seconds=3600)
+    # Short lease and relay so recovery happens within the test; no pause between GitHub writes
+    # (the local GitHub has no secondary limits to respect).
+    timing = dict(delivery_lease_seconds=2, beat_relay_seconds=0.5, relay_grace_seconds=1.5, beat_sweep_seconds=3600,
+                  github_seconds_between_writes=0)
     overrides = dict(broker_url=redis_server.url, **fake_slack.settings(), **fake_github.settings(), **timing)
     settings = make_settings(pg_url, config_dir, **overrides)
     env = trialflow_env(database_url=pg_url, config_dir=config_dir, **overrides)

@@ -38,9 +38,12 @@ def marker(effect_key: str) -> str:
 
 
 class GitHubTransport:
-    def __init__(self, settings, client: Github | None = None, seconds_between_writes: float | None = 1.0):
+    def __init__(self, settings, client: Github | None = None, seconds_between_writes: float | None = None):
         """``seconds_between_writes`` is PyGithub's own pause between POSTs, which GitHub asks
-        integrations to keep (one second) to stay clear of secondary limits."""
+        integrations to keep (one second) to stay clear of secondary limits; by default it is
+        ``settings.github_seconds_between_writes``."""
+        if seconds_between_writes is None:
+            seconds_between_writes = settings.github_seconds_between_writes
         self.repo_name = settings.github_repo
         self.client = client or Github(
             auth=Auth.Token(settings.github_token.get_secret_value()), base_url=settings.github_api_url.rstrip("/"),
