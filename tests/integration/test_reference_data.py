@@ -177,3 +177,23 @@ def test_accounts_naming_people_missing_from_staff_csv_load_with_a_warning(runti
     report = load(runtime, write_config(tmp_path / "ghost", accounts, STAFF, INSTANCES), clock)
     assert report.accounts == 1
     assert report.warnings == ["accounts.csv: acme-corp.com: owner_ae ghost.ae@example.com is not in staff.csv"]
+
+
+def test_reloading_a_csv_that_still_lists_a_terminated_instance_as_live_does_not_route_signups_to_it(
+        runtime, tmp_path, clock):
+    from trialflow.services.directory import Directory
+    from trialflow.services.trials import Command, run
+    bob = submit_signup(runtime.uow, runtime.settings, clock, SignupInput(email="bob@acme-corp.com"))
+    with runtime.session_factory() as s:
+        carol = Directory(s).by_slack_id("U0CE00001")
+    run(runtime, Command(bob.trial_id, "terminate", "U0CE00001", carol, {"reason": "no longer needed"}))
+
+    stale = INSTANCES + "pool-a.sourcegraph.com,bob@acme-corp.com,live\n"
+    stale = stale.replace("pool-a.sourcegraph.com,,pool\n", "")
+    report = load(runtime, write_config(tmp_path / "stale", ACCOUNTS, STAFF, stale), clock)
+
+    assert any("pool-a.sourcegraph.com was terminated" in w for w in report.warnings)
+    claims = [c[0] for c in table(runtime, tables.domain_claims, tables.domain_claims.c.domain)]
+    assert "acme-corp.com" not in claims
+    dana = submit_signup(runtime.uow, runtime.settings, clock, SignupInput(email="dana@acme-corp.com"))
+    assert dana.redirect_url != "https://pool-a.sourcegraph.com/sign-in"

@@ -76,10 +76,20 @@ class _DbResults:
             tables.outbox.c.kind.in_(("slack.message", "github.issue")))
         stmt = stmt.where(tables.outbox.c.trial_id == trial_id) if trial_id else stmt.where(tables.outbox.c.trial_id.is_(None))
         with self._factory() as session:
-            for payload, result in session.execute(stmt.order_by(tables.outbox.c.id)):
+            # Newest first: a trial that waited and was then claimed has two alerts under one ref,
+            # and what happens next belongs on the latest.
+            for payload, result in session.execute(stmt.order_by(tables.outbox.c.id.desc())):
                 if payload.get("ref") == ref:
                     return result
         return None
+
+
+def _has_secret(payload: Any) -> bool:
+    if isinstance(payload, dict):
+        return any(k in outbox.SECRET_KEYS or _has_secret(v) for k, v in payload.items())
+    if isinstance(payload, list):
+        return any(_has_secret(v) for v in payload)
+    return False
 
 
 def _trial_of(ref: str) -> str | None:
@@ -162,7 +172,11 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001 - an unknown failure is treated as transient
             log.warning("effect %s (%s) attempt %s failed: %s", effect.id, effect.kind, effect.attempt, exc)
             return self._retry(effect, f"{type(exc).__name__}: {exc}", None)
-        self._finish(effect, status="delivered", result=result or {})
+        done: dict[str, Any] = {"status": "delivered", "result": result or {}}
+        if _has_secret(effect.payload):
+            # A password-reset link is for its recipient only: once sent, it is not kept.
+            done["payload"] = outbox.redact(effect.payload)
+        self._finish(effect, **done)
         log.info("effect %s delivered", effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
         return "delivered"
 

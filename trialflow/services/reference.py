@@ -193,6 +193,10 @@ def load_reference_data(session_factory, config_dir: Path, now, progress: Progre
             elif current.status == "pool" and inst["status"] == "live":
                 session.execute(update(tables.instances).where(tables.instances.c.host == inst["host"])
                                 .values(status="live", admin_email=inst["admin_email"]))
+            if current is not None and current.status == "terminated":
+                # Terminated at run time: reloading the CSV must not route signups back to it.
+                report.warnings.append(f"instances.csv: {inst['host']} was terminated; it is not routed to")
+                continue
             if inst["status"] == "live":
                 domain = inst["admin_email"].split("@", 1)[1]
                 if domain in PUBLIC_EMAIL_DOMAINS:
