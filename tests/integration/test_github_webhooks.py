@@ -219,3 +219,15 @@ def test_an_issue_from_another_repository_is_ignored(db_url, config_dir, clock):
 def test_the_instance_request_tells_the_cloud_team_how_to_signal(client, runtime):
     body = request_body(runtime, requested_trial(client, runtime))
     assert "`instance-ready`" in body and "`/ready <url>`" in body
+
+
+def test_a_github_login_named_system_is_a_stranger_and_changes_nothing(client, runtime):
+    trial_id = requested_trial(client, runtime)
+    before = trial(client, trial_id)
+    label = post_webhook(client, "issues", issue_labeled(5, request_body(runtime, trial_id), "instance-ready", "system"))
+    comment = post_webhook(client, "issue_comment", issue_comment(5, request_body(runtime, trial_id),
+                                                                  "/ready https://stark.sourcegraph.com", "system"))
+    assert [label.json()["status"], comment.json()["status"]] == ["refused", "refused"]
+    after = trial(client, trial_id)
+    assert after["state"] == "instance_requested" and after["instance_url"] is None
+    assert after["history"] == before["history"]

@@ -46,12 +46,12 @@ def play(client, runtime) -> dict[str, str]:
     ann = signup(client, "ann@gmail.com")
     assert (bob["state"], lee["state"], ann["state"]) == ("active", "triage", "triage")
     clock.advance(hours=2)
-    run(runtime, Command(lee["trial_id"], "qualify"))
-    run(runtime, Command(ann["trial_id"], "disqualify", detail={"reason": "student project"}))
+    run(runtime, Command(lee["trial_id"], "qualify", internal=True))
+    run(runtime, Command(ann["trial_id"], "disqualify", detail={"reason": "student project"}, internal=True))
     clock.advance(hours=24)
-    run(runtime, Command(lee["trial_id"], "mark_instance_ready", detail={"host": "lee-trial.sourcegraph.com"}))
+    run(runtime, Command(lee["trial_id"], "mark_instance_ready", detail={"host": "lee-trial.sourcegraph.com"}, internal=True))
     clock.advance(hours=6)
-    run(runtime, Command(lee["trial_id"], "hand_off"))
+    run(runtime, Command(lee["trial_id"], "hand_off", internal=True))
     with runtime.uow() as uow:
         uow.session.execute(tables.instance_activity.insert().values(
             host=bob["redirect_url"].split("/")[2], at=clock.now(), active_users=6, searches=150,
@@ -59,7 +59,7 @@ def play(client, runtime) -> dict[str, str]:
         uow.commit()
     clock.advance(days=1)
     _grade(runtime)
-    run(runtime, Command(bob["trial_id"], "convert"))
+    run(runtime, Command(bob["trial_id"], "convert", internal=True))
     clock.set(clock.now().replace(month=1, day=12, hour=9, minute=0))
     carl = signup(client, "carl@globex.com")
     pam = signup(client, "pam@initech.com")

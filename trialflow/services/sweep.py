@@ -275,7 +275,7 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
         if decision is None:
             continue
         trigger, detail = decision
-        cmd = Command(trial.id, trigger, SYSTEM, None, detail)
+        cmd = Command(trial.id, trigger, SYSTEM, None, detail, internal=True)
         if careful:
             try:
                 with session.begin_nested():

@@ -29,8 +29,11 @@ class Command:
     trial_id: str
     trigger: str
     actor: str = SYSTEM                 # "system", a Slack user id, or a GitHub login
-    person: Person | None = None        # who the actor is in staff.csv (None for the system)
+    person: Person | None = None        # who the actor is in staff.csv
     detail: dict[str, Any] = field(default_factory=dict)
+    # trialflow itself (the sweep, capacity promotion). Set only by internal callers, never derived
+    # from a name: a GitHub login or Slack id can be anything, including "system".
+    internal: bool = False
 
 
 def get_trial(uow: UnitOfWork, trial_id: str, lock: bool = False) -> Trial:
@@ -43,14 +46,14 @@ def get_trial(uow: UnitOfWork, trial_id: str, lock: bool = False) -> Trial:
     return trial
 
 
-def authorize(trial: Trial, trigger: str, person: Person | None, actor: str) -> None:
-    """Raises NotAllowed unless this person may take this step on this trial."""
+def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, internal: bool = False) -> None:
+    """Raises NotAllowed unless this person (or trialflow itself, ``internal``) may take this step."""
     step = lc.STEPS.get(trigger)
     if step is None:
         raise TransitionRefused(trigger, trial.state, known=False)
+    if internal:
+        return
     if person is None:
-        if actor == SYSTEM and step.who in ("system", "owner", "sdr", "cloud"):
-            return
         raise NotAllowed(f"{actor} is not in staff.csv, so they cannot take the step '{trigger}'")
     if not person.active:
         raise NotAllowed(f"{person.name} is not an active staff member")
@@ -71,7 +74,7 @@ def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial 
     """``trial``: already loaded *and row-locked* by the caller (the sweep locks a batch at once);
     ``ctx``: a policy context shared across commands of one transaction (its staff lookups are cached)."""
     trial = trial if trial is not None else get_trial(uow, cmd.trial_id, lock=True)
-    authorize(trial, cmd.trigger, cmd.person, cmd.actor)
+    authorize(trial, cmd.trigger, cmd.person, cmd.actor, cmd.internal)
     if not trial.can(cmd.trigger):
         raise TransitionRefused(cmd.trigger, trial.state)
     handler = _HANDLERS.get(cmd.trigger, _plain)
