@@ -81,10 +81,14 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+EVENTS_TOKEN = "events-token-for-tests"
+EVENTS_AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
+
+
 def make_settings(db_url: str, config_dir: Path, **overrides) -> Settings:
     values = dict(database_url=db_url, config_dir=config_dir, broker_url=None, slack_bot_token=None,
                   slack_signing_secret=None, github_token=None, github_webhook_secret=None, smtp_url=None,
-                  activity_secret=None, _env_file=None)
+                  activity_secret=None, events_token=EVENTS_TOKEN, _env_file=None)
     values.update(overrides)
     return Settings(**values)
 

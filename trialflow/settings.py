@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     # Instance-side HMAC for POST /api/instances/{host}/activity
     activity_secret: SecretStr | None = None
+    # Bearer token the marketing site uses for /api/events (unset: events are refused)
+    events_token: SecretStr | None = None
 
     instance_cap: int = Field(100, ge=0, description="trials that may hold or await an instance at once")
     pool_low_water: int = Field(3, ge=0)
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret", mode="before")
+                     "activity_secret", "events_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value
@@ -63,7 +65,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholder_secrets(self):
         for name in ("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret"):
+                     "activity_secret", "events_token"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"TRIALFLOW_{name.upper()} is still a placeholder: set a real value or unset it")

@@ -5,13 +5,14 @@ from datetime import timedelta
 
 import pytest
 
+from tests.conftest import EVENTS_AUTH
 from trialflow import scoring
 from trialflow.db import tables
 from trialflow.domain.trial import Trial, new_trial_id
 
 
 def post(client, **body):
-    return client.post("/api/events", json=body)
+    return client.post("/api/events", json=body, headers=EVENTS_AUTH)
 
 
 def score_of(client, trial_id):
@@ -36,7 +37,7 @@ def test_points_add_up_across_actions_and_reach_mql_at_15(client):
                        score_of(client, trial_id)["mql_points"]))
     # 1, 1+1=2, 2+5=7, 7+10=17
     assert totals == [(1, 1), (2, 2), (7, 7), (17, 17)]
-    summary = client.get("/api/events", params={"email": "ann@smallshop.dev"}).json()
+    summary = client.get("/api/events", params={"email": "ann@smallshop.dev"}, headers=EVENTS_AUTH).json()
     assert summary["mql_points"] == 17 and summary["mql"] is True
     assert [e["kind"] for e in summary["events"]] == ["page_view", "page_view", "pricing_page_view", "form_submission"]
 
@@ -48,7 +49,7 @@ def test_events_before_the_signup_are_kept_and_counted_when_the_trial_appears(cl
     trial_id = client.post("/api/signups", json={"email": "kim@laterco.dev"}).json()["trial_id"]
     # 15 (pricing inquiry) + 1 (page view)
     assert score_of(client, trial_id)["mql_points"] == 16
-    events = client.get("/api/events", params={"email": "kim@laterco.dev"}).json()["events"]
+    events = client.get("/api/events", params={"email": "kim@laterco.dev"}, headers=EVENTS_AUTH).json()["events"]
     assert [e["trial_id"] for e in events] == [trial_id, trial_id]
 
 
@@ -91,14 +92,14 @@ def test_a_signup_counts_its_earlier_events_in_its_own_transaction(client, runti
     (["bob@acme-corp.com"], 422, "The body must be a JSON object"),
 ])
 def test_bad_events_are_refused_with_a_readable_message(client, body, status, message):
-    r = client.post("/api/events", json=body)
+    r = client.post("/api/events", json=body, headers=EVENTS_AUTH)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
-    assert client.get("/api/events", params={"email": "bob@acme-corp.com"}).json()["events"] == []
+    assert client.get("/api/events", params={"email": "bob@acme-corp.com"}, headers=EVENTS_AUTH).json()["events"] == []
 
 
 def test_a_body_that_is_not_json_is_refused_with_422(client):
-    r = client.post("/api/events", content=b"email=bob", headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post("/api/events", content=b"email=bob", headers={**EVENTS_AUTH, "content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 422
     assert r.json()["error"].startswith("The body must be JSON")
 
@@ -152,3 +153,25 @@ def test_grade_minimums_are_read_from_pql_csv_in_the_config_dir(client, runtime)
     signup = client.post("/api/signups", json={"email": "bob@acme-corp.com"}).json()
     _activity(runtime, signup["redirect_url"].split("/")[2], runtime.clock.now(), active_users=1)
     assert grade(runtime).changed == [(signup["trial_id"], None, "A")]
+
+
+def test_events_need_the_marketing_sites_token(client):
+    body = {"email": "lee@randomcorp.dev", "kind": "demo_request"}
+    assert client.post("/api/events", json=body).status_code == 401
+    assert client.post("/api/events", json=body, headers={"Authorization": "Bearer guess"}).status_code == 401
+    assert client.get("/api/events", params={"email": "lee@randomcorp.dev"}).status_code == 401
+    assert client.get("/api/events", params={"email": "lee@randomcorp.dev"}, headers=EVENTS_AUTH).json()["events"] == []
+
+
+def test_without_a_configured_token_events_are_refused_with_a_clear_message(db_url, config_dir, clock):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import make_settings
+    from trialflow.api.app import create_app
+    from trialflow.runtime import Runtime
+    rt = Runtime(make_settings(db_url, config_dir, events_token=None), clock=clock)
+    with TestClient(create_app(rt)) as open_client:
+        r = open_client.post("/api/events", json={"email": "lee@randomcorp.dev", "kind": "demo_request"},
+                             headers=EVENTS_AUTH)
+    rt.close()
+    assert r.status_code == 503 and "TRIALFLOW_EVENTS_TOKEN" in r.json()["error"]

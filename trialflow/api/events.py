@@ -1,6 +1,7 @@
 """Marketing actions for lead scoring: ``POST /api/events`` and ``GET /api/events?email=``."""
 from __future__ import annotations
 
+import hmac
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -76,9 +77,23 @@ def _record(rt, email: str, kind: str, at: datetime) -> scoring.MarketingEventRe
         return result
 
 
+def _refused(request: Request, rt) -> JSONResponse | None:
+    """Scores steer the SDRs' queue and events name people: only the marketing site may post or read them."""
+    token = rt.settings.events_token
+    if token is None:
+        return error(503, "Marketing events are not accepted: TRIALFLOW_EVENTS_TOKEN is not set.")
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+        return error(401, "Send the events token as 'Authorization: Bearer <TRIALFLOW_EVENTS_TOKEN>'.")
+    return None
+
+
 @router.post("/api/events", status_code=201)
 async def post_event(request: Request, rt: RT):
     """Record one marketing action (form, demo request, pricing inquiry, sign-up, page view) and score it."""
+    refused = _refused(request, rt)
+    if refused is not None:
+        return refused
     body = await read_body(request, rt.settings.max_body_bytes)  # too large: 413 from the app's handler
     try:
         data = json.loads(body)
@@ -96,8 +111,11 @@ async def post_event(request: Request, rt: RT):
 
 
 @router.get("/api/events")
-def get_events(email: str, rt: RT):
+def get_events(request: Request, email: str, rt: RT):
     """An email's marketing actions and its MQL score (counted whether or not it has a trial yet)."""
+    refused = _refused(request, rt)
+    if refused is not None:
+        return refused
     try:
         address = normalize_email(email).address
     except InvalidSignup as exc:
