@@ -43,6 +43,10 @@ def prepare_database(rt, load_config: bool = True) -> None:
     from trialflow.services.reference import load_reference_data
     upgrade(rt.settings.database_url)
     config_dir = Path(rt.settings.config_dir)
+    if load_config and not (config_dir / "accounts.csv").exists():
+        logging.getLogger("trialflow").warning(
+            "no reference data at %s (TRIALFLOW_CONFIG_DIR): every signup will go to triage until "
+            "`trialflow config load --dir DIR` is run", config_dir.resolve())
     if load_config and (config_dir / "accounts.csv").exists():
         report = load_reference_data(rt.session_factory, config_dir, rt.clock.now())
         logging.getLogger("trialflow").info("reference data loaded from %s: %s accounts, %s staff, %s instances",

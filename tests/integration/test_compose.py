@@ -114,7 +114,8 @@ def test_settings_come_from_env_file_and_point_at_the_compose_services(compose):
     fields = {f"TRIALFLOW_{name.upper()}" for name in Settings.model_fields}
     for name in ("migrate", *TRIALFLOW_SERVICES):
         service = compose["services"][name]
-        assert service["env_file"] == ".env"
+        # settings from .env, which a fresh checkout does not have yet: optional, not an error
+        assert service["env_file"] == [{"path": ".env", "required": False}]
         env = service["environment"]
         assert set(env) <= fields, f"{name}: unknown settings {set(env) - fields}"
         assert re.fullmatch(r"postgresql\+psycopg://trialflow:\$\{POSTGRES_PASSWORD:-\w+\}@db:5432/trialflow",

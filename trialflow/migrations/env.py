@@ -3,11 +3,16 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from trialflow.db.engine import make_engine
+from trialflow.db.engine import make_engine, normalize_url
 from trialflow.db.tables import metadata
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+if config.config_file_name is not None:
+    # The alembic command line (alembic.ini): the database is the one trialflow is configured for.
+    from trialflow.settings import Settings
+    url = normalize_url(Settings().database_url)
+else:
+    url = config.get_main_option("sqlalchemy.url")
 
 
 def run_migrations_offline() -> None:
