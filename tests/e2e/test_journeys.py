@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.signed import (FIXTURE_REPO, block_action, interactive_fake_slack, issue_comment, issue_labeled,
-                                  post_activity, post_interaction, post_webhook, signing_settings, view_submission)
+from tests.support.signed import (FIXTURE_REPO, block_action, comment_as, interactive_fake_slack, issue_comment,
+                                  issue_labeled, post_activity, post_interaction, post_webhook, signing_settings,
+                                  view_submission)
 from tests.support.smtp import SmtpServer
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.email import EmailTransport
@@ -201,8 +202,8 @@ def qualify_and_deliver_instance(journey, slack, github, ready_by_comment: bool 
         payload = issue_comment(issue["number"], issue["body"], "/ready https://stark.sourcegraph.com", "cody-cloud")
         assert post_webhook(journey.client, "issue_comment", payload).json()["status"] == "instance_ready"
     else:
-        body = issue["body"] + "\n\nInstance: https://stark-industries.sourcegraph.com"
-        payload = issue_labeled(issue["number"], body, "instance-ready", "cody-cloud")
+        comment_as(github, issue["number"], "cody-cloud", "Provisioned.\n\nInstance: https://stark-industries.sourcegraph.com")
+        payload = issue_labeled(issue["number"], issue["body"], "instance-ready", "cody-cloud")
         assert post_webhook(journey.client, "issues", payload).json()["status"] == "instance_ready"
     journey.deliver()
     assert journey.state == "instance_ready"

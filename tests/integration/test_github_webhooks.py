@@ -6,12 +6,11 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from github import Auth, Github
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.signed import (FIXTURE_REPO, fixture_json, github_headers, issue_comment, issue_labeled,
+from tests.support.signed import (FIXTURE_REPO, comment_as, fixture_json, github_headers, issue_comment, issue_labeled,
                                   post_webhook, signing_settings)
 from trialflow.api.app import create_app
 from trialflow.db import tables
@@ -24,8 +23,15 @@ from trialflow.services.trials import Command, run
 
 
 @pytest.fixture
-def settings(db_url, config_dir):
-    return make_settings(db_url, config_dir, **signing_settings(github_repo=FIXTURE_REPO))
+def github():
+    """The cloud team's repository: trialflow files its instance requests here and reads comments back."""
+    with FakeGitHub(repo=FIXTURE_REPO) as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(db_url, config_dir, github):
+    return make_settings(db_url, config_dir, **signing_settings(), **github.settings())
 
 
 def person(runtime, slack_id: str):
@@ -33,19 +39,26 @@ def person(runtime, slack_id: str):
         return Directory(s).by_slack_id(slack_id)
 
 
-def requested_trial(client, runtime, email: str = "sam@stark-industries.com", company: str = "Stark Industries") -> str:
-    trial_id = client.post("/api/signups", json={"email": email, "name": "Sam", "company": company}).json()["trial_id"]
+def deliver(runtime) -> None:
+    transports = {"github": GitHubTransport(runtime.settings, seconds_between_writes=0),
+                  "slack": DryRunTransport("slack"), "email": DryRunTransport("email")}
+    Deliverer(runtime, transports).drain_all()
+
+
+def requested_trial(client, runtime, email: str = "sam@stark-industries.com", company: str = "Stark Industries",
+                    name: str = "Sam") -> str:
+    """Signed up, qualified, and its instance-request issue filed on the (fake) GitHub."""
+    trial_id = client.post("/api/signups", json={"email": email, "name": name, "company": company}).json()["trial_id"]
     run(runtime, Command(trial_id, "qualify", "U0SDR0001", person(runtime, "U0SDR0001"), {"opportunity_id": "006Q"}))
+    deliver(runtime)
     return trial_id
 
 
-def request_body(runtime, trial_id: str) -> str:
-    """The instance-request issue's body, as trialflow writes it (with its hidden marker)."""
-    with runtime.session_factory() as s:
-        [payload] = [p for p in s.scalars(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == trial_id,
-                                                                                 tables.outbox.c.kind == "github.issue"))]
-    assert payload["issue_kind"] == "instance-request"
-    return payload["body"]
+def request_issue(github, trial_id: str) -> tuple[int, str]:
+    """The instance-request issue trialflow filed for the trial: (number, body as GitHub holds it)."""
+    [issue] = [i for i in github.issues if f"trialflow:{trial_id}:instance-request" in (i["body"] or "")
+               and "instance-request" in [label["name"] for label in i["labels"]]]
+    return issue["number"], issue["body"]
 
 
 def trial(client, trial_id: str) -> dict:
@@ -60,18 +73,19 @@ def counts(runtime) -> tuple[int, int, int]:
 
 # --- verification ---------------------------------------------------------------------------------
 
-def test_unsigned_forged_or_tampered_deliveries_are_refused_and_change_nothing(client, runtime):
+def test_unsigned_forged_or_tampered_deliveries_are_refused_and_change_nothing(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    payload = issue_labeled(7, request_body(runtime, trial_id) + "\nInstance: https://stark.sourcegraph.com", "instance-ready", "cody-cloud")
-    body = json.dumps(payload).encode()
+    number, body = request_issue(github, trial_id)
+    payload = issue_comment(number, body, "/ready https://stark.sourcegraph.com", "cody-cloud")
+    raw = json.dumps(payload).encode()
     before = counts(runtime)
-    headers = github_headers(body, "issues")
+    headers = github_headers(raw, "issue_comment")
     missing = {k: v for k, v in headers.items() if k != "x-hub-signature-256"}
-    assert client.post("/github/webhooks", content=body, headers=missing).status_code == 401
-    assert post_webhook(client, "issues", payload, secret="not-the-webhook-secret").status_code == 401
-    tampered = body.replace(b"cody-cloud", b"ada-admin")
+    assert client.post("/github/webhooks", content=raw, headers=missing).status_code == 401
+    assert post_webhook(client, "issue_comment", payload, secret="not-the-webhook-secret").status_code == 401
+    tampered = raw.replace(b"cody-cloud", b"ada-admin")
     assert client.post("/github/webhooks", content=tampered, headers=headers).status_code == 401
-    assert client.post("/github/webhooks", content=body, headers={**headers, "x-hub-signature-256": "sha1=abc"}).status_code == 401
+    assert client.post("/github/webhooks", content=raw, headers={**headers, "x-hub-signature-256": "sha1=abc"}).status_code == 401
     assert counts(runtime) == before
     assert trial(client, trial_id)["state"] == "instance_requested"
 
@@ -91,10 +105,11 @@ def test_a_ping_is_answered_with_pong(client):
 
 # --- instance ready --------------------------------------------------------------------------------
 
-def test_the_cloud_team_labelling_the_request_instance_ready_marks_the_trial_ready(client, runtime):
+def test_the_cloud_team_labelling_the_request_after_giving_the_url_marks_the_trial_ready(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    body = request_body(runtime, trial_id) + "\n\nInstance: https://stark-industries.sourcegraph.com\n"
-    response = post_webhook(client, "issues", issue_labeled(12, body, "instance-ready", "cody-cloud"))
+    number, body = request_issue(github, trial_id)
+    comment_as(github, number, "cody-cloud", "Provisioned.\n\nInstance: https://stark-industries.sourcegraph.com\n")
+    response = post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "cody-cloud"))
     assert response.status_code == 200
     assert response.json() == {"status": "instance_ready", "trial_id": trial_id, "host": "stark-industries.sourcegraph.com"}
     detail = trial(client, trial_id)
@@ -107,6 +122,7 @@ def test_the_cloud_team_labelling_the_request_instance_ready_marks_the_trial_rea
     ce_slack = slack_id_of(runtime, detail["assignees"]["ce"])
     assert f"<@{ce_slack}>" in new["slack.message"]["text"], "the CE is told in Slack"
     assert new["github.comment"]["ref"] == f"instance-request:{trial_id}", "the issue gets a comment"
+    assert github.calls("GET", f"/repos/{FIXTURE_REPO}/issues/{number}/comments"), "the URL was read from the comments"
 
 
 def slack_id_of(runtime, email: str) -> str:
@@ -114,67 +130,106 @@ def slack_id_of(runtime, email: str) -> str:
         return Directory(s).by_email(email).slack_user_id
 
 
-def test_a_repeated_delivery_is_answered_duplicate_and_changes_nothing(client, runtime):
+def test_a_repeated_delivery_is_answered_duplicate_and_changes_nothing(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    payload = issue_labeled(12, request_body(runtime, trial_id), "instance-ready", "cody-cloud")
-    assert post_webhook(client, "issues", payload, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958").json()["status"] == "instance_ready"
+    number, body = request_issue(github, trial_id)
+    payload = issue_comment(number, body, "/ready https://stark-industries.sourcegraph.com", "cody-cloud")
+    assert post_webhook(client, "issue_comment", payload, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958").json()["status"] == "instance_ready"
     before = counts(runtime)
-    again = post_webhook(client, "issues", payload, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    again = post_webhook(client, "issue_comment", payload, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert counts(runtime) == before
     # A second signal (another delivery: someone also comments /ready) finds the trial already ready.
-    comment = issue_comment(12, request_body(runtime, trial_id), "/ready https://elsewhere.sourcegraph.com", "cody-cloud")
+    comment = issue_comment(number, body, "/ready https://elsewhere.sourcegraph.com", "cody-cloud")
     late = post_webhook(client, "issue_comment", comment)
     assert late.json()["status"] == "ignored" and "instance_ready" in late.json()["reason"]
     assert trial(client, trial_id)["instance_url"] == "https://stark-industries.sourcegraph.com"
 
 
-def test_a_ready_comment_gives_the_instance_url(client, runtime):
+def test_a_ready_comment_gives_the_instance_url(client, runtime, github):
     trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
     comment = "Provisioned, license applied.\n/ready https://stark-eu.sourcegraph.com/sign-in\nthanks!"
-    response = post_webhook(client, "issue_comment", issue_comment(3, request_body(runtime, trial_id), comment, "ada-admin"))
+    response = post_webhook(client, "issue_comment", issue_comment(number, body, comment, "ada-admin"))
     assert response.json()["host"] == "stark-eu.sourcegraph.com"
     assert trial(client, trial_id)["history"][-1]["actor"] == "ada-admin"
 
 
-def test_without_a_url_anywhere_the_host_is_derived_from_the_account(client, runtime):
+def test_without_a_url_nothing_is_guessed_and_the_issue_is_asked_for_one(client, runtime, github):
     trial_id = requested_trial(client, runtime, email="sam@stark-industries.com", company="Stark Industries")
-    response = post_webhook(client, "issue_comment", issue_comment(3, request_body(runtime, trial_id), "/ready", "cody-cloud"))
-    assert response.json()["host"] == "stark-industries.sourcegraph.com"
+    number, body = request_issue(github, trial_id)
+    answers = [post_webhook(client, "issue_comment", issue_comment(number, body, "/ready", "cody-cloud")),
+               post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "cody-cloud"))]
+    assert [a.json()["status"] for a in answers] == ["needs_url", "needs_url"]
+    detail = trial(client, trial_id)
+    assert detail["state"] == "instance_requested" and detail["instance_url"] is None
+    deliver(runtime)
+    asked = [c["body"] for c in github.comments_on(number)]
+    assert len(asked) == 2 and all("/ready https://<instance host>" in text for text in asked)
 
 
-def test_the_first_https_url_in_the_body_is_used_but_not_a_github_link(client, runtime):
+def test_a_url_in_the_issue_body_is_never_used(client, runtime, github):
+    # The body holds the lead's name and company: a stranger could put any URL there.
+    trial_id = requested_trial(client, runtime, name="Sam\nInstance: https://evil.example.com",
+                               company="Stark https://evil-too.example.com")
+    number, body = request_issue(github, trial_id)
+    assert "Instance: https://evil.example.com" in body
+    response = post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "cody-cloud"))
+    assert response.json()["status"] == "needs_url"
+    assert trial(client, trial_id)["state"] == "instance_requested"
+
+
+def test_only_a_cloud_team_members_comment_can_give_the_url(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    body = (request_body(runtime, trial_id) + "\nRunbook: https://github.com/acme/cloud/wiki/trials"
-            "\nProvisioned at https://stark-trial.sourcegraph.com (us-central1)")
-    response = post_webhook(client, "issues", issue_labeled(4, body, "instance-ready", "cody-cloud"))
-    assert response.json()["host"] == "stark-trial.sourcegraph.com"
+    number, body = request_issue(github, trial_id)
+    comment_as(github, number, "Codertocat", "Instance: https://evil.example.com")
+    comment_as(github, number, "carol-ce", "/ready https://also-evil.example.com")
+    response = post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "cody-cloud"))
+    assert response.json()["status"] == "needs_url"
+    comment_as(github, number, "ada-admin", "Instance: https://stark-prod.sourcegraph.com")
+    response = post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "cody-cloud"))
+    assert response.json() == {"status": "instance_ready", "trial_id": trial_id, "host": "stark-prod.sourcegraph.com"}
 
 
-def test_a_label_on_an_issue_without_a_url_reads_the_issues_comments_with_pygithub(db_url, config_dir, clock):
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        settings = make_settings(db_url, config_dir, **signing_settings(), **fake.settings())
-        rt = Runtime(settings, clock=clock)
-        from trialflow.services.reference import load_reference_data
-        load_reference_data(rt.session_factory, config_dir, clock.now())
-        with TestClient(create_app(rt)) as client:
-            trial_id = requested_trial(client, rt)
-            transports = {"github": GitHubTransport(settings, seconds_between_writes=None),
-                          "slack": DryRunTransport("slack"), "email": DryRunTransport("email")}
-            Deliverer(rt, transports).drain_all()
-            [issue] = fake.issues
-            cloud = Github(auth=Auth.Token(fake.token), base_url=fake.url).get_repo(FIXTURE_REPO).get_issue(issue["number"])
-            cloud.create_comment("Done. Instance: https://stark-prod.sourcegraph.com")
-            response = post_webhook(client, "issues", issue_labeled(issue["number"], issue["body"], "instance-ready", "cody-cloud"))
-        rt.close()
-    assert response.json()["host"] == "stark-prod.sourcegraph.com"
-    assert fake.calls("GET", f"/repos/{FIXTURE_REPO}/issues/{issue['number']}/comments")
-
-
-def test_someone_outside_the_cloud_team_cannot_mark_an_instance_ready(client, runtime, caplog):
+@pytest.mark.parametrize("url", ["http://stark.sourcegraph.com", "https://github.com/acme/cloud/wiki/trials",
+                                 "https://gist.githubusercontent.com/x", "https://127.0.0.1", "https://stark_x.example.com",
+                                 "https://github.com@evil.example.com", "ftp://stark.sourcegraph.com", "stark.sourcegraph.com"])
+def test_only_an_https_url_on_a_valid_non_github_host_is_accepted(client, runtime, github, url):
     trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    response = post_webhook(client, "issue_comment", issue_comment(number, body, f"/ready {url}", "cody-cloud"))
+    assert response.json()["status"] == "refused"
+    assert trial(client, trial_id)["state"] == "instance_requested"
+    deliver(runtime)
+    assert "/ready https://<instance host>" in github.comments_on(number)[-1]["body"]
+
+
+def test_a_marker_spoofed_in_a_leads_name_does_not_reach_another_trial(client, runtime, github):
+    victim = requested_trial(client, runtime)
+    mallory = requested_trial(client, runtime, email="mallory@evil-corp.dev", company="Evil Corp",
+                              name=f"<!-- trialflow:{victim}:instance-request -->")
+    number, body = request_issue(github, mallory)
+    assert f"trialflow:{victim}:instance-request" in body
+    response = post_webhook(client, "issue_comment", issue_comment(number, body, "/ready https://evil-corp.sourcegraph.com", "cody-cloud"))
+    assert response.json() == {"status": "instance_ready", "trial_id": mallory, "host": "evil-corp.sourcegraph.com"}
+    assert trial(client, victim)["state"] == "instance_requested"
+
+
+def test_an_issue_trialflow_did_not_file_for_the_trial_is_ignored(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    before = counts(runtime)
+    response = post_webhook(client, "issue_comment", issue_comment(number + 40, body, "/ready https://stark.sourcegraph.com", "cody-cloud"))
+    assert response.json()["status"] == "ignored" and f"#{number + 40}" in response.json()["reason"]
+    assert counts(runtime)[:2] == before[:2]
+    assert trial(client, trial_id)["state"] == "instance_requested"
+
+
+def test_someone_outside_the_cloud_team_cannot_mark_an_instance_ready(client, runtime, github, caplog):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
     for login in ("carol-ce", "Codertocat"):       # a CE, and a login that is not in staff.csv at all
-        response = post_webhook(client, "issues", issue_labeled(5, request_body(runtime, trial_id), "instance-ready", login))
+        response = post_webhook(client, "issue_comment", issue_comment(number, body, "/ready https://stark.sourcegraph.com", login))
         assert response.status_code == 200 and response.json()["status"] == "refused"
     assert trial(client, trial_id)["state"] == "instance_requested"
     with runtime.session_factory() as s:
@@ -183,15 +238,27 @@ def test_someone_outside_the_cloud_team_cannot_mark_an_instance_ready(client, ru
     assert any(trial_id in r.getMessage() and "carol-ce" in r.getMessage() for r in caplog.records)
 
 
-def test_anything_else_is_acknowledged_and_ignored(client, runtime):
+def test_a_github_login_named_system_is_a_stranger_and_changes_nothing(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    body = request_body(runtime, trial_id)
+    number, body = request_issue(github, trial_id)
+    before = trial(client, trial_id)
+    label = post_webhook(client, "issues", issue_labeled(number, body, "instance-ready", "system"))
+    comment = post_webhook(client, "issue_comment", issue_comment(number, body, "/ready https://stark.sourcegraph.com", "system"))
+    assert [label.json()["status"], comment.json()["status"]] == ["refused", "refused"]
+    after = trial(client, trial_id)
+    assert after["state"] == "instance_requested" and after["instance_url"] is None
+    assert after["history"] == before["history"]
+
+
+def test_anything_else_is_acknowledged_and_ignored(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
     before = counts(runtime)
     answers = [
-        post_webhook(client, "issues", issue_labeled(5, body, "bug", "cody-cloud")),
-        post_webhook(client, "issues", issue_labeled(5, "An ordinary issue. Instance: https://x.sourcegraph.com",
+        post_webhook(client, "issues", issue_labeled(number, body, "bug", "cody-cloud")),
+        post_webhook(client, "issues", issue_labeled(number, "An ordinary issue. Instance: https://x.sourcegraph.com",
                                                      "instance-ready", "cody-cloud")),
-        post_webhook(client, "issue_comment", issue_comment(5, body, "Working on it, ETA tomorrow.", "cody-cloud")),
+        post_webhook(client, "issue_comment", issue_comment(number, body, "Working on it, ETA tomorrow.", "cody-cloud")),
         post_webhook(client, "issues", fixture_json("github/webhooks/issues.opened.json")),
         post_webhook(client, "issues", fixture_json("github/webhooks/issues.closed.json")),
         post_webhook(client, "pull_request", {"action": "opened"}),
@@ -203,31 +270,16 @@ def test_anything_else_is_acknowledged_and_ignored(client, runtime):
     assert trial(client, trial_id)["state"] == "instance_requested"
 
 
-def test_an_issue_from_another_repository_is_ignored(db_url, config_dir, clock):
-    rt = Runtime(make_settings(db_url, config_dir, **signing_settings(github_repo="acme-cloud/cloud-trials")), clock=clock)
-    from trialflow.services.reference import load_reference_data
-    load_reference_data(rt.session_factory, config_dir, clock.now())
-    with TestClient(create_app(rt)) as client:
-        trial_id = requested_trial(client, rt)
-        response = post_webhook(client, "issues", issue_labeled(5, request_body(rt, trial_id), "instance-ready", "cody-cloud"))
-        state = trial(client, trial_id)["state"]
-    rt.close()
-    assert response.json()["status"] == "ignored" and "acme-cloud/cloud-trials" in response.json()["reason"]
-    assert state == "instance_requested"
-
-
-def test_the_instance_request_tells_the_cloud_team_how_to_signal(client, runtime):
-    body = request_body(runtime, requested_trial(client, runtime))
-    assert "`instance-ready`" in body and "`/ready <url>`" in body
-
-
-def test_a_github_login_named_system_is_a_stranger_and_changes_nothing(client, runtime):
+def test_an_issue_from_another_repository_is_ignored(client, runtime, github):
     trial_id = requested_trial(client, runtime)
-    before = trial(client, trial_id)
-    label = post_webhook(client, "issues", issue_labeled(5, request_body(runtime, trial_id), "instance-ready", "system"))
-    comment = post_webhook(client, "issue_comment", issue_comment(5, request_body(runtime, trial_id),
-                                                                  "/ready https://stark.sourcegraph.com", "system"))
-    assert [label.json()["status"], comment.json()["status"]] == ["refused", "refused"]
-    after = trial(client, trial_id)
-    assert after["state"] == "instance_requested" and after["instance_url"] is None
-    assert after["history"] == before["history"]
+    number, body = request_issue(github, trial_id)
+    payload = issue_comment(number, body, "/ready https://stark.sourcegraph.com", "cody-cloud")
+    payload["repository"]["full_name"] = "someone-else/cloud-trials"
+    response = post_webhook(client, "issue_comment", payload)
+    assert response.json()["status"] == "ignored" and FIXTURE_REPO in response.json()["reason"]
+    assert trial(client, trial_id)["state"] == "instance_requested"
+
+
+def test_the_instance_request_tells_the_cloud_team_how_to_signal(client, runtime, github):
+    _, body = request_issue(github, requested_trial(client, runtime))
+    assert "`instance-ready`" in body and "`/ready <url>`" in body

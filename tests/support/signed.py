@@ -174,6 +174,17 @@ def issue_comment(issue_number: int, issue_body: str, comment: str, login: str) 
     return payload
 
 
+def comment_as(github, number: int, login: str, body: str) -> None:
+    """A comment on a FakeGitHub issue, written by ``login`` (GitHub records the author; the fake
+    authenticates every request as its bot, so the stored author is set to ``login``)."""
+    from github import Auth, Github
+    issue = Github(auth=Auth.Token(github.token), base_url=github.url).get_repo(github.repo).get_issue(number)
+    created = issue.create_comment(body)
+    with github.lock:
+        [stored] = [c for c in github.comments if c["id"] == created.id]
+        stored["user"] = {**stored["user"], "login": login, "type": "User"}
+
+
 def post_webhook(client, event: str, payload: dict, delivery: str | None = None, secret: str = GITHUB_SECRET):
     body = json.dumps(payload).encode()
     return client.post("/github/webhooks", content=body, headers=github_headers(body, event, delivery, secret))
