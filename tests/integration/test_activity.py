@@ -89,7 +89,7 @@ def test_unsigned_forged_stale_or_future_reports_are_refused(client, runtime, cl
     assert post_activity(client, bob["host"], USE, clock.now() - timedelta(minutes=5, seconds=1)).status_code == 401
     assert post_activity(client, bob["host"], USE, clock.now() + timedelta(minutes=5, seconds=1)).status_code == 401
     ts = str(int(clock.now().timestamp()))
-    signed = {"x-trialflow-timestamp": ts, "x-trialflow-signature": activity_signature("tests-activity-secret-8c9d0e1f", ts, body)}
+    signed = {"x-trialflow-timestamp": ts, "x-trialflow-signature": activity_signature("tests-activity-secret-8c9d0e1f", ts, bob["host"], body)}
     tampered = body.replace(b'"active_users": 3', b'"active_users": 9')
     assert client.post(url, content=tampered, headers=signed).status_code == 401
     assert client.post(url, content=body, headers={**signed, "x-trialflow-timestamp": "soon"}).status_code == 401
@@ -100,7 +100,7 @@ def test_a_replayed_report_is_a_no_op_and_after_five_minutes_is_refused(client, 
     bob = claim(client, "bob@acme-corp.com")
     body = json.dumps(USE).encode()
     ts = str(int(clock.now().timestamp()))
-    headers = {"x-trialflow-timestamp": ts, "x-trialflow-signature": activity_signature("tests-activity-secret-8c9d0e1f", ts, body)}
+    headers = {"x-trialflow-timestamp": ts, "x-trialflow-signature": activity_signature("tests-activity-secret-8c9d0e1f", ts, bob["host"], body)}
     url = f"/api/instances/{bob['host']}/activity"
     assert client.post(url, content=body, headers=headers).status_code == 201
     replay = client.post(url, content=body, headers=headers)
@@ -108,6 +108,16 @@ def test_a_replayed_report_is_a_no_op_and_after_five_minutes_is_refused(client, 
     clock.advance(minutes=5, seconds=1)
     assert client.post(url, content=body, headers=headers).status_code == 401
     assert reports(runtime) == 1
+
+
+def test_a_report_signed_for_one_host_is_refused_for_another(client, runtime, clock):
+    bob = claim(client, "bob@acme-corp.com")
+    gina = claim(client, "gina@globex.com")
+    replayed = post_activity(client, gina["host"], USE, clock.now(), signed_for=bob["host"])
+    assert replayed.status_code == 401 and "host" in replayed.json()["error"]
+    assert reports(runtime) == 0 and last_activity(runtime, gina["trial_id"]) is None
+    # The host is signed lower-cased, as it appears in the path: a capitalised path is the same host.
+    assert post_activity(client, gina["host"].upper(), USE, clock.now()).status_code == 201
 
 
 def test_an_unknown_host_is_404_and_a_listed_instance_without_a_trial_is_recorded(client, runtime, clock):

@@ -192,13 +192,17 @@ def post_webhook(client, event: str, payload: dict, delivery: str | None = None,
 
 # --- instances -------------------------------------------------------------------------------------
 
-def activity_signature(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def activity_signature(secret: str, timestamp: str, host: str, body: bytes) -> str:
+    """HMAC-SHA256 of "<timestamp>.<host>.<body>", the host lower-cased as in the URL path."""
+    message = f"{timestamp}.{host.lower()}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def post_activity(client, host: str, report: dict, when: datetime, secret: str = ACTIVITY_SECRET):
+def post_activity(client, host: str, report: dict, when: datetime, secret: str = ACTIVITY_SECRET,
+                  signed_for: str | None = None):
+    """``signed_for``: sign for another host than the one posted to (a replayed report)."""
     body = json.dumps(report).encode()
     timestamp = str(int(when.timestamp()))
     return client.post(f"/api/instances/{host}/activity", content=body, headers={
         "content-type": "application/json", "x-trialflow-timestamp": timestamp,
-        "x-trialflow-signature": activity_signature(secret, timestamp, body)})
+        "x-trialflow-signature": activity_signature(secret, timestamp, signed_for or host, body)})

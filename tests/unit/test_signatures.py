@@ -2,6 +2,8 @@
 ../shared/fixtures/signatures.json, plus forged and stale ones."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -76,10 +78,13 @@ def test_a_forged_slack_request_is_refused(vectors, slack_body):
     assert not verifier_at(v["secret"], at_epoch(fresh)).is_valid(slack_body, fresh, v["expected_signature"])
 
 
-def test_the_activity_signature_covers_the_timestamp_and_the_body():
+def test_the_activity_signature_covers_the_timestamp_the_host_and_the_body():
     body = b'{"active_users": 3, "searches": 10, "code_intel_actions": 1, "repositories": 4}'
-    signed = activity_signature(b"secret", "1767607200", body)
-    assert signed.startswith("sha256=") and len(signed) == len("sha256=") + 64
-    assert activity_signature(b"secret", "1767607201", body) != signed
-    assert activity_signature(b"secret", "1767607200", body.replace(b"3", b"4")) != signed
-    assert activity_signature(b"other", "1767607200", body) != signed
+    signed = activity_signature(b"secret", "1767607200", "acme.sourcegraph.com", body)
+    recipe = hmac.new(b"secret", b"1767607200.acme.sourcegraph.com." + body, hashlib.sha256).hexdigest()
+    assert signed == "sha256=" + recipe
+    assert activity_signature(b"secret", "1767607200", "Acme.Sourcegraph.COM", body) == signed
+    assert activity_signature(b"secret", "1767607200", "globex.sourcegraph.com", body) != signed
+    assert activity_signature(b"secret", "1767607201", "acme.sourcegraph.com", body) != signed
+    assert activity_signature(b"secret", "1767607200", "acme.sourcegraph.com", body.replace(b"3", b"4")) != signed
+    assert activity_signature(b"other", "1767607200", "acme.sourcegraph.com", body) != signed

@@ -2,8 +2,10 @@
 
 Signed like Slack signs, with ``TRIALFLOW_ACTIVITY_SECRET``:
     X-Trialflow-Timestamp: <unix seconds>
-    X-Trialflow-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<exact body>">
-A timestamp more than 5 minutes from trialflow's clock is refused, so a captured request cannot
+    X-Trialflow-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<host>.<exact body>">
+where <host> is the instance host of the URL path, lower-cased (trailing dot dropped, an
+internationalised name in its punycode form), so a report signed for one host cannot be replayed
+against another. A timestamp more than 5 minutes from trialflow's clock is refused, so a captured request cannot
 be replayed later; within those 5 minutes a replay is a no-op (the report's moment defaults to
 the signed timestamp, and one report per instance per moment is kept).
 """
@@ -20,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from trialflow.api.app import RT, error, read_body
+from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.services import activity
 
@@ -29,8 +32,17 @@ router = APIRouter(tags=["instances"])
 MAX_SKEW_SECONDS = 300
 
 
-def activity_signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def signed_host(host: str) -> str:
+    """The host as it is signed: normalised like trialflow stores it, else just lower-cased."""
+    try:
+        return normalize_domain(host)
+    except InvalidSignup:
+        return host.strip().lower()
+
+
+def activity_signature(secret: bytes, timestamp: str, host: str, body: bytes) -> str:
+    message = timestamp.encode() + b"." + signed_host(host).encode() + b"." + body
+    return "sha256=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 @router.post("/api/instances/{host}/activity")
@@ -46,9 +58,9 @@ async def instance_activity(host: str, request: Request, rt: RT):
     if not timestamp.isdigit() or abs(now.timestamp() - int(timestamp)) > MAX_SKEW_SECONDS:
         log.warning("refused an activity report for %s: missing or stale timestamp", host)
         return error(401, "X-Trialflow-Timestamp is missing or more than 5 minutes away from now.")
-    if not hmac.compare_digest(given.encode(), activity_signature(secret.get_secret_value().encode(), timestamp, body).encode()):
+    if not hmac.compare_digest(given.encode(), activity_signature(secret.get_secret_value().encode(), timestamp, host, body).encode()):
         log.warning("refused an activity report for %s: wrong signature", host)
-        return error(401, "X-Trialflow-Signature is missing or does not match the timestamp and body.")
+        return error(401, "X-Trialflow-Signature is missing or does not match the timestamp, host and body.")
     try:
         data = json.loads(body)
     except ValueError:
