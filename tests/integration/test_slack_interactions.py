@@ -307,3 +307,38 @@ def test_a_button_that_is_not_trialflows_is_acknowledged_and_ignored(client, clo
 def test_a_button_for_a_trial_that_does_not_exist_says_so(client, clock, slack):
     answer = press(client, clock, slack, "hand_off", "tr_00000000deadbeef", "U0CE00001")
     assert "no trial `tr_00000000deadbeef`" in answer.json()["text"]
+
+
+def test_a_requested_or_queued_trial_can_be_terminated_so_it_does_not_hold_capacity_forever(db_url, config_dir, clock, slack):
+    from fastapi.testclient import TestClient
+
+    from trialflow.api.app import create_app
+    from trialflow.runtime import Runtime
+    from trialflow.services.reference import load_reference_data
+    from trialflow.services.sweep import sweep
+    rt = Runtime(make_settings(db_url, config_dir, instance_cap=1, **signing_settings(), **slack.settings()), clock=clock)
+    load_reference_data(rt.session_factory, config_dir, clock.now())
+    with TestClient(create_app(rt)) as c:
+        def qualify(email: str) -> str:
+            trial_id = signup(c, email, name="Lead", company="Some Company")
+            press(c, clock, slack, "qualify", trial_id, "U0SDR0001")
+            post_interaction(c, view_submission(slack.views[-1], "U0SDR0001", {}), clock.now())
+            return trial_id
+
+        def terminate(trial_id: str, user: str | None = None) -> str:
+            user = user or SLACK_IDS[trial(c, trial_id)["assignees"]["ce"]]
+            press(c, clock, slack, "terminate", trial_id, user)
+            return trial(c, trial_id)["state"]
+
+        sam, lee, tom = qualify("sam@stark-industries.com"), qualify("lee@randomcorp.dev"), qualify("tom@tinytown.dev")
+        assert [trial(c, t)["state"] for t in (sam, lee, tom)] == ["instance_requested", "waiting_for_capacity",
+                                                                    "waiting_for_capacity"]
+        assert terminate(tom, "U0AE00009") == "waiting_for_capacity", "a former AE is refused"
+        assert terminate(tom) == "terminated", "a queued trial leaves the queue"
+        assert terminate(sam) == "terminated", "a requested instance is cancelled"
+        [cancel] = [i for i in effects(rt, sam, "github.issue") if i["issue_kind"] == "termination"]
+        assert f"trialflow:{sam}:termination" in cancel["body"], "the cloud team is told to stop provisioning"
+        sweep(rt)
+        states = [trial(c, t)["state"] for t in (sam, lee, tom)]
+    rt.close()
+    assert states == ["terminated", "instance_requested", "terminated"], "the freed capacity went to the queue"

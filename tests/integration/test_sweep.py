@@ -135,7 +135,7 @@ def test_at_day_15_activity_extends_to_day_30_with_a_trial_extend_issue(runtime,
 
 # --- day 30 ---------------------------------------------------------------------------------------
 
-def test_day_30_reminds_the_ce_then_escalates_to_the_ae_and_the_alerts_channel_once(runtime, clock):
+def test_day_30_reminds_the_ce_then_escalates_every_two_days_until_someone_decides(runtime, clock):
     bob = signup(runtime, "bob@acme-corp.com")
     clock.advance(days=1)
     used(runtime, bob)
@@ -151,9 +151,20 @@ def test_day_30_reminds_the_ce_then_escalates_to_the_ae_and_the_alerts_channel_o
     [escalation] = effects(runtime, bob, "slack.message", "escalate_decision")
     assert escalation["channel"] == "cloud-trial-alerts"
     assert "<@U0AE00001>" in escalation["text"] and "<@U0CE00001>" in escalation["text"]
-    clock.advance(days=10)
-    assert sweep(runtime).trials_touched == 0
-    assert [h[0] for h in history(runtime, bob)][-2:] == ["remind_decision", "escalate_decision"]
+    clock.advance(days=1)
+    assert sweep(runtime).trials_touched == 0, "not before two more days"
+    clock.advance(days=1)
+    sweep(runtime)
+    assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 2
+    clock.advance(days=2)
+    sweep(runtime)
+    assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 3
+    act(runtime, bob, "extend", "U0CE00001", days=15)
+    clock.advance(days=6)
+    assert sweep(runtime).trials_touched == 0, "a decision stops the escalations"
+    assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 3
+    assert [h[0] for h in history(runtime, bob)][-5:] == ["remind_decision", "escalate_decision", "escalate_decision",
+                                                          "escalate_decision", "extend"]
 
 
 def test_a_decision_before_day_30_leaves_nothing_for_the_clock(runtime, clock):

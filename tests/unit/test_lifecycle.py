@@ -184,6 +184,9 @@ def test_a_trial_that_never_got_an_instance_has_not_started():
     (lc.EXTENDED, "convert", lc.CONVERTED),
     (lc.EXTENDED, "terminate", lc.TERMINATED),
     (lc.WAITING_FOR_CAPACITY, "request_instance", lc.INSTANCE_REQUESTED),
+    # Nothing holds capacity (or a place in the queue) forever.
+    (lc.INSTANCE_REQUESTED, "terminate", lc.TERMINATED),
+    (lc.WAITING_FOR_CAPACITY, "terminate", lc.TERMINATED),
 ])
 def test_the_seeds_steps_are_in_the_table(state, trigger, dest):
     assert ALLOWED.get((state, trigger)) == dest

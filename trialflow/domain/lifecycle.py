@@ -74,9 +74,10 @@ TABLE: tuple[Step, ...] = (
     Step("keep", (ACTIVE,), None, "owner", "CE keeps the trial: no termination at day 15"),
     Step("extend", (ACTIVE, EXTENDED), EXTENDED, "owner", "trial extended (day 15 with activity, or the CE's decision)"),
     Step("remind_decision", (EXTENDED,), None, "system", "day 30: extend, convert or terminate"),
-    Step("escalate_decision", (EXTENDED,), None, "system", "day 30 passed with no decision: AE and #cloud-trial-alerts told"),
+    Step("escalate_decision", (EXTENDED,), None, "system", "day 30 passed with no decision: AE and #cloud-trial-alerts told, again every 2 days"),
     Step("convert", (ACTIVE, EXTENDED), CONVERTED, "owner", "converted to paid"),
-    Step("terminate", (INSTANCE_READY, ACTIVE, EXTENDED), TERMINATED, "owner", "terminated: instance freed"),
+    Step("terminate", (WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), TERMINATED, "owner",
+         "terminated: instance (or its request, or its place in the queue) freed"),
     Step("request_feedback", (TERMINATED,), None, "owner", "feedback-request email to the user"),
 )
 

@@ -348,6 +348,8 @@ def _on_escalate(fx, ctx, trial, event):
     fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({trial.account_name or trial.domain}) "
             f"after day 30. AE {ctx.people.mention(trial.ae)}, CE {ctx.people.mention(trial.ce)}: extend, convert or terminate.",
             sb.buttons(trial.id, "extend", "convert", "terminate"))
+    # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
+    schedule(ctx.uow, trial, "day30_escalation", event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
 def _on_convert(fx, ctx, trial, event):
