@@ -283,3 +283,15 @@ def test_an_issue_from_another_repository_is_ignored(client, runtime, github):
 def test_the_instance_request_tells_the_cloud_team_how_to_signal(client, runtime, github):
     _, body = request_issue(github, requested_trial(client, runtime))
     assert "`instance-ready`" in body and "`/ready <url>`" in body
+
+
+def test_an_instance_for_a_public_mailbox_lead_does_not_claim_the_mailbox_domain(client, runtime, github):
+    marie = requested_trial(client, runtime, email="marie@hotmail.fr", company="Marie Conseil", name="Marie")
+    number, body = request_issue(github, marie)
+    response = post_webhook(client, "issue_comment", issue_comment(number, body, "/ready https://marie.sourcegraph.com", "cody-cloud"))
+    assert response.json()["status"] == "instance_ready"
+    later = client.post("/api/signups", json={"email": "pierre@hotmail.fr", "name": "Pierre"}).json()
+    assert later["state"] == "triage" and later.get("redirect_url") is None, "a stranger is not sent to Marie's instance"
+    with runtime.session_factory() as s:
+        claims = s.scalars(select(tables.domain_claims.c.domain).where(tables.domain_claims.c.trial_id == marie)).all()
+    assert claims == []

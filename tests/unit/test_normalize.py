@@ -35,7 +35,8 @@ def test_a_sub_domain_email_looks_up_its_parents_most_specific_first_but_never_a
 
 
 @pytest.mark.parametrize("raw", ["bob@gmail.com", "Bob@GMAIL.com.", "bob@outlook.com", "bob@eu.gmail.com",
-                                 "bob@proton.me"])
+                                 "bob@proton.me", "marie@hotmail.fr", "hans@t-online.de", "joe@comcast.net",
+                                 "kim@naver.com", "ana@bol.com.br", "jan@wp.pl", "ola@inbox.lv"])
 def test_public_mailbox_domains_are_recognised_also_as_a_parent(raw):
     assert normalize_email(raw).is_public
 

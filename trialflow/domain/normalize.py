@@ -23,6 +23,10 @@ PUBLIC_EMAIL_DOMAINS = frozenset({
     "me.com", "mac.com", "proton.me", "protonmail.com", "pm.me", "gmx.com", "gmx.de", "gmx.net",
     "web.de", "mail.com", "zoho.com", "yandex.com", "yandex.ru", "mail.ru", "qq.com", "163.com",
     "126.com", "fastmail.com", "hey.com", "tutanota.com", "duck.com",
+    "hotmail.fr", "outlook.fr", "live.fr", "yahoo.de", "yahoo.es", "yahoo.it", "t-online.de", "orange.fr",
+    "free.fr", "laposte.net", "comcast.net", "verizon.net", "att.net", "btinternet.com", "sky.com",
+    "rediffmail.com", "naver.com", "daum.net", "seznam.cz", "wp.pl", "o2.pl", "libero.it", "virgilio.it",
+    "bol.com.br", "uol.com.br", "mail.ee", "inbox.lv",
 })
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -37,12 +41,21 @@ class Email:
 
     @property
     def is_public(self) -> bool:
-        return any(d in PUBLIC_EMAIL_DOMAINS for d in self.domain_candidates())
+        return is_public_domain(self.domain)
 
     def domain_candidates(self) -> list[str]:
         """The domain, then each parent with at least two labels: most specific first."""
-        labels = self.domain.split(".")
-        return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+        return domain_candidates(self.domain)
+
+
+def domain_candidates(domain: str) -> list[str]:
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+
+
+def is_public_domain(domain: str) -> bool:
+    """A public mailbox domain or one of its sub-domains (``eu.gmail.com``): shared by strangers."""
+    return any(d in PUBLIC_EMAIL_DOMAINS for d in domain_candidates(domain))
 
 
 def normalize_domain(raw: str) -> str:

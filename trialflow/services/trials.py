@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore, take_lock
 from trialflow.domain import lifecycle as lc
-from trialflow.domain.normalize import normalize_domain
+from trialflow.domain.normalize import is_public_domain, normalize_domain
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import policies
@@ -154,8 +154,11 @@ def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
                                                         "trial_id": trial.id, "claimed_at": now}):
         uow.session.execute(tables.instances.update().where(tables.instances.c.host == host)
                             .values(status="live", admin_email=trial.email, trial_id=trial.id, claimed_at=now))
-    insert_ignore(uow.session, tables.domain_claims, {"domain": trial.domain, "instance_host": host,
-                                                      "trial_id": trial.id, "claimed_at": now})
+    # A public mailbox domain is shared by strangers: claiming it would send every later
+    # @hotmail.fr signup to this one person's instance.
+    if not is_public_domain(trial.domain):
+        insert_ignore(uow.session, tables.domain_claims, {"domain": trial.domain, "instance_host": host,
+                                                          "trial_id": trial.id, "claimed_at": now})
     trial.fire("mark_instance_ready", actor=cmd.actor, at=now, instance=host)
 
 
