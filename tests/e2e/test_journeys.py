@@ -196,7 +196,7 @@ def qualify_and_deliver_instance(journey, slack, github, ready_by_comment: bool 
     assert "TODO" not in issue["body"]
     [welcome] = journey.emails_to("sam@stark-industries.com")
     assert owners["ae"] in welcome["Cc"] and "meet" in welcome["Subject"]
-    assert slack.channel_named("cloud-trial-stark-industries") is not None
+    assert slack.channel_named("cloud-trial-stark-industries-com") is not None
 
     if ready_by_comment:
         payload = issue_comment(issue["number"], issue["body"], "/ready https://stark.sourcegraph.com", "cody-cloud")
@@ -227,7 +227,7 @@ def test_3_2_a_qualified_lead_gets_an_instance_from_the_cloud_team_and_is_conver
     assert journey.state == "extended"
     assert any(i["title"].startswith("Trial extend: stark-industries.sourcegraph.com") for i in github.issues)
     journey.day(30)
-    reminder = [t for t in journey.channel("cloud-trial-stark-industries") if "end of its trial" in t]
+    reminder = [t for t in journey.channel("cloud-trial-stark-industries-com") if "end of its trial" in t]
     assert reminder and f"<@{SLACK[owners['ce']]}>" in reminder[0]
     journey.press("convert", owners["ce"])
     assert journey.state == "converted"
@@ -239,8 +239,8 @@ def test_3_2_a_qualified_lead_that_never_uses_its_instance_is_terminated(journey
     owners = qualify_and_deliver_instance(journey, slack, github, ready_by_comment=True)
     journey.start = journey.clock.now()
     journey.day(12)
-    heads_up = [m for m in slack.messages_in("cloud-trial-stark-industries") if "day-15 review" in m["text"]]
-    assert heads_up and buttons_in(slack, "cloud-trial-stark-industries", journey.trial_id)[-2:] == ["trial:keep", "trial:terminate"]
+    heads_up = [m for m in slack.messages_in("cloud-trial-stark-industries-com") if "day-15 review" in m["text"]]
+    assert heads_up and buttons_in(slack, "cloud-trial-stark-industries-com", journey.trial_id)[-2:] == ["trial:keep", "trial:terminate"]
     journey.day(15)
     assert journey.state == "terminated"
     assert any(i["title"] == "Terminate cloud trial instance stark.sourcegraph.com" for i in github.issues)

@@ -61,7 +61,7 @@ def test_a_qualified_lead_s_instance_request_names_the_assigned_ce_and_has_no_to
     deliverer.drain_all()
 
     [issue] = fake_github.issues
-    assert issue["title"] == "Cloud trial instance request: Hooli"
+    assert issue["title"] == "Cloud trial instance request: hooli.com"   # not in accounts.csv: named by its domain
     assert trial.ce and trial.ce.endswith("@example.com")
     assert f"Assigned CE (needs operator access to create the password-reset link): {trial.ce}" in issue["body"]
     assert "TODO" not in issue["body"].upper()

@@ -117,7 +117,7 @@ def test_a_qualified_lead_gets_its_channel_issue_and_welcome_email_each_exactly_
 
     [alert] = fake_slack.messages_in("cloud-trial-alerts")
     assert alert["text"].startswith(":white_check_mark:")  # the triage alert, edited in place
-    assert {"U0CE00001", "U0AE00001"} & fake_slack.channel_named("cloud-trial-hooli").members
+    assert {"U0CE00001", "U0AE00001"} & fake_slack.channel_named("cloud-trial-hooli-com").members
     [issue] = fake_github.issues
     assert f"Assigned CE (needs operator access to create the password-reset link): {trial.ce}" in issue["body"]
     assert "TODO" not in issue["body"].upper()

@@ -342,3 +342,52 @@ def test_a_requested_or_queued_trial_can_be_terminated_so_it_does_not_hold_capac
         states = [trial(c, t)["state"] for t in (sam, lee, tom)]
     rt.close()
     assert states == ["terminated", "instance_requested", "terminated"], "the freed capacity went to the queue"
+
+
+def test_a_lead_outside_accounts_csv_gets_an_account_named_after_its_domain_not_the_company_it_typed(client, runtime, clock, slack):
+    trial_id = signup(client, "mallory@evil-corp.dev", name="Mallory", company="Acme Corp")
+    press(client, clock, slack, "qualify", trial_id, "U0SDR0001")
+    post_interaction(client, view_submission(slack.views[-1], "U0SDR0001", {}), clock.now())
+    detail = trial(client, trial_id)
+    assert detail["state"] == "instance_requested"
+    assert detail["account_name"] == "evil-corp.dev" and detail["company"] == "Acme Corp"
+    [channel] = effects(runtime, trial_id, "slack.channel")
+    assert channel["name"] == "cloud-trial-evil-corp-dev", "not Acme's #cloud-trial-acme-corp"
+
+
+def test_without_an_active_ce_a_lead_cannot_be_qualified_and_nothing_changes(db_url, tmp_path, clock, slack):
+    from fastapi.testclient import TestClient
+
+    from tests.support.config import write_config
+    from trialflow.api.app import create_app
+    from trialflow.runtime import Runtime
+    from trialflow.services.reference import load_reference_data
+    no_ce = "\n".join(line for line in STAFF.splitlines() if ",ce," not in line) + "\n"
+    config_dir = write_config(tmp_path / "no-ce", staff=no_ce)
+    rt = Runtime(make_settings(db_url, config_dir, **signing_settings(), **slack.settings()), clock=clock)
+    load_reference_data(rt.session_factory, config_dir, clock.now())
+    with TestClient(create_app(rt)) as c:
+        trial_id = signup(c, "sam@stark-industries.com", name="Sam", company="Stark Industries")
+        before = counts(rt, trial_id)
+        pressed = press(c, clock, slack, "qualify", trial_id, "U0SDR0001")
+        detail = trial(c, trial_id)
+    rt.close()
+    assert pressed.status_code == 200 and slack.views == [], "no form to fill in for nothing"
+    [answer] = slack.responses()
+    assert "no active CE in staff.csv to assign" in answer["text"] and answer["response_type"] == "ephemeral"
+    assert detail["state"] == "triage" and detail["assignees"]["ce"] is None and detail["account_name"] is None
+    assert counts(rt, trial_id) == before
+
+
+def test_a_qualify_form_submitted_after_the_last_ce_left_is_refused_and_changes_nothing(client, runtime, clock, slack, tmp_path):
+    from tests.support.config import write_config
+    from trialflow.services.reference import load_reference_data
+    trial_id = signup(client, "sam@stark-industries.com", name="Sam", company="Stark Industries")
+    press(client, clock, slack, "qualify", trial_id, "U0SDR0001")
+    no_ce = "\n".join(line for line in STAFF.splitlines() if ",ce," not in line) + "\n"
+    load_reference_data(runtime.session_factory, write_config(tmp_path / "no-ce", staff=no_ce), clock.now())
+    before = counts(runtime, trial_id)
+    submitted = post_interaction(client, view_submission(slack.views[-1], "U0SDR0001", {}), clock.now())
+    assert "no active CE in staff.csv to assign" in json.dumps(submitted.json())
+    assert any("no active CE in staff.csv to assign" in r["text"] for r in slack.responses())
+    assert trial(client, trial_id)["state"] == "triage" and counts(runtime, trial_id) == before

@@ -38,7 +38,7 @@ from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefu
 from trialflow.services import outbox, policies
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory, Person
-from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
+from trialflow.services.trials import CLOUD_ROLES, NO_CE, Command, authorize, get_trial, handle, has_active
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -290,6 +290,11 @@ def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: 
             text = explain_refusal(session, trial, trigger, name)
             uow.commit()
             return ephemeral(text, response_url)
+        if name == "qualify" and not trial.ce and not has_active(session, "ce"):
+            log.warning("cannot qualify trial %s: %s", trial_id, NO_CE, extra={"trial_id": trial_id})
+            uow.commit()
+            return ephemeral(f":warning: Cannot qualify {esc(trial.email)}: {NO_CE}. Add one (role `ce`, active "
+                             "`true`) and press Qualify again. Nothing was changed.", response_url)
         view = build_modal(session, name, trial, response_url)
         uow.commit()
     if not trigger_id:
@@ -436,7 +441,9 @@ def _on_view_submission(rt, payload: dict) -> SlackReply:
         block = _FIELD_BLOCK.get(outcome.field or "")
         if block:
             return SlackReply(body={"response_action": "errors", "errors": {block: outcome.text}})
-        return _info_view(label_of(name), f":warning: {esc(outcome.text)}")
+        reply = _info_view(label_of(name), f":warning: {esc(outcome.text)}")
+        reply.notify, reply.response_url = f":warning: {esc(outcome.text)}. Nothing was changed.", response_url
+        return reply
     if outcome.status != "done":
         return _info_view(label_of(name), outcome.text)
     return SlackReply(body=None, notify=outcome.text, response_url=response_url)

@@ -95,14 +95,32 @@ def _plain(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(cmd.trigger, actor=cmd.actor, at=now, **cmd.detail)
 
 
+NO_CE = "no active CE in staff.csv to assign"
+
+
+def has_active(session, role: str) -> bool:
+    return session.scalar(select(tables.staff.c.email).where(
+        tables.staff.c.role == role, tables.staff.c.active.is_(True)).limit(1)) is not None
+
+
+def account_name_for(trial: Trial) -> str:
+    """The account of a lead not in accounts.csv. Never the company the lead typed (a stranger
+    typing "Acme Corp" would land in Acme's channel): the domain they proved by their email, or for
+    a public mailbox domain (shared by strangers) the address itself. The typed company stays in
+    ``trials.company`` for display."""
+    return trial.email if is_public_domain(trial.domain) else trial.domain
+
+
 def _qualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
+    # The instance request names the CE who hands the instance off: never a blank in their place.
+    if not trial.ce and not has_active(uow.session, "ce"):
+        raise InvalidSignup(f"{NO_CE}: add one (role ce, active true) and qualify again", "staff")
     if cmd.person is not None:
         trial.sdr = cmd.person.email
     opp = (cmd.detail.get("opportunity_id") or "").strip()
     if opp:
         trial.opportunity_id = opp
-    # Not in accounts.csv: the account is named after the company the lead gave, or its domain.
-    trial.account_name = trial.account_name or trial.company or trial.domain
+    trial.account_name = trial.account_name or account_name_for(trial)
     trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
     trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
     take_lock(uow.session, CAPACITY_LOCK)
