@@ -282,7 +282,9 @@ def test_an_issue_from_another_repository_is_ignored(client, runtime, github):
 
 def test_the_instance_request_tells_the_cloud_team_how_to_signal(client, runtime, github):
     _, body = request_issue(github, requested_trial(client, runtime))
-    assert "`instance-ready`" in body and "`/ready <url>`" in body
+    # both signals, each with the URL a member must give (a label alone is not enough)
+    assert "`/ready https://<instance host>`" in body
+    assert "`Instance: https://<instance host>`" in body and "`instance-ready`" in body
 
 
 def test_an_instance_for_a_public_mailbox_lead_does_not_claim_the_mailbox_domain(client, runtime, github):

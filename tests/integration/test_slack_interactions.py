@@ -336,8 +336,13 @@ def test_a_requested_or_queued_trial_can_be_terminated_so_it_does_not_hold_capac
         assert terminate(tom, "U0AE00009") == "waiting_for_capacity", "a former AE is refused"
         assert terminate(tom) == "terminated", "a queued trial leaves the queue"
         assert terminate(sam) == "terminated", "a requested instance is cancelled"
-        [cancel] = [i for i in effects(rt, sam, "github.issue") if i["issue_kind"] == "termination"]
-        assert f"trialflow:{sam}:termination" in cancel["body"], "the cloud team is told to stop provisioning"
+        [cancel] = effects(rt, sam, "github.comment")
+        assert cancel["ref"] == f"instance-request:{sam}", "the cloud team is told on the request itself"
+        assert "stop provisioning" in cancel["body"]
+        assert [i["issue_kind"] for i in effects(rt, sam, "github.issue")] == ["instance-request"], \
+            "no 'terminate instance None' issue: there is no instance yet"
+        assert effects(rt, tom, "github.issue") == [] and effects(rt, tom, "github.comment") == [], \
+            "nothing was ever asked of the cloud team for a queued trial"
         sweep(rt)
         states = [trial(c, t)["state"] for t in (sam, lee, tom)]
     rt.close()

@@ -165,7 +165,8 @@ def instance_request_body(trial: Trial, ce_email: str, settings: Settings) -> st
         f"- Opportunity: {trial.opportunity_id or 'n/a'}",
         f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",
         "",
-        "When the instance is ready, add the label `instance-ready` or comment `/ready <url>`.",
+        "When the instance is ready, comment `/ready https://<instance host>` (or comment a line "
+        "`Instance: https://<instance host>` and add the label `instance-ready`).",
         "",
         f"<!-- trialflow:{trial.id}:instance-request -->",
     ])
@@ -360,11 +361,22 @@ def _on_convert(fx, ctx, trial, event):
 
 def _on_terminate(fx, ctx, trial, event):
     reason = event.detail.get("reason", "")
-    fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
-             f"Terminate {trial.instance_url} ({trial.account_name or trial.domain}). Reason: {reason}\nRequested by: {event.actor}\n\n"
-             f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
-    fx.to_account_channel("terminated", f":wastebasket: {trial.instance_url} is being terminated ({reason or 'no reason given'}; {event.actor}).",
-                          sb.buttons(trial.id, "request_feedback"))
+    why = f"{reason or 'no reason given'}; {event.actor}"
+    if trial.instance_host:
+        fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
+                 f"Terminate {trial.instance_url} ({trial.account_name or trial.domain}). Reason: {reason}\nRequested by: {event.actor}\n\n"
+                 f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
+        done = f"{trial.instance_url} is being terminated"
+    elif event.from_state == lc.INSTANCE_REQUESTED:
+        # Nothing to terminate yet: the cloud team must stop provisioning, on the request itself.
+        fx.add("request-cancelled", "github.comment", {
+            "ref": f"instance-request:{trial.id}",
+            "body": f"Request cancelled by {event.actor} ({reason or 'no reason given'}): please stop provisioning this instance.",
+        })
+        done = f"The instance request for {trial.account_name or trial.domain} is cancelled"
+    else:
+        done = f"{trial.email} left the capacity queue"
+    fx.to_account_channel("terminated", f":wastebasket: {done} ({why}).", sb.buttons(trial.id, "request_feedback"))
     fx.update_alert(f":wastebasket: {_lead(trial)}: terminated.")
     cancel(ctx.uow, trial, *TIMER_KINDS)
     if trial.instance_host:
