@@ -76,6 +76,13 @@ def test_the_dot_graph_has_the_same_transitions_and_every_state():
     assert text.count("{") == text.count("}") and text.count('"') % 2 == 0
 
 
+def test_the_readme_shows_the_same_diagram_as_docs_lifecycle_md():
+    import re
+    readme = (DOC.parents[1] / "README.md").read_text()
+    diagram = re.search(r"```mermaid\n.*?```", graph.markdown("mermaid"), re.S).group(0)
+    assert diagram in readme, "lifecycle changed: copy the mermaid block of docs/lifecycle.md into README.md"
+
+
 def test_docs_lifecycle_md_is_up_to_date_with_the_table():
     assert DOC.exists(), "run: trialflow graph -o docs/lifecycle.md"
     assert DOC.read_text() == graph.markdown("mermaid"), "lifecycle changed: run trialflow graph -o docs/lifecycle.md"
