@@ -9,6 +9,10 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.config import write_config
+# The local servers that answer like Slack, GitHub and an SMTP relay, as fixtures for every test.
+from tests.support.fake_github import fake_github  # noqa: F401
+from tests.support.fake_slack import fake_slack  # noqa: F401
+from tests.support.smtp import smtp_server  # noqa: F401
 from tests.support.services import POSTGRES_URL, ensure_postgres_database
 from trialflow.clock import ManualClock
 from trialflow.db.engine import make_engine

@@ -14,8 +14,6 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
-from tests.support.fake_github import fake_github  # noqa: F401  (fixture)
-from tests.support.fake_slack import fake_slack  # noqa: F401  (fixture)
 from tests.support.processes import RedisServer, TrialflowProcess, trialflow_env, wait_for
 from trialflow.db import tables
 from trialflow.runtime import Runtime

@@ -5,7 +5,6 @@ from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.support.config import ACCOUNTS, STAFF, write_config
-from tests.support.fake_slack import fake_slack  # noqa: F401  (fixture)
 from trialflow.db import tables
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.wiring import build_deliverer

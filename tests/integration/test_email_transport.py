@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.smtp import SmtpServer, smtp_server  # noqa: F401  (fixture)
+from tests.support.outbox import enqueue_effect, outbox_row
+from tests.support.smtp import SmtpServer
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport, message_id
-from trialflow.services import outbox
 
 TRIAL = "tr_emailtransport01"
 RESET_LINK = "https://pool-a.sourcegraph.com/password-reset?code=sEcReT-oNe-TiMe-CoDe"
@@ -34,15 +34,10 @@ def deliverer(runtime, settings):
 
 
 def enqueue(rt, key: str, payload: dict) -> int:
-    with rt.uow() as uow:
-        effect_id = outbox.enqueue(uow, key=key, kind="email", payload=payload, now=rt.clock.now(), trial_id=TRIAL)
-        uow.commit()
-    return effect_id
+    return enqueue_effect(rt, key, "email", payload, TRIAL)
 
 
-def row(rt, effect_id: int):
-    with rt.session_factory() as s:
-        return s.execute(select(tables.outbox).where(tables.outbox.c.id == effect_id)).one()
+row = outbox_row
 
 
 def email(template: str, to: str = "bob@acme-corp.com", cc=(), sender=None, **context) -> dict:

@@ -9,12 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.fake_github import fake_github  # noqa: F401  (fixture)
+from tests.support.outbox import enqueue_effect, outbox_row
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.github import GitHubTransport
-from trialflow.services import outbox
 from trialflow.services.directory import Directory
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.trials import Command, run
@@ -35,15 +34,10 @@ def deliverer(runtime, settings):
 
 
 def enqueue(rt, key: str, kind: str, payload: dict, trial_id: str | None = TRIAL) -> int:
-    with rt.uow() as uow:
-        effect_id = outbox.enqueue(uow, key=key, kind=kind, payload=payload, now=rt.clock.now(), trial_id=trial_id)
-        uow.commit()
-    return effect_id
+    return enqueue_effect(rt, key, kind, payload, trial_id)
 
 
-def row(rt, effect_id: int):
-    with rt.session_factory() as s:
-        return s.execute(select(tables.outbox).where(tables.outbox.c.id == effect_id)).one()
+row = outbox_row
 
 
 def issue_payload(title: str = "Cloud trial instance request: Initech", **extra) -> dict:

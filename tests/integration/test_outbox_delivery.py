@@ -15,9 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.fake_github import fake_github  # noqa: F401  (fixture)
-from tests.support.fake_slack import fake_slack  # noqa: F401  (fixture)
-from tests.support.smtp import smtp_server  # noqa: F401  (fixture)
+from tests.support.outbox import enqueue_effect
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.email import EmailTransport, message_id
@@ -25,7 +23,6 @@ from trialflow.delivery.github import GitHubTransport
 from trialflow.delivery.slack import SlackTransport
 from trialflow.delivery.wiring import build_deliverer
 from trialflow.runtime import Runtime
-from trialflow.services import outbox
 from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
@@ -173,10 +170,7 @@ class DiesAfterTheCall:
 
 
 def enqueue(rt, key: str, kind: str, payload: dict, trial_id: str = "tr_crashtest00001") -> int:
-    with rt.uow() as uow:
-        effect_id = outbox.enqueue(uow, key=key, kind=kind, payload=payload, now=rt.clock.now(), trial_id=trial_id)
-        uow.commit()
-    return effect_id
+    return enqueue_effect(rt, key, kind, payload, trial_id)
 
 
 ALERT = {"channel": "cloud-trial-alerts", "text": "bob signed up", "blocks": [], "ref": "alert:tr_crashtest00001"}

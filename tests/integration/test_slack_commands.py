@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from tests.conftest import make_settings
-from tests.support.signed import FIXTURES, post_command, signing_settings, slack_headers, slash_command
+from tests.support.signed import FIXTURES, post_command, signing_settings, slash_command
 from trialflow.api.app import create_app
 from trialflow.clock import ManualClock
 from trialflow.db import tables

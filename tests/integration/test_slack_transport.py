@@ -8,10 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.fake_slack import fake_slack  # noqa: F401  (fixture)
+from tests.support.outbox import enqueue_effect, outbox_row
 from trialflow.db import tables
 from trialflow.delivery.wiring import build_deliverer
-from trialflow.services import outbox
 
 TRIAL = "tr_slacktransport1"
 
@@ -27,15 +26,10 @@ def deliverer(runtime):
 
 
 def enqueue(rt, key: str, kind: str, payload: dict, trial_id: str | None = TRIAL) -> int:
-    with rt.uow() as uow:
-        effect_id = outbox.enqueue(uow, key=key, kind=kind, payload=payload, now=rt.clock.now(), trial_id=trial_id)
-        uow.commit()
-    return effect_id
+    return enqueue_effect(rt, key, kind, payload, trial_id)
 
 
-def row(rt, effect_id: int):
-    with rt.session_factory() as s:
-        return s.execute(select(tables.outbox).where(tables.outbox.c.id == effect_id)).one()
+row = outbox_row
 
 
 def message(channel: str, text: str, **extra) -> dict:

@@ -1,0 +1,20 @@
+"""Putting effects in the outbox and reading them back, as the transport tests need."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from trialflow.db import tables
+from trialflow.services import outbox
+
+
+def enqueue_effect(rt, key: str, kind: str, payload: dict, trial_id: str | None = None) -> int:
+    """One committed effect, as a state change would leave it."""
+    with rt.uow() as uow:
+        effect_id = outbox.enqueue(uow, key=key, kind=kind, payload=payload, now=rt.clock.now(), trial_id=trial_id)
+        uow.commit()
+    return effect_id
+
+
+def outbox_row(rt, effect_id: int):
+    with rt.session_factory() as s:
+        return s.execute(select(tables.outbox).where(tables.outbox.c.id == effect_id)).one()
