@@ -14,6 +14,14 @@ from trialflow.services.uow import UnitOfWork
 SECRET_KEYS = frozenset({"reset_link", "token", "license_key"})
 
 
+# Built once: the values are bound per call. Building the statement with them (``.values(...)``)
+# made SQLAlchemy construct it and compute its cache key on every enqueue.
+_INSERT = {
+    dialect: module.insert(tables.outbox).on_conflict_do_nothing(index_elements=["key"]).returning(tables.outbox.c.id)
+    for dialect, module in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
 def enqueue(uow: UnitOfWork, *, key: str, kind: str, payload: dict[str, Any], now: datetime,
             trial_id: str | None = None) -> int | None:
     """Add one effect. A second enqueue with the same idempotency key is a no-op (returns None)."""
@@ -22,14 +30,10 @@ def enqueue(uow: UnitOfWork, *, key: str, kind: str, payload: dict[str, Any], no
         batch.effect(dict(key=key, kind=kind, payload=payload, trial_id=trial_id, status="pending", attempts=0,
                           next_attempt_at=now, created_at=now))
         return None
-    dialect = uow.session.get_bind().dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(tables.outbox).values(
+    effect_id = uow.session.execute(_INSERT[uow.session.get_bind().dialect.name], dict(
         key=key, kind=kind, payload=payload, trial_id=trial_id, status="pending", attempts=0,
         next_attempt_at=now, created_at=now,
-    )
-    effect_id = uow.session.execute(
-        ins.on_conflict_do_nothing(index_elements=["key"]).returning(tables.outbox.c.id)
-    ).scalar()
+    )).scalar()
     if effect_id is not None:
         uow.new_effect_ids.append(effect_id)
     return effect_id

@@ -153,12 +153,44 @@ SELECT 'events', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 """).bindparams(bindparam("candidates", expanding=True, type_=String()))
 
 
-def _look_up(uow: UnitOfWork, email: Email) -> _Known:
+# The same on PostgreSQL, for the driver (no SQLAlchemy work per statement), with the candidates
+# in a fixed number of slots, the unused ones repeating a candidate: the text never changes, so
+# psycopg prepares it once per connection, and PostgreSQL's generic plan then costs what a custom
+# one does, so it is kept instead of planning the four selects on every signup (~0.1 ms of the
+# server's CPU; with ``= ANY(array)``, or NULLs in the spare slots, the custom plans look cheaper
+# and PostgreSQL keeps re-planning).
+_CANDIDATE_SLOTS = 4
+_lookup_statements: dict[int, str] = {}
+
+
+def _lookup_statement(slots: int) -> str:
+    sql = _lookup_statements.get(slots)
+    if sql is None:
+        placeholders = "(" + ", ".join(f"%(c{i})s" for i in range(slots)) + ")"
+        sql = _lookup_statements[slots] = (str(_LOOKUP.text).replace(":candidates", placeholders)
+                                           .replace(":email", "%(email)s"))
+    return sql
+
+
+def _lookup_params(address: str, candidates: list[str]) -> tuple[str, dict[str, Any]]:
+    slots = max(1, -(-len(candidates) // _CANDIDATE_SLOTS)) * _CANDIDATE_SLOTS
+    spare = candidates[0] if candidates else ""  # no claim or account has an empty domain
+    params: dict[str, Any] = {f"c{i}": candidates[i] if i < len(candidates) else spare for i in range(slots)}
+    params["email"] = address
+    return _lookup_statement(slots), params
+
+
+def _look_up(uow: UnitOfWork, email: Email, driver=None) -> _Known:
+    """``driver``: the psycopg connection under the unit of work's, on PostgreSQL."""
     # A public mailbox domain matches nothing, so its claims and accounts are not even read.
     candidates = [] if email.is_public else email.domain_candidates()
     known = _Known()
-    for kind, k, a, b, c, d, e, f, g in uow.session.connection().execute(
-            _LOOKUP, {"email": email.address, "candidates": candidates}):
+    if driver is not None:
+        with driver.cursor() as cursor:
+            rows = cursor.execute(*_lookup_params(email.address, candidates)).fetchall()
+    else:
+        rows = uow.session.connection().execute(_LOOKUP, {"email": email.address, "candidates": candidates}).all()
+    for kind, k, a, b, c, d, e, f, g in rows:
         if kind == "trial":
             known.existing = _result(k, a, b, c, email.address, d)
         elif kind == "claim":
@@ -170,6 +202,15 @@ def _look_up(uow: UnitOfWork, email: Email) -> _Known:
     return known
 
 
+def _is_postgresql(uow: UnitOfWork) -> bool:
+    return uow.session.get_bind().dialect.name == "postgresql"
+
+
+def _driver(uow: UnitOfWork, **execution_options):
+    """The psycopg connection under the unit of work's connection (begun with these options)."""
+    return uow.session.connection(execution_options=execution_options or None).connection.driver_connection
+
+
 def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResult:
     """Route one signup and commit it with its effects, in one transaction.
 
@@ -178,30 +219,148 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
     plain object and written at the end. Inserting it with ON CONFLICT (email) DO NOTHING is the
     per-email lock: a second request for the same email waits for the first to commit, inserts
     nothing, rolls back whatever it routed and answers with the first one's trial.
+
+    On PostgreSQL most signups (triage, and joining a domain's live instance) write nothing but
+    their own rows, so they take two round trips and no transaction of several statements: the
+    read, then one statement that writes the trial, its history, effects and timers, committed
+    by itself (autocommit; synchronous_commit unchanged, so a 201 is as durable as before).
+    Only a signup that claims an instance, or takes marketing events waiting for it, runs the
+    transaction below.
     """
     email = normalize_email(data.email)
     name = _clean(data.name, "name")
     company = _clean(data.company, "company")
     source = _clean(data.source, "source", 100)
     with uow_factory() as uow:
-        known = _look_up(uow, email)
+        one_statement = _is_postgresql(uow)
+        driver = _driver(uow, isolation_level="AUTOCOMMIT") if one_statement else None
+        known = _look_up(uow, email, driver)
         if known.existing is not None:
             return known.existing
-        now = clock.now()
-        trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
-        _route(uow, settings, trial, email, known)
-        if known.has_marketing_events:
-            # Marketing actions seen before the signup count now, so the triage alert shows the score.
-            attach_marketing_events(uow.session, trial)
-        if not _insert_trial(uow, trial):
-            uow.rollback()
-            existing = find_by_email(uow, email.address)
-            if existing is None:  # the other request's trial vanished again: not a race we can answer
-                raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
-            return existing
-        _apply_policies(uow, trial, settings)
-        uow.commit()
-        return SignupResult.of(trial, created=True)
+        if one_statement and not _writes_more_than_its_rows(email, known):
+            return _submit_in_one_statement(uow, driver, settings, clock, email, known, name, company, source)
+        if not one_statement:
+            return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
+    with uow_factory() as uow:  # PostgreSQL, a claim: read again, inside the transaction
+        known = _look_up(uow, email, _driver(uow))
+        if known.existing is not None:
+            return known.existing
+        return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
+
+
+def _writes_more_than_its_rows(email: Email, known: _Known) -> bool:
+    """Whether routing this signup writes rows other than the trial's own (``_route``'s claim of a
+    pool instance, or marketing events attached to the trial)."""
+    if known.has_marketing_events:
+        return True
+    if email.is_public:
+        return False
+    candidates = email.domain_candidates()
+    claim = known.first(known.claims, candidates)
+    if claim is not None and claim.instance_host:
+        return False
+    account = known.first(known.accounts, candidates)
+    return account is not None and account.prequalified
+
+
+def _submit_in_transaction(uow: UnitOfWork, settings, clock, email: Email, known: _Known,
+                           name, company, source) -> SignupResult:
+    now = clock.now()
+    trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
+    _route(uow, settings, trial, email, known)
+    if known.has_marketing_events:
+        # Marketing actions seen before the signup count now, so the triage alert shows the score.
+        attach_marketing_events(uow.session, trial)
+    if not _insert_trial(uow, trial):
+        uow.rollback()
+        return _the_other_signup(uow, email)
+    _apply_policies(uow, trial, settings)
+    uow.commit()
+    return SignupResult.of(trial, created=True)
+
+
+def _the_other_signup(uow: UnitOfWork, email: Email) -> SignupResult:
+    existing = find_by_email(uow, email.address)
+    if existing is None:  # the other request's trial vanished again: not a race we can answer
+        raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
+    return existing
+
+
+def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Email, known: _Known,
+                             name, company, source) -> SignupResult:
+    """PostgreSQL, autocommit: route (no writes), build the effects and timers, write it all at once."""
+    from trialflow.services.sweep import BatchedWrites  # sweep imports this module
+    now = clock.now()
+    trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
+    _route(uow, settings, trial, email, known)
+    uow.batched_writes = batch = BatchedWrites()
+    try:
+        policies.apply(uow, trial, settings)
+    finally:
+        uow.batched_writes = None
+    if batch.released_hosts or any(op is None for op in batch.timers.values()):
+        # A new trial has no timers to cancel nor an instance of its own to release; if policies
+        # ever ask for that here, this path no longer fits them.
+        raise RuntimeError("signup policies asked for writes the one-statement signup does not make")
+    schedules = [(kind, op[0], op[1]) for (_trial_id, kind), op in batch.timers.items()]
+    inserted, effect_ids = _write_signup(driver, trial, batch.effects, schedules)
+    if not inserted:
+        return _the_other_signup(uow, email)
+    uow.new_effect_ids.extend(effect_ids)
+    uow.commit()  # nothing left to commit: wakes the delivery for the new effects
+    return SignupResult.of(trial, created=True)
+
+
+_EFFECT_COLUMNS = ("key", "kind", "payload", "trial_id", "status", "attempts", "next_attempt_at", "created_at")
+_signup_statements: dict[tuple[int, int], str] = {}
+
+
+def _signup_statement(effects: int, timers: int) -> str:
+    """The trial, its history entry, ``effects`` outbox rows and ``timers`` timers in one
+    statement; nothing but the trial's conflict when its email already has one (every other
+    insert selects from the trial's). Built once per shape."""
+    sql = _signup_statements.get((effects, timers))
+    if sql is not None:
+        return sql
+    parts = [
+        "WITH new_trial AS (INSERT INTO trials ({columns}) VALUES ({values}) ON CONFLICT (email) DO NOTHING RETURNING id)".format(
+            columns=", ".join(f'"{name}"' for name in _TRIAL_COLUMNS), values=", ".join(["%s"] * len(_TRIAL_COLUMNS))),
+        ', history AS (INSERT INTO trial_history (trial_id, from_state, to_state, "trigger", actor, at, detail) '
+        "SELECT new_trial.id, %s, %s, %s, %s, %s::timestamptz, %s::jsonb FROM new_trial)",
+    ]
+    if timers:
+        rows = ", ".join(["(%s, %s::timestamptz, %s::timestamptz)"] * timers)
+        parts.append(f", new_timers AS (INSERT INTO timers (trial_id, kind, due_at, created_at) "
+                     f"SELECT new_trial.id, v.kind, v.due_at, v.created_at FROM new_trial, (VALUES {rows}) AS v(kind, due_at, created_at) "
+                     "ON CONFLICT (trial_id, kind) DO UPDATE SET due_at = excluded.due_at, fired_at = NULL)")
+    if effects:
+        rows = ", ".join(["(%s::int, %s, %s, %s::jsonb, %s, %s, %s::int, %s::timestamptz, %s::timestamptz)"] * effects)
+        parts.append(f", new_effects AS (INSERT INTO outbox ({', '.join(_EFFECT_COLUMNS)}) "
+                     f"SELECT {', '.join('v.' + c for c in _EFFECT_COLUMNS)} FROM new_trial, "
+                     f"(VALUES {rows}) AS v(n, {', '.join(_EFFECT_COLUMNS)}) ORDER BY v.n "
+                     "ON CONFLICT (key) DO NOTHING RETURNING id)")
+        parts.append(" SELECT (SELECT count(*) FROM new_trial), ARRAY(SELECT id FROM new_effects ORDER BY id)")
+    else:
+        parts.append(" SELECT (SELECT count(*) FROM new_trial), ARRAY[]::bigint[]")
+    sql = _signup_statements[(effects, timers)] = "".join(parts)
+    return sql
+
+
+def _write_signup(driver, trial: Trial, effects: list[dict], schedules: list[tuple]) -> tuple[bool, list[int]]:
+    """Run ``_signup_statement`` (autocommit: it commits). Returns (trial inserted, new effect ids)."""
+    from psycopg.types.json import Jsonb
+    (entry,) = trial.history
+    values = _trial_values(trial)
+    params: list[Any] = [values[name] for name in _TRIAL_COLUMNS]
+    params += [entry.from_state, entry.to_state, entry.trigger, entry.actor, entry.at, Jsonb(entry.detail)]
+    for kind, due_at, created_at in schedules:
+        params += [kind, due_at, created_at]
+    for n, effect in enumerate(effects):
+        params.append(n)
+        params += [Jsonb(effect[c]) if c == "payload" else effect[c] for c in _EFFECT_COLUMNS]
+    with driver.cursor() as cursor:
+        inserted, ids = cursor.execute(_signup_statement(len(effects), len(schedules)), params).fetchone()
+    return bool(inserted), list(ids)
 
 
 def _apply_policies(uow: UnitOfWork, trial: Trial, settings) -> None:
