@@ -298,6 +298,7 @@ def generator(mode: str, port: int, args: dict, seed: int, tag: str, out) -> Non
     except ImportError:
         pass
     emails = Emails(seed, tag)
+    cpu_start = time.process_time()
     try:
         if mode == "closed":
             result = asyncio.run(closed_loop(port, args["connections"], args["warmup"], args["seconds"], emails))
@@ -305,6 +306,7 @@ def generator(mode: str, port: int, args: dict, seed: int, tag: str, out) -> Non
             result = asyncio.run(open_loop(port, args["rate"], args["warmup"], args["seconds"], emails))
     except Exception as exc:  # noqa: BLE001 - reported by the parent, which must not wait forever
         result = {"failed": f"{type(exc).__name__}: {exc}"}
+    result["cpu_seconds"] = time.process_time() - cpu_start
     out.put(result)
 
 
@@ -334,6 +336,61 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc (Linux); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command name) of every process (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                before, _, after = (entry / "stat").read_text().rpartition(")")
+                found.append((int(entry.name), int(after.split()[1]), before.partition("(")[2]))
+            except OSError:
+                continue
+    return found
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes and by PostgreSQL's backends, so the run
+    can report CPU per signup: unlike signups/s, that does not change with what else the machine runs."""
+    processes = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _name in processes:
+        children.setdefault(ppid, []).append(pid)
+    server, todo = [], [server_pid]
+    while todo:
+        pid = todo.pop()
+        server.append(pid)
+        todo.extend(children.get(pid, []))
+    postgres = exited = 0.0
+    for pid, ppid, name in processes:
+        if name != "postgres":
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if DB_NAME.encode() in cmdline:
+            postgres += _cpu_seconds(pid)
+        elif ppid == 1 or b" -D " in cmdline.replace(b"\0", b" "):
+            # The postmaster: backends that have exited (connections closed) add their CPU to
+            # its children's total. Other databases' backends count there too, so this is an upper bound.
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                exited += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+    return {"server": sum(_cpu_seconds(pid) for pid in server), "postgres": postgres, "exited backends": exited}
+
+
 def errors(statuses: dict) -> int:
     return sum(n for status, n in statuses.items() if status not in (200, 201))
 
@@ -356,8 +413,10 @@ def main(argv=None) -> int:
         server = start_server(port, args.workers, config_dir)
         try:
             load1 = os.getloadavg()[0]
+            cpu_before = cpu_snapshot(server.pid)
             throughput = run_generator("closed", port, 1, "t", connections=args.connections, warmup=args.warmup,
                                        seconds=args.seconds)
+            cpu_after = cpu_snapshot(server.pid)
             latency = run_generator("open", port, 2, "l", rate=args.rate, warmup=2.0, seconds=args.latency_seconds)
         finally:
             stop_server(server)
@@ -371,6 +430,14 @@ def main(argv=None) -> int:
           f"p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms over {latency['completed']} signups "
           f"({latency['connections']} connections); answers {latency['statuses']}")
     print(f"database after the run: {counts}")
+    # Over the whole closed loop (warm-up included, as are its signups): CPU per signup answered.
+    sent = throughput["sent"]
+    cpu = {k: 1000 * (cpu_after[k] - cpu_before[k]) / sent for k in cpu_after} if sent else {}
+    if cpu:
+        cpu["load generator"] = 1000 * throughput["cpu_seconds"] / sent
+        print(f"CPU per signup in the closed loop: server {cpu['server']:.2f} ms, PostgreSQL backends "
+              f"{cpu['postgres']:.2f} ms (+ {cpu['exited backends']:.2f} ms in backends that exited, any database), "
+              f"load generator {cpu['load generator']:.2f} ms")
     bad = errors(throughput["statuses"]) + errors(latency["statuses"]) + counts["failed_signups"]
     if bad:
         print(f"ERRORS: {bad} answers other than 200/201 or failsafe rows", file=sys.stderr)
