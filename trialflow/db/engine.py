@@ -44,8 +44,12 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         return engine
     if "poolclass" not in kwargs:
-        kwargs.setdefault("pool_size", 10)
-        kwargs.setdefault("max_overflow", 20)
+        # Kept open: the API's 8 signup threads may each hold two (a signup joining an instance
+        # reads staff through its session beside its own autocommit connection), and an overflow
+        # connection is closed on return: a new PostgreSQL backend (fork, cold caches) per burst.
+        # At most 30 per process, as before.
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 10)
     # Recycle instead of pinging on every checkout: a ping is one more round trip per transaction,
     # and the delivery path runs two transactions per effect.
     kwargs.setdefault("pool_recycle", 300)
