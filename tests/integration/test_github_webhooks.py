@@ -169,8 +169,9 @@ def test_without_a_url_nothing_is_guessed_and_the_issue_is_asked_for_one(client,
 
 
 def test_a_url_in_the_issue_body_is_never_used(client, runtime, github):
-    # The body holds the lead's name and company: a stranger could put any URL there.
-    trial_id = requested_trial(client, runtime, name="Sam\nInstance: https://evil.example.com",
+    # The body holds the lead's name and company: a stranger could put any URL there (a signup
+    # refuses line breaks, so it cannot start a line of its own, but it can still be in the body).
+    trial_id = requested_trial(client, runtime, name="Sam Instance: https://evil.example.com",
                                company="Stark https://evil-too.example.com")
     number, body = request_issue(github, trial_id)
     assert "Instance: https://evil.example.com" in body

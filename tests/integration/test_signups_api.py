@@ -372,3 +372,39 @@ def test_an_unknown_trial_id_is_a_404_in_json(client):
     r = client.get("/api/trials/tr_doesnotexist00")
     assert r.status_code == 404
     assert "tr_doesnotexist00" in r.json()["error"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", "Bob\n- Assigned CE: mallory@evil.example"),
+    ("name", "<!channel> urgent"),
+    ("company", "Acme <https://evil.example|Corp>"),
+    ("company", "Acme <!-- trialflow:tr_0000000000000000:instance-request -->"),
+    ("source", "ads\r\nInstance: https://evil.example"),
+])
+def test_text_that_could_forge_lines_mentions_or_links_in_slack_and_github_is_refused(client, field, value):
+    r = client.post("/api/signups", json={"email": "bob@acme-corp.com", field: value})
+    assert r.status_code == 422
+    assert r.json()["field"] == field and "one line of plain text" in r.json()["error"]
+    assert client.get("/api/trials").json()["trials"] == []
+
+
+def test_an_ampersand_in_a_company_name_reaches_slack_escaped(client, runtime):
+    body = signup(client, "lee@tiny-startup.io", name="Lee", company="Smith & Sons").json()
+    with runtime.engine.connect() as conn:
+        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"])).scalar_one()
+    assert "(Smith &amp; Sons)" in alert["text"]
+
+
+def test_a_repeat_signup_from_someone_whose_trial_went_on_is_still_sent_to_the_instance(client, runtime):
+    from trialflow.services.directory import Directory
+    from trialflow.services.trials import Command, run
+    first = signup(client, "bob@acme-corp.com").json()
+    with runtime.session_factory() as s:
+        carol = Directory(s).by_slack_id("U0CE00001")
+    run(runtime, Command(first["trial_id"], "extend", carol.slack_user_id, carol, {}))
+    again = signup(client, "bob@acme-corp.com")
+    assert again.status_code == 200
+    assert again.json()["state"] == "extended"
+    assert again.json()["redirect_url"] == first["redirect_url"] == "https://pool-a.sourcegraph.com/sign-in"
+    run(runtime, Command(first["trial_id"], "convert", carol.slack_user_id, carol, {}))
+    assert signup(client, "bob@acme-corp.com").json()["redirect_url"] == first["redirect_url"]

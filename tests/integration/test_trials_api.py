@@ -95,3 +95,9 @@ def test_an_unknown_trial_is_a_404(client):
     r = client.get("/api/trials/tr_0000000000000000")
     assert r.status_code == 404
     assert r.json() == {"error": "No trial tr_0000000000000000."}
+
+
+def test_empty_filters_as_a_form_sends_them_mean_no_filter(client, four_trials):
+    everything = listed(client)["trials"]
+    assert listed(client, state="", domain="")["trials"] == everything
+    assert len(everything) == 4

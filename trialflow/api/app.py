@@ -196,7 +196,7 @@ def create_app(rt: Runtime) -> FastAPI:
     def list_trials(rt: RT, state: str | None = None, domain: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0):
         """Trials, newest first, filtered by state and/or domain."""
-        if state is not None and state not in lc.STATES:
+        if state and state not in lc.STATES:
             return error(422, f"Unknown state {state!r}; states are: {', '.join(lc.STATES)}.", field="state")
         stmt = select(Trial)
         if state:

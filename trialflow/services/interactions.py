@@ -71,9 +71,7 @@ def label_of(action: str) -> str:
     return sb.ACTIONS[action][0] if action in sb.ACTIONS else action.replace("_", " ")
 
 
-def esc(text: Any) -> str:
-    """Slack mrkdwn: &, < and > in people's data must not become links or mentions."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+esc = sb.escape
 
 
 # --- talking back to Slack -------------------------------------------------------------------

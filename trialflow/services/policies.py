@@ -143,8 +143,8 @@ def _who(ctx: Context, trial: Trial) -> str:
 
 
 def _lead(trial: Trial) -> str:
-    who = trial.name or trial.email
-    company = f" ({trial.company})" if trial.company else ""
+    who = sb.escape(trial.name) if trial.name else trial.email
+    company = f" ({sb.escape(trial.company)})" if trial.company else ""
     return f"*{who}*{company} <mailto:{trial.email}|{trial.email}>"
 
 

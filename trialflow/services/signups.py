@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,11 +33,19 @@ log = logging.getLogger("trialflow.signups")
 MESSAGES = {
     lc.JOINING_EXISTING: "{domain} already has a Sourcegraph instance: we are taking you there. "
                          "Its admin may need to add you; we have let your account team know.",
+    lc.JOINED: "Welcome back: taking you to {domain}'s Sourcegraph instance.",
     lc.ACTIVE: "Your Sourcegraph instance is ready. Check {email} for a link to set your password.",
+    lc.EXTENDED: "Welcome back: taking you to your Sourcegraph instance.",
+    lc.CONVERTED: "Welcome back: taking you to your Sourcegraph instance.",
     lc.WAITING_FOR_CAPACITY: "Thanks! We are reviewing your request; we will email you as soon as your instance is ready.",
     lc.TRIAGE: "Thanks! We are reviewing your request and will get back to you by email shortly.",
 }
 CAPACITY_LOCK = "capacity"
+# States in which the person has an instance to go to (a repeat signup is sent there too).
+REDIRECTED = frozenset({lc.JOINING_EXISTING, lc.JOINED, lc.ACTIVE, lc.EXTENDED, lc.CONVERTED})
+# Name, company and source end up in Slack messages and GitHub issues: one line of plain text,
+# nothing Slack or Markdown could read as a mention, a link or a hidden comment.
+_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f<>]")
 
 
 @dataclass
@@ -69,7 +78,7 @@ class SignupResult:
 
     @property
     def redirect_url(self) -> str | None:
-        if self.state in (lc.JOINING_EXISTING, lc.ACTIVE) and self.instance_url:
+        if self.state in REDIRECTED and self.instance_url:
             return f"{self.instance_url}/sign-in"
         return None
 
@@ -82,6 +91,8 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
     value = value.strip()
     if len(value) > limit:
         raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
+    if _FORBIDDEN_IN_TEXT.search(value):
+        raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
     return value or None
 
 

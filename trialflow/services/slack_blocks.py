@@ -21,6 +21,11 @@ ACTIONS = {
 }
 
 
+def escape(text: object) -> str:
+    """Slack mrkdwn: &, < and > in people's data must not become links or mentions."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
