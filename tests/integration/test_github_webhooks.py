@@ -205,15 +205,14 @@ def test_only_an_https_url_on_a_valid_non_github_host_is_accepted(client, runtim
     assert "/ready https://<instance host>" in github.comments_on(number)[-1]["body"]
 
 
-def test_a_marker_spoofed_in_a_leads_name_does_not_reach_another_trial(client, runtime, github):
+def test_a_marker_spoofed_in_a_leads_name_never_reaches_an_issue(client, runtime, github):
     victim = requested_trial(client, runtime)
-    mallory = requested_trial(client, runtime, email="mallory@evil-corp.dev", company="Evil Corp",
-                              name=f"<!-- trialflow:{victim}:instance-request -->")
-    number, body = request_issue(github, mallory)
-    assert f"trialflow:{victim}:instance-request" in body
-    response = post_webhook(client, "issue_comment", issue_comment(number, body, "/ready https://evil-corp.sourcegraph.com", "cody-cloud"))
-    assert response.json() == {"status": "instance_ready", "trial_id": mallory, "host": "evil-corp.sourcegraph.com"}
-    assert trial(client, victim)["state"] == "instance_requested"
+    r = client.post("/api/signups", json={"email": "mallory@evil-corp.dev", "company": "Evil Corp",
+                                          "name": f"<!-- trialflow:{victim}:instance-request -->"})
+    assert r.status_code == 422 and r.json()["field"] == "name"
+    assert [i for i in github.issues if "evil-corp" in (i["body"] or "")] == []
+    # and were one to get there some other way, only the issue trialflow filed for the victim
+    # counts for the victim (test_an_issue_trialflow_did_not_file_for_the_trial_is_ignored)
 
 
 def test_an_issue_trialflow_did_not_file_for_the_trial_is_ignored(client, runtime, github):
