@@ -198,7 +198,10 @@ def cmd_demo(args) -> int:
 def cmd_worker(args) -> int:
     from workers.celery_app import make_celery_app
     app = make_celery_app()
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1"]
+    # No gossip, mingle or heartbeat: trialflow's workers never talk to each other (the database
+    # coordinates them), and each is one more thing to re-establish when Redis restarts.
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if args.queues:
         argv.append(f"--queues={args.queues}")
     app.worker_main(argv)

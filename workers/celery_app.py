@@ -18,6 +18,7 @@ def _use_trialflow_logging(**_kwargs) -> None:
     from trialflow.logs import configure_logging
     configure_logging()
 
+
 def make_celery_app(broker_url: str | None = None) -> Celery:
     settings = get_settings()
     broker = broker_url or settings.broker_url
@@ -35,7 +36,11 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         broker_connection_max_retries=None,   # Redis restarting is an outage to wait out, not a crash
         # Tasks here take milliseconds; an unacked one (its worker died) comes back after this long.
         broker_transport_options={"visibility_timeout": 60},
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Not cancelling on connection loss: with Redis restarting, Celery 5.7/kombu crash the whole
+        # worker while closing the lost channel (celery/celery#9250). A task still running then
+        # simply cannot be acked; it comes back after the visibility timeout, and the lease
+        # (trialflow.delivery.core) turns that second run into a no-op.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue="trialflow",
         beat_schedule={
             "relay": {"task": "trialflow.relay", "schedule": settings.beat_relay_seconds},

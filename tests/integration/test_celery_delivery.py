@@ -116,10 +116,20 @@ def test_redis_restarted_mid_run_loses_nothing_and_doubles_nothing(stack, redis_
     rt, start = stack
     keys = enqueue_effects(rt)
     start("beat", "beat")
-    start("worker", "worker", "--concurrency", "2")
+    worker = start("worker", "worker", "--concurrency", "2")
     wait_for(lambda: sum(arrived(fake_slack, fake_github).values()) >= 40, 60, "the worker to deliver some",
              interval=0.005)
     redis_server.restart(down_for=1.0)
     assert sum(arrived(fake_slack, fake_github).values()) < EFFECTS, "finished before Redis went down: proved nothing"
-    wait_for(lambda: delivered_rows(rt) == EFFECTS, 120, "every effect to be delivered", interval=0.1)
+
+    def settled() -> bool:
+        # Celery 5.7 sometimes dies of the lost connection itself ("Unrecoverable error",
+        # celery/celery#9250) and then hangs in its shutdown; a deployment's supervisor replaces
+        # such a worker, and so does this test. What must hold either way: nothing lost, nothing doubled.
+        nonlocal worker
+        if "Unrecoverable error" in worker.log():
+            worker.kill()
+            worker = start("worker", f"worker-after-crash-{len(worker.log())}", "--concurrency", "2")
+        return delivered_rows(rt) == EFFECTS
+    wait_for(settled, 120, "every effect to be delivered", interval=0.1)
     assert_each_arrived_exactly_once(keys, fake_slack, fake_github, rt)
