@@ -38,7 +38,6 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import TrialflowError
 from trialflow.metrics import record_sweep
-from trialflow.scoring import grade_trials
 from trialflow.services import outbox, policies
 from trialflow.services import slack_blocks as sb
 from trialflow.services.signups import _check_pool_low_water, has_capacity
@@ -254,10 +253,6 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
     session.execute(update(t).where(_among(session, t.c.id, [row.id for row in due])).values(fired_at=now))
 
     trial_ids = sorted({row.trial_id for row in due if row.trial_id is not None})
-    if trial_ids:
-        # Fresh PQL grades for exactly the trials being decided ("inactive at day 15" reads them);
-        # grading only the due ones keeps a sweep's cost proportional to what is due.
-        grade_trials(session, now, config_dir=rt.settings.config_dir, trial_ids=trial_ids)
     trials_stmt = (select(Trial).where(_among(session, tables.trials.c.id, trial_ids)).order_by(tables.trials.c.id)
                    .options(selectinload(Trial.history)))
     if lock:
