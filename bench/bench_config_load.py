@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.config import write_config  # noqa: E402  (small staff.csv and instances.csv)
+from machine import cpu_model  # noqa: E402
 
 TARGET_SECONDS = 30.0
 POSTGRES_URL = os.environ.get("TRIALFLOW_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/trialflow_bench_config")
@@ -74,14 +75,7 @@ def migrate(db_url: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"{os.cpu_count()} CPU(s), {cpu}; Python {platform.python_version()}; {platform.system()} {platform.release()}; "
             f"load average before the runs {load} (other work on the machine slows the runs)")

@@ -28,7 +28,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import signal
 import socket
@@ -40,6 +39,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from machine import describe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -325,15 +325,7 @@ def run_generator(mode: str, port: int, seed: int, tag: str, **args) -> dict:
 # --- reporting ------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return describe()
 
 
 def _cpu_seconds(pid: int) -> float:

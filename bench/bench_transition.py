@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from transitions import Machine  # noqa: E402
 from trialflow.domain import lifecycle as lc  # noqa: E402
 from trialflow.domain.trial import Trial  # noqa: E402
 from trialflow.errors import TransitionRefused  # noqa: E402
+from machine import describe  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS-signups.md"
 TARGET_US = 20.0
@@ -97,15 +97,7 @@ def trial_step_us(n: int, repeats: int = 7) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    return describe(with_os=False)
 
 
 def main(argv=None) -> int:
