@@ -97,13 +97,19 @@ def assert_each_arrived_exactly_once(keys, fake_slack, fake_github, rt) -> None:
     assert delivered_rows(rt) == EFFECTS
 
 
-def test_a_worker_killed_with_sigkill_mid_run_loses_nothing_and_doubles_nothing(stack, fake_slack, fake_github):
-    rt, start = stack
+def start_delivering(rt: Runtime, start, fake_slack, fake_github, worker_name: str):
+    """The 200 effects committed, beat and a worker running, and some of it delivered already."""
     keys = enqueue_effects(rt)
     start("beat", "beat")
-    first = start("worker", "worker-1", "--concurrency", "2")
-    wait_for(lambda: sum(arrived(fake_slack, fake_github).values()) >= 40, 60, "the first worker to deliver some",
+    worker = start("worker", worker_name, "--concurrency", "2")
+    wait_for(lambda: sum(arrived(fake_slack, fake_github).values()) >= 40, 60, "the worker to deliver some",
              interval=0.005)
+    return keys, worker
+
+
+def test_a_worker_killed_with_sigkill_mid_run_loses_nothing_and_doubles_nothing(stack, fake_slack, fake_github):
+    rt, start = stack
+    keys, first = start_delivering(rt, start, fake_slack, fake_github, "worker-1")
     first.kill(signal.SIGKILL)
     before_restart = sum(arrived(fake_slack, fake_github).values())
     assert before_restart < EFFECTS, "the worker finished before it could be killed: the test proved nothing"
@@ -114,11 +120,7 @@ def test_a_worker_killed_with_sigkill_mid_run_loses_nothing_and_doubles_nothing(
 
 def test_redis_restarted_mid_run_loses_nothing_and_doubles_nothing(stack, redis_server, fake_slack, fake_github):
     rt, start = stack
-    keys = enqueue_effects(rt)
-    start("beat", "beat")
-    worker = start("worker", "worker", "--concurrency", "2")
-    wait_for(lambda: sum(arrived(fake_slack, fake_github).values()) >= 40, 60, "the worker to deliver some",
-             interval=0.005)
+    keys, worker = start_delivering(rt, start, fake_slack, fake_github, "worker")
     redis_server.restart(down_for=1.0)
     assert sum(arrived(fake_slack, fake_github).values()) < EFFECTS, "finished before Redis went down: proved nothing"
 

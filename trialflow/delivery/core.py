@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, text, update
@@ -28,7 +28,6 @@ from trialflow.errors import PermanentFailure, RetryLater
 from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
 from trialflow.services.slack_blocks import message
-from trialflow.services.uow import UnitOfWork
 
 log = logging.getLogger("trialflow.delivery")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from trialflow.delivery.core import Deliverer
