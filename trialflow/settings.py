@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = 8
     # How long a worker may hold an effect before another may assume it died and take over.
     delivery_lease_seconds: float = 60.0
+    # Effects per delivery task: one lease and one result statement for the lot.
+    delivery_batch_size: int = Field(50, ge=1, le=500)
     relay_interval_seconds: float = 0.5      # in-process relay
     beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
     relay_grace_seconds: float = 10.0        # a task not finished this long after dispatch is sent again

@@ -25,13 +25,17 @@ def _deliverer():
 
 
 @shared_task(name="trialflow.deliver", acks_late=True, reject_on_worker_lost=True)
-def deliver(effect_id: int) -> str:
-    outcome = _deliverer().deliver(effect_id)
-    if outcome == "retry":
-        # The row carries its next attempt time; the relay re-dispatches it when due. No Celery
-        # countdown: on Redis a long countdown is redelivered past the visibility timeout.
-        pass
-    return outcome
+def deliver(effect_ids: list[int] | int) -> dict[str, int]:
+    """Deliver a batch of effects. (A bare id is what tasks queued before batches carried.)
+
+    An effect to retry is not rescheduled here: its row carries its next attempt time and the
+    relay re-dispatches it when due. No Celery countdown: on Redis a long countdown is
+    redelivered past the visibility timeout."""
+    ids = [effect_ids] if isinstance(effect_ids, int) else list(effect_ids)
+    counts: dict[str, int] = {}
+    for outcome in _deliverer().deliver_batch(ids).values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 @shared_task(name="trialflow.relay")
@@ -52,8 +56,17 @@ def sweep() -> int:
     return len(report.actions)
 
 
-def dispatch(ids) -> None:
+def dispatch(ids, batch_size: int | None = None) -> None:
+    """One task per ``batch_size`` effects (default: the setting ``delivery_batch_size``)."""
     from workers.celery_app import get_app
     app = get_app()
-    for effect_id in ids:
-        app.send_task("trialflow.deliver", (effect_id,), queue="trialflow")
+    ids = list(ids)
+    size = batch_size or _batch_size()
+    for start in range(0, len(ids), size):
+        app.send_task("trialflow.deliver", (ids[start:start + size],), queue="trialflow")
+
+
+@lru_cache
+def _batch_size() -> int:
+    from trialflow.settings import get_settings
+    return get_settings().delivery_batch_size

@@ -135,3 +135,18 @@ def test_redis_restarted_mid_run_loses_nothing_and_doubles_nothing(stack, redis_
         return delivered_rows(rt) == EFFECTS
     wait_for(settled, 120, "every effect to be delivered", interval=0.1)
     assert_each_arrived_exactly_once(keys, fake_slack, fake_github, rt)
+
+
+def test_a_task_queued_before_batches_with_one_bare_effect_id_is_still_delivered(stack, redis_server, fake_slack):
+    from workers.celery_app import make_celery_app
+    rt, start = stack
+    with rt.uow() as uow:
+        effect_id = outbox.enqueue(uow, key="old-task:1", kind="slack.message", now=rt.clock.now(),
+                                   payload={"channel": "cloud-trial-alerts", "text": "queued long ago", "blocks": []})
+        uow.commit()
+    start("worker", "worker", "--concurrency", "1")  # no beat: only this task can deliver it
+
+    make_celery_app(redis_server.url).send_task("trialflow.deliver", (effect_id,), queue="trialflow")
+
+    wait_for(lambda: delivered_rows(rt) == 1, 30, "the effect to be delivered")
+    assert fake_slack.deliveries() == {"old-task:1": 1}

@@ -1,27 +1,29 @@
 """Delivering outbox effects: exactly once, as far as the provider lets us tell.
 
-Each delivery takes a *lease* on the row in its own short transaction (status ``delivering``,
-``next_attempt_at`` = lease end) before calling the provider, and records the result in a
+Effects are delivered in batches (a Celery task carries up to ``delivery_batch_size`` ids). The
+batch takes a *lease* on its rows in one short transaction (status ``delivering``,
+``next_attempt_at`` = lease end) before calling the providers, and records all the results in a
 second one. So:
 - two workers never deliver the same effect at once (the lease is taken with a conditional
   UPDATE; whoever updates the row owns it);
-- a worker killed mid-call leaves the row ``delivering`` with an expired lease; the next attempt
-  knows the call *may* have happened (``attempt > 1``) and asks the provider first (Slack:
-  message metadata in the channel history; GitHub: the effect's marker in issue bodies), so a
-  retry finds the first delivery instead of making a second one;
+- a worker killed mid-batch leaves its rows ``delivering`` with an expired lease; the next
+  attempt knows the call *may* have happened (``attempt > 1``) and asks the provider first
+  (Slack: message metadata in the channel history; GitHub: the effect's marker in issue bodies),
+  so a retry finds the first delivery instead of making a second one;
 - transient failures back off exponentially with jitter (Retry-After wins when the provider
-  sends one); after ``delivery_max_attempts`` the effect is parked as ``failed`` and
-  #cloud-trial-alerts is told.
+  sends one, and the rest of the batch for that provider waits as long); after
+  ``delivery_max_attempts`` the effect is parked as ``failed`` and #cloud-trial-alerts is told.
 """
 from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 
 from trialflow.db import tables
 from trialflow.errors import PermanentFailure, RetryLater
@@ -104,6 +106,35 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
     return random.uniform(ceiling / 2, ceiling)  # "equal jitter"
 
 
+class _BatchResults:
+    """Results of the batch being delivered, before they are written, in front of the database's:
+    an alert and its update (or an issue and its comment) often travel in one batch."""
+
+    def __init__(self, stored: ResultLookup):
+        self._stored = stored
+        self._fresh: dict[tuple[str | None, str], dict[str, Any]] = {}
+
+    def remember(self, effect: Effect, result: dict[str, Any]) -> None:
+        ref = effect.payload.get("ref")
+        if ref and effect.kind in _CREATING_KINDS:
+            self._fresh[(effect.trial_id, ref)] = result
+
+    def result_for_ref(self, ref: str) -> dict[str, Any] | None:
+        fresh = self._fresh.get((_trial_of(ref), ref))
+        return fresh if fresh is not None else self._stored.result_for_ref(ref)
+
+
+_CREATING_KINDS = ("slack.message", "github.issue")
+
+
+@dataclass
+class _Outcome:
+    effect_id: int
+    outcome: str                      # delivered | retry | failed | released
+    values: dict[str, Any]            # the columns to write
+    undo_attempt: bool = False        # the attempt certainly did not reach the provider
+
+
 class Deliverer:
     def __init__(self, rt, transports: dict[str, Transport], lease_seconds: float = LEASE_SECONDS):
         self.rt = rt
@@ -134,31 +165,72 @@ class Deliverer:
                 session.execute(update(o).where(o.c.id.in_(ids)).values(dispatched_at=now))
         return ids
 
-    def _lease(self, effect_id: int) -> Effect | None:
+    def _lease(self, effect_ids: list[int], results: ResultLookup) -> list[Effect]:
+        """Take every one of ``effect_ids`` that is due and not held by someone else, in one
+        statement; the effects come back in commit order."""
         now = self.rt.clock.now()
+        o = tables.outbox
         with self.rt.session_factory() as session, session.begin():
             claimed = session.execute(
-                update(tables.outbox)
-                .where(tables.outbox.c.id == effect_id,
-                       tables.outbox.c.status.in_(("pending", "delivering")),
-                       tables.outbox.c.next_attempt_at <= now)
-                .values(status="delivering", attempts=tables.outbox.c.attempts + 1, next_attempt_at=now + self.lease)
-                .returning(tables.outbox.c.key, tables.outbox.c.kind, tables.outbox.c.payload,
-                           tables.outbox.c.trial_id, tables.outbox.c.attempts)
-            ).first()
-        if claimed is None:
-            return None
-        return Effect(effect_id, claimed.key, claimed.kind, claimed.payload, claimed.trial_id, claimed.attempts, self.results)
+                update(o)
+                .where(o.c.id.in_(effect_ids), o.c.status.in_(("pending", "delivering")), o.c.next_attempt_at <= now)
+                .values(status="delivering", attempts=o.c.attempts + 1, next_attempt_at=now + self.lease)
+                .returning(o.c.id, o.c.key, o.c.kind, o.c.payload, o.c.trial_id, o.c.attempts)
+            ).all()
+        return sorted((Effect(r.id, r.key, r.kind, r.payload, r.trial_id, r.attempts, results) for r in claimed),
+                      key=lambda e: e.id)
 
     def deliver(self, effect_id: int) -> str:
         """Deliver one effect if it is due and nobody else holds it. Returns what happened."""
-        effect = self._lease(effect_id)
-        if effect is None:
-            return "skipped"
-        with bind_trial(effect.trial_id):
-            return self._deliver(effect)
+        return self.deliver_batch([effect_id]).get(effect_id, "skipped")
 
-    def _deliver(self, effect: Effect) -> str:
+    def deliver_batch(self, effect_ids: list[int]) -> dict[int, str]:
+        """Deliver these effects: one lease statement for all of them, the provider calls one
+        after another, one statement for all the results. Returns what happened to each effect
+        this worker leased (the others are held elsewhere, already done, or not due yet).
+
+        A provider that asks us to slow down (Retry-After) gets nothing more from this batch: the
+        rest of its effects go back to the queue for when it said, without spending an attempt.
+        The batch stops taking on calls once half the lease has gone (a slow provider), so no
+        effect is ever called after its lease could have passed to another worker; what is left
+        goes back to the queue at once."""
+        if not effect_ids:
+            return {}
+        results = _BatchResults(self.results)
+        effects = self._lease(list(effect_ids), results)
+        if not effects:
+            return {}
+        leased_at = time.monotonic()
+        stop_calling_at = leased_at + self.lease.total_seconds() / 2
+        held_back: dict[str, float] = {}  # transport -> seconds the provider asked us to wait
+        outcomes: list[_Outcome] = []
+        try:
+            for effect in effects:
+                transport_name = effect.kind.split(".", 1)[0]
+                if time.monotonic() >= stop_calling_at:
+                    outcomes.append(self._release(effect, 0.0))
+                elif transport_name in held_back:
+                    outcomes.append(self._release(effect, held_back[transport_name]))
+                else:
+                    with bind_trial(effect.trial_id):
+                        outcome = self._attempt(effect, results)
+                    outcomes.append(outcome)
+                    if outcome.outcome == "retry" and outcome.undo_attempt:
+                        held_back[transport_name] = outcome.values["_wait"]
+        except BaseException:
+            # The worker is being stopped mid-call (a warm shutdown, an interrupt). The effect in
+            # flight may have reached its provider: it keeps its lease, and its next attempt asks
+            # first. The ones not started yet go back to the queue untouched.
+            for effect in effects[len(outcomes) + 1:]:
+                outcomes.append(self._release(effect, 0.0))
+            raise
+        finally:
+            # What was delivered is written down, however the batch ended. (A worker killed
+            # outright writes nothing: its lease expires and the next attempts ask first.)
+            self._record(effects, outcomes)
+        return {o.effect_id: o.outcome for o in outcomes}
+
+    def _attempt(self, effect: Effect, results: _BatchResults) -> _Outcome:
         transport = self.transports.get(effect.kind.split(".", 1)[0])
         try:
             if transport is None:
@@ -171,66 +243,96 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001 - an unknown failure is treated as transient
             log.warning("effect %s (%s) attempt %s failed: %s", effect.id, effect.kind, effect.attempt, exc)
             return self._retry(effect, f"{type(exc).__name__}: {exc}", None)
-        done: dict[str, Any] = {"status": "delivered", "result": result or {}}
+        result = result or {}
+        results.remember(effect, result)
+        done: dict[str, Any] = {"status": "delivered", "result": result, "delivered_at": self.rt.clock.now()}
         if _has_secret(effect.payload):
             # A password-reset link is for its recipient only: once sent, it is not kept.
             done["payload"] = outbox.redact(effect.payload)
-        self._finish(effect, **done)
         log.info("effect %s delivered", effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
-        return "delivered"
+        return _Outcome(effect.id, "delivered", done)
 
-    def _finish(self, effect: Effect, **values) -> None:
-        now = self.rt.clock.now()
-        if values.get("status") == "delivered":
-            values.setdefault("delivered_at", now)
-        with self.rt.session_factory() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                # Safe to lose in a database crash: the lease (committed durably before the call)
-                # then expires and the next attempt asks the provider before sending again.
-                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            session.execute(update(tables.outbox).where(tables.outbox.c.id == effect.id,
-                                                        tables.outbox.c.status == "delivering").values(**values))
-
-    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> str:
+    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> _Outcome:
         why = scrub(why)
-        values: dict[str, Any] = {}
-        if retry_after is not None:
-            # The provider said when to come back (a rate limit): waiting is not failing, so this
-            # attempt does not spend the budget. It certainly did not deliver, so undoing its
-            # count keeps "maybe delivered" true only for attempts that really may have.
-            values["attempts"] = tables.outbox.c.attempts - 1
-        elif effect.attempt >= self.rt.settings.delivery_max_attempts:
+        if retry_after is None and effect.attempt >= self.rt.settings.delivery_max_attempts:
             return self._park(effect, why)
+        # A provider that said when to come back (a rate limit): waiting is not failing, so this
+        # attempt does not spend the budget. It certainly did not deliver, so undoing its count
+        # keeps "maybe delivered" true only for attempts that really may have.
         delay = backoff(effect.attempt, retry_after)
-        self._finish(effect, status="pending", last_error=why[:2000],
-                     next_attempt_at=self.rt.clock.now() + timedelta(seconds=delay), **values)
-        return "retry"
+        return _Outcome(effect.id, "retry", {"status": "pending", "last_error": why[:2000], "_wait": delay,
+                                             "next_attempt_at": self.rt.clock.now() + timedelta(seconds=delay)},
+                        undo_attempt=retry_after is not None)
 
-    def _park(self, effect: Effect, why: str) -> str:
+    def _release(self, effect: Effect, wait: float) -> _Outcome:
+        """Back to the queue, not attempted: the attempt the lease counted is given back."""
+        return _Outcome(effect.id, "released", {"status": "pending",
+                                                "next_attempt_at": self.rt.clock.now() + timedelta(seconds=wait)},
+                        undo_attempt=True)
+
+    def _park(self, effect: Effect, why: str) -> _Outcome:
         why = scrub(why)  # a provider's error may quote what it was sent (a reset link, a token)
-        self._finish(effect, status="failed", last_error=why[:2000])
         log.error("effect %s parked as failed after %s attempt(s): %s", effect.key, effect.attempt, why,
                   extra={"trial_id": effect.trial_id})
-        if effect.kind.startswith("slack.") and effect.payload.get("channel") == self.rt.settings.alerts_channel \
-                and effect.key.startswith("delivery-failed:"):
-            return "failed"  # the failure notice itself failed: do not loop
+        return _Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
+
+    def _record(self, effects: list[Effect], outcomes: list[_Outcome]) -> None:
+        """Write every outcome in one transaction (one executemany per shape of row), then tell
+        #cloud-trial-alerts about parked effects and wake delivery for released ones."""
+        if not outcomes:
+            return
+        o = tables.outbox
+        shapes: dict[tuple, list[dict[str, Any]]] = {}
+        for outcome in outcomes:
+            values = {k: v for k, v in outcome.values.items() if not k.startswith("_")}
+            shape = (tuple(sorted(values)), outcome.undo_attempt)
+            shapes.setdefault(shape, []).append({"b_id": outcome.effect_id, **{f"b_{k}": v for k, v in values.items()}})
+        with self.rt.session_factory() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                # Safe to lose in a database crash: the lease (committed durably before the calls)
+                # then expires and the next attempt asks the provider before sending again.
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            for (columns, undo_attempt), rows in shapes.items():
+                sets: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
+                if undo_attempt:
+                    sets["attempts"] = o.c.attempts - 1
+                session.execute(update(o).where(o.c.id == bindparam("b_id"), o.c.status == "delivering").values(sets),
+                                rows)
+        by_id = {e.id: e for e in effects}
+        parked = [(by_id[x.effect_id], x.values["last_error"]) for x in outcomes if x.outcome == "failed"]
+        if parked:
+            self._tell_alerts_channel(parked)
+        released_now = [x.effect_id for x in outcomes if x.outcome == "released"
+                        and x.values["next_attempt_at"] <= self.rt.clock.now()]
+        if released_now and self.rt.wake:
+            self.rt.wake(released_now)
+
+    def _tell_alerts_channel(self, parked: list[tuple[Effect, str]]) -> None:
         with self.rt.uow() as uow:
-            outbox.enqueue(uow, key=f"delivery-failed:{effect.id}", kind="slack.message", now=self.rt.clock.now(),
-                           trial_id=effect.trial_id, payload={
-                               "channel": self.rt.settings.alerts_channel,
-                               **message(f":x: trialflow could not deliver `{effect.kind}` for trial "
-                                         f"`{effect.trial_id or '-'}` after {effect.attempt} attempt(s): {why[:300]}. "
-                                         f"Retry with `trialflow outbox retry {effect.id}`."),
-                           })
+            for effect, why in parked:
+                if effect.kind.startswith("slack.") and effect.payload.get("channel") == self.rt.settings.alerts_channel \
+                        and effect.key.startswith("delivery-failed:"):
+                    continue  # the failure notice itself failed: do not loop
+                outbox.enqueue(uow, key=f"delivery-failed:{effect.id}", kind="slack.message", now=self.rt.clock.now(),
+                               trial_id=effect.trial_id, payload={
+                                   "channel": self.rt.settings.alerts_channel,
+                                   **message(f":x: trialflow could not deliver `{effect.kind}` for trial "
+                                             f"`{effect.trial_id or '-'}` after {effect.attempt} attempt(s): "
+                                             f"{why[:300]}. Retry with `trialflow outbox retry {effect.id}`."),
+                               })
             uow.commit()
-        return "failed"
 
     def drain(self, limit: int = 500) -> dict[str, int]:
         """Deliver what is due now, up to ``limit`` effects. Returns counts by outcome."""
         counts: dict[str, int] = {}
-        for effect_id in self.due_ids(limit):
-            outcome = self.deliver(effect_id)
-            counts[outcome] = counts.get(outcome, 0) + 1
+        ids = self.due_ids(limit)
+        size = self.rt.settings.delivery_batch_size
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
+            outcomes = self.deliver_batch(chunk)
+            for effect_id in chunk:
+                outcome = outcomes.get(effect_id, "skipped")
+                counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
     def drain_all(self, batch: int = 200) -> dict[str, int]:
