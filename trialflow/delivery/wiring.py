@@ -19,8 +19,14 @@ def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> 
 def start_delivery(rt, with_scheduler: bool = True):
     """Start delivery for ``trialflow serve``; returns a function that stops it."""
     if rt.settings.broker_url:
+        from functools import partial
+
+        from trialflow.delivery.coalesce import Coalescer
         from workers.tasks import dispatch
-        rt.wake = dispatch  # the API sends a Celery task per committed effect; beat relays the rest
+        # The API sends Celery tasks for committed effects (many commits' effects per task when
+        # they come fast); beat relays the rest.
+        size = rt.settings.delivery_batch_size
+        rt.wake = Coalescer(partial(dispatch, batch_size=size), size)
         return lambda: None
     from trialflow.delivery.relay import InProcessRelay
     from trialflow.services.sweep import sweep
