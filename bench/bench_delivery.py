@@ -2,9 +2,17 @@
 
 Real pieces: PostgreSQL (database trialflow_bench_delivery), a private redis-server, two
 `trialflow worker` processes, the real slack_sdk WebClient talking HTTP to the local Slack
-server from tests/support (rate limits off). Run:
+server from tests/support (rate limits off). Three runs:
 
-    .venv/bin/python bench/bench_delivery.py [--effects 4000] [--latency-effects 300] [--rate 50]
+- a backlog: ``--effects`` due effects at once (a sweep's batch, Slack back after an outage),
+  sent as the relay sends them, in tasks of ``delivery_batch_size``;
+- streaming: effects committed ``--per-commit`` per transaction (a signup commits about one) as
+  fast as one producer can, handed to the API's coalescing sender (trialflow/delivery/coalesce.py);
+- latency: ``--latency-effects`` committed one per transaction at ``--rate``/s through that same
+  sender; commit-to-delivery is the row's delivered_at minus its created_at.
+
+    .venv/bin/python bench/bench_delivery.py [--effects 5000] [--stream-effects 6000] [--per-commit 1]
+                                             [--latency-effects 300] [--rate 50]
 
 Targets (issue 3): >= 500 effects/s with two worker processes; p99 commit-to-delivery < 1 s.
 """
@@ -27,6 +35,7 @@ from tests.support.fake_slack import FakeSlack  # noqa: E402
 from tests.support.processes import RedisServer, TrialflowProcess, trialflow_env, wait_for  # noqa: E402
 from tests.support.services import ensure_postgres_database  # noqa: E402
 from trialflow.db import tables  # noqa: E402
+from trialflow.delivery.coalesce import Coalescer  # noqa: E402
 from trialflow.db.engine import make_engine  # noqa: E402
 from trialflow.db.migrate import upgrade  # noqa: E402
 from trialflow.runtime import Runtime  # noqa: E402
@@ -63,7 +72,9 @@ def delivered(rt: Runtime, prefix: str) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--effects", type=int, default=4000)
+    p.add_argument("--effects", type=int, default=5000)
+    p.add_argument("--stream-effects", type=int, default=6000)
+    p.add_argument("--per-commit", type=int, default=1, help="effects per transaction in the streaming run")
     p.add_argument("--latency-effects", type=int, default=300)
     p.add_argument("--rate", type=float, default=50.0, help="effects committed per second in the latency run")
     p.add_argument("--workers", type=int, default=2, help="trialflow worker processes")
@@ -83,12 +94,14 @@ def main() -> int:
     from workers.celery_app import make_celery_app
     celery = make_celery_app(redis.url)
 
-    def dispatch(ids):
-        for effect_id in ids:
-            celery.send_task("trialflow.deliver", (effect_id,), queue="trialflow")
+    def dispatch(ids):  # as workers.tasks.dispatch: one task per batch of a commit's effects
+        ids = list(ids)
+        for start in range(0, len(ids), settings.delivery_batch_size):
+            celery.send_task("trialflow.deliver", (ids[start:start + settings.delivery_batch_size],), queue="trialflow")
 
     rt = Runtime(settings)
     rt.wake = dispatch
+    streaming_dispatch = Coalescer(dispatch, settings.delivery_batch_size)  # what the API process uses
     workers = [TrialflowProcess(["worker", "--concurrency", str(args.concurrency)], env, tmp / f"worker-{i}.log").start()
                for i in range(args.workers)]
     try:
@@ -106,7 +119,22 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         throughput = args.effects / elapsed
 
-        rt.wake = dispatch
+        # Streaming: effects committed a few per transaction as fast as one producer can, each
+        # commit handing its ids to the API's coalescing sender; workers deliver while more arrive.
+        rt.wake = streaming_dispatch
+        commits = args.stream_effects // args.per_commit
+        started = time.perf_counter()
+        for c in range(commits):
+            with rt.uow() as uow:
+                for j in range(args.per_commit):
+                    outbox.enqueue(uow, key=f"stream:{c}:{j}", kind="slack.message", now=rt.clock.now(),
+                                   payload={"channel": "cloud-trial-alerts", "text": f"stream {c} {j}"})
+                uow.commit()
+        produced = time.perf_counter() - started
+        streamed = commits * args.per_commit
+        wait_for(lambda: delivered(rt, "stream") == streamed, 600, "streaming run", interval=0.02)
+        stream_elapsed = time.perf_counter() - started
+
         interval = 1.0 / args.rate
         next_at = time.perf_counter()
         for i in range(args.latency_effects):
@@ -122,7 +150,8 @@ def main() -> int:
                              .where(tables.outbox.c.key.like("latency:%"))).all()
         lat = sorted((d - c).total_seconds() * 1000 for c, d in rows)
         q = statistics.quantiles(lat, n=100)
-        print(f"| effects/s, {args.workers} worker processes x {args.concurrency} pool processes, rate limits off | {throughput:,.0f} ({args.effects} effects in {elapsed:.2f} s) | >= 500 |")
+        print(f"| effects/s, a backlog: {args.effects} due effects, tasks of {settings.delivery_batch_size} | {throughput:,.0f} ({args.effects} effects in {elapsed:.2f} s) | >= 500 |")
+        print(f"| effects/s, streaming: {args.per_commit} effects per commit, coalesced tasks | {streamed / stream_elapsed:,.0f} ({streamed} effects in {stream_elapsed:.2f} s; committed in {produced:.2f} s, the last delivered {1000 * (stream_elapsed - produced):.0f} ms after the last commit) | >= 500 |")
         print(f"| commit-to-delivery at {args.rate:g}/s: p50 / p95 / p99 | {q[49]:.1f} / {q[94]:.1f} / {q[98]:.1f} ms | p99 < 1000 ms |")
         doubles = {k: n for k, n in slack.deliveries().items() if n > 1}
         print(f"duplicates at the Slack server: {len(doubles)}")
