@@ -48,8 +48,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 16 * 1024
     delivery_max_attempts: int = 8
-    # How long a worker may hold an effect before another may assume it died and take over.
-    delivery_lease_seconds: float = 60.0
+    # How long a worker may hold an effect before another may assume it died and take over. A
+    # batch starts no call past half of it, so every call has at least 60 s of lease ahead.
+    delivery_lease_seconds: float = 120.0
     # Effects per delivery task: one lease and one result statement for the lot.
     delivery_batch_size: int = Field(50, ge=1, le=500)
     relay_interval_seconds: float = 0.5      # in-process relay

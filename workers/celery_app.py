@@ -34,8 +34,11 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,   # Redis restarting is an outage to wait out, not a crash
-        # Tasks here take milliseconds; an unacked one (its worker died) comes back after this long.
-        broker_transport_options={"visibility_timeout": 60},
+        # An unacked task (its worker died) comes back after this long. Recovery does not wait for
+        # it: the beat relay re-sends effects whose lease expired. It only has to be far above
+        # the longest batch (half the delivery lease plus its last call), or Redis would hand a
+        # batch still running to a second worker.
+        broker_transport_options={"visibility_timeout": 3600},
         # Not cancelling on connection loss: with Redis restarting, Celery 5.7/kombu crash the whole
         # worker while closing the lost channel (celery/celery#9250). A task still running then
         # simply cannot be acked; it comes back after the visibility timeout, and the lease

@@ -3,17 +3,19 @@ shared inside the batch, a provider's Retry-After holding back the rest of its e
 batch that stops calling before its lease could pass to another worker."""
 from __future__ import annotations
 
-import time
+import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from tests.conftest import make_settings
 from tests.support.outbox import enqueue_effect, outbox_row
+from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.email import EmailTransport
 from trialflow.delivery.slack import SlackTransport
+from trialflow.errors import PermanentFailure
 
 TRIAL = "tr_batchtest00001"
 
@@ -34,6 +36,11 @@ def alert(text: str, **extra) -> dict:
 
 def email(to: str) -> dict:
     return {"template": "self_host", "to": to, "cc": [], "from": None, "context": {"name": "Bob"}}
+
+
+def outbox_rows(rt):
+    with rt.session_factory() as s:
+        return s.execute(select(tables.outbox).order_by(tables.outbox.c.id)).all()
 
 
 class OutboxUpdates:
@@ -108,27 +115,39 @@ def test_a_rate_limited_provider_gets_nothing_more_from_the_batch_and_no_attempt
     assert [m["text"] for m in fake_slack.messages_in("cloud-trial-alerts")] == ["alert 0", "alert 1", "alert 2"]
 
 
+class Stopwatch:
+    """The Deliverer's monotonic clock, moved by the provider below instead of by sleeping."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
 class SlowTransport:
     """A provider that takes ``seconds`` to answer (our Transport port, in front of the real one)."""
 
-    def __init__(self, transport, seconds: float):
-        self.transport, self.seconds = transport, seconds
+    def __init__(self, transport, stopwatch: Stopwatch, seconds: float):
+        self.transport, self.stopwatch, self.seconds = transport, stopwatch, seconds
 
     def deliver(self, effect):
-        time.sleep(self.seconds)
+        self.stopwatch.seconds += self.seconds
         return self.transport.deliver(effect)
 
 
-def test_a_slow_batch_stops_calling_at_half_its_lease_and_hands_the_rest_back_at_once(runtime, settings,
-                                                                                     fake_slack):
+def test_a_slow_batch_starts_no_call_past_half_its_lease_and_hands_the_rest_back_at_once(runtime, settings,
+                                                                                        fake_slack):
     ids = [enqueue_effect(runtime, f"k:{i}", "slack.message", alert(f"alert {i}")) for i in range(4)]
     woken: list[list[int]] = []
     runtime.wake = woken.append
-    slow = Deliverer(runtime, {"slack": SlowTransport(SlackTransport(settings), 0.3)}, lease_seconds=1.0)
+    stopwatch = Stopwatch()
+    slow = Deliverer(runtime, {"slack": SlowTransport(SlackTransport(settings), stopwatch, 0.3)}, lease_seconds=1.0,
+                     monotonic=stopwatch)
 
     outcomes = slow.deliver_batch(ids)
 
-    # 0.3 s per call, stop at 0.5 s: two calls started in time, the rest was never called.
+    # 0.3 s per call, none started from 0.5 s on: calls at 0 s and 0.3 s, then it stopped.
     assert outcomes == {ids[0]: "delivered", ids[1]: "delivered", ids[2]: "released", ids[3]: "released"}
     assert len(fake_slack.messages_in("cloud-trial-alerts")) == 2
     for effect_id in ids[2:]:
@@ -136,6 +155,72 @@ def test_a_slow_batch_stops_calling_at_half_its_lease_and_hands_the_rest_back_at
         assert (handed_back.status, handed_back.attempts) == ("pending", 0)
     assert woken == [ids[2:]]
     assert Deliverer(runtime, transports(settings)).drain() == {"delivered": 2}
+
+
+class TakenOverMidCall:
+    """A call that outlasts its lease: while it hangs, the clock passes the lease and another
+    worker takes the effect over and starts its own call; then this one is refused."""
+
+    def __init__(self, runtime, clock, other: Deliverer):
+        self.runtime, self.clock, self.other = runtime, clock, other
+        self.other_calling, self.release_other = threading.Event(), threading.Event()
+        self.other_outcome: dict = {}
+
+    def deliver(self, effect):
+        self.clock.advance(seconds=self.runtime.settings.delivery_lease_seconds + 1)
+        thread = threading.Thread(target=lambda: self.other_outcome.update(self.other.deliver_batch([effect.id])))
+        thread.start()
+        assert self.other_calling.wait(10)
+        self.thread = thread
+        raise PermanentFailure("Slack refused chat.postMessage: channel_not_found")
+
+
+class Gate:
+    """The other worker's provider: says it is calling, then waits to be let through."""
+
+    def __init__(self, transport, owner: TakenOverMidCall):
+        self.transport, self.owner = transport, owner
+
+    def deliver(self, effect):
+        self.owner.other_calling.set()
+        assert self.owner.release_other.wait(10)
+        return self.transport.deliver(effect)
+
+
+def test_a_result_written_after_the_lease_passed_to_another_worker_is_dropped(runtime, settings, fake_slack,
+                                                                              clock):
+    effect_id = enqueue_effect(runtime, "k:alert", "slack.message", alert("bob signed up"))
+    first = TakenOverMidCall(runtime, clock, other=None)
+    first.other = Deliverer(runtime, {"slack": Gate(SlackTransport(settings), first)})
+
+    outcome = Deliverer(runtime, {"slack": first}).deliver_batch([effect_id])
+
+    assert outcome == {effect_id: "superseded"}
+    held = outbox_row(runtime, effect_id)
+    assert (held.status, held.attempts, held.last_error) == ("delivering", 2, None)  # still the other's lease
+    first.release_other.set()
+    first.thread.join(10)
+    assert first.other_outcome == {effect_id: "delivered"}
+    assert outbox_row(runtime, effect_id).status == "delivered"
+    assert [m["text"] for m in fake_slack.messages_in("cloud-trial-alerts")] == ["bob signed up"]
+    # The refused call was not the effect's fate: nobody was told it failed.
+    assert Deliverer(runtime, transports(settings)).drain() == {}
+    assert [r.key for r in outbox_rows(runtime)] == ["k:alert"]
+
+
+def test_an_update_in_a_batch_goes_to_the_newest_alert_even_when_that_one_was_delivered_before(runtime, settings,
+                                                                                              fake_slack):
+    older = enqueue_effect(runtime, "k:alert-1", "slack.message", alert("waiting", ref=f"alert:{TRIAL}"), TRIAL)
+    newer = enqueue_effect(runtime, "k:alert-2", "slack.message", alert("claimed", ref=f"alert:{TRIAL}"), TRIAL)
+    update = enqueue_effect(runtime, "k:update", "slack.update", {"ref": f"alert:{TRIAL}", "text": "converted",
+                                                                  "blocks": []}, TRIAL)
+    deliverer = Deliverer(runtime, transports(settings))
+    assert deliverer.deliver(newer) == "delivered"   # the older one's first attempt failed, say
+
+    assert deliverer.deliver_batch([older, update]) == {older: "delivered", update: "delivered"}
+
+    assert outbox_row(runtime, update).result["ts"] == outbox_row(runtime, newer).result["ts"]
+    assert sorted(m["text"] for m in fake_slack.messages_in("cloud-trial-alerts")) == ["converted", "waiting"]
 
 
 class Interrupted(BaseException):

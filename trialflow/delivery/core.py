@@ -20,10 +20,11 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Callable, Protocol
 
 from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from trialflow.db import tables
 from trialflow.errors import PermanentFailure, RetryLater
@@ -33,7 +34,8 @@ from trialflow.services.slack_blocks import message
 
 log = logging.getLogger("trialflow.delivery")
 
-LEASE_SECONDS = 60.0
+LEASE_SECONDS = 120.0
+WRITE_ATTEMPTS = 3
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 15 * 60.0
 
@@ -69,20 +71,28 @@ class _DbResults:
 
     def result_for_ref(self, ref: str) -> dict[str, Any] | None:
         """What an earlier effect with this ``ref`` returned (the alert's ts, the issue's number)."""
+        newest = self.newest_for_ref(ref)
+        return newest[1] if newest else None
+
+    def newest_for_ref(self, ref: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest delivered effect that created ``ref``: its id and its result."""
         trial_id = _trial_of(ref)
         # Only effects that create something (a message, an issue) define a ref; updates and
         # comments carry the ref of their target and must never be mistaken for it.
-        stmt = select(tables.outbox.c.payload, tables.outbox.c.result).where(
-            tables.outbox.c.status == "delivered", tables.outbox.c.result.is_not(None),
-            tables.outbox.c.kind.in_(("slack.message", "github.issue")))
-        stmt = stmt.where(tables.outbox.c.trial_id == trial_id) if trial_id else stmt.where(tables.outbox.c.trial_id.is_(None))
+        o = tables.outbox
+        stmt = select(o.c.id, o.c.payload, o.c.result).where(
+            o.c.status == "delivered", o.c.result.is_not(None), o.c.kind.in_(_CREATING_KINDS))
+        stmt = stmt.where(o.c.trial_id == trial_id) if trial_id else stmt.where(o.c.trial_id.is_(None))
         with self._factory() as session:
             # Newest first: a trial that waited and was then claimed has two alerts under one ref,
             # and what happens next belongs on the latest.
-            for payload, result in session.execute(stmt.order_by(tables.outbox.c.id.desc())):
+            for effect_id, payload, result in session.execute(stmt.order_by(o.c.id.desc())):
                 if payload.get("ref") == ref:
-                    return result
+                    return effect_id, result
         return None
+
+
+_CREATING_KINDS = ("slack.message", "github.issue")
 
 
 def _has_secret(payload: Any) -> bool:
@@ -110,37 +120,37 @@ class _BatchResults:
     """Results of the batch being delivered, before they are written, in front of the database's:
     an alert and its update (or an issue and its comment) often travel in one batch."""
 
-    def __init__(self, stored: ResultLookup):
+    def __init__(self, stored: _DbResults):
         self._stored = stored
-        self._fresh: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._fresh: dict[tuple[str | None, str], tuple[int, dict[str, Any]]] = {}
 
     def remember(self, effect: Effect, result: dict[str, Any]) -> None:
         ref = effect.payload.get("ref")
         if ref and effect.kind in _CREATING_KINDS:
-            self._fresh[(effect.trial_id, ref)] = result
+            self._fresh[(effect.trial_id, ref)] = (effect.id, result)
 
     def result_for_ref(self, ref: str) -> dict[str, Any] | None:
-        fresh = self._fresh.get((_trial_of(ref), ref))
-        return fresh if fresh is not None else self._stored.result_for_ref(ref)
-
-
-_CREATING_KINDS = ("slack.message", "github.issue")
+        # As in the database: the newest effect that created the ref wins, wherever it is.
+        found = [r for r in (self._fresh.get((_trial_of(ref), ref)), self._stored.newest_for_ref(ref)) if r]
+        return max(found, key=lambda r: r[0])[1] if found else None
 
 
 @dataclass
 class _Outcome:
     effect_id: int
-    outcome: str                      # delivered | retry | failed | released
+    outcome: str                      # delivered | retry | failed | released (| superseded, once written)
     values: dict[str, Any]            # the columns to write
     undo_attempt: bool = False        # the attempt certainly did not reach the provider
 
 
 class Deliverer:
-    def __init__(self, rt, transports: dict[str, Transport], lease_seconds: float = LEASE_SECONDS):
+    def __init__(self, rt, transports: dict[str, Transport], lease_seconds: float = LEASE_SECONDS,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.rt = rt
         self.transports = transports
         self.lease = timedelta(seconds=lease_seconds)
         self.results = _DbResults(rt.session_factory)
+        self.monotonic = monotonic  # how long a batch has been calling (the lease is in clock time)
 
     def due_ids(self, limit: int = 500) -> list[int]:
         now = self.rt.clock.now()
@@ -165,20 +175,23 @@ class Deliverer:
                 session.execute(update(o).where(o.c.id.in_(ids)).values(dispatched_at=now))
         return ids
 
-    def _lease(self, effect_ids: list[int], results: ResultLookup) -> list[Effect]:
+    def _lease(self, effect_ids: list[int], results: ResultLookup) -> tuple[list[Effect], datetime]:
         """Take every one of ``effect_ids`` that is due and not held by someone else, in one
-        statement; the effects come back in commit order."""
+        statement; the effects come back in commit order. The lease's end doubles as its token:
+        results are written only where it is still on the row."""
         now = self.rt.clock.now()
+        lease_end = now + self.lease
         o = tables.outbox
         with self.rt.session_factory() as session, session.begin():
             claimed = session.execute(
                 update(o)
                 .where(o.c.id.in_(effect_ids), o.c.status.in_(("pending", "delivering")), o.c.next_attempt_at <= now)
-                .values(status="delivering", attempts=o.c.attempts + 1, next_attempt_at=now + self.lease)
+                .values(status="delivering", attempts=o.c.attempts + 1, next_attempt_at=lease_end)
                 .returning(o.c.id, o.c.key, o.c.kind, o.c.payload, o.c.trial_id, o.c.attempts)
             ).all()
-        return sorted((Effect(r.id, r.key, r.kind, r.payload, r.trial_id, r.attempts, results) for r in claimed),
-                      key=lambda e: e.id)
+        effects = sorted((Effect(r.id, r.key, r.kind, r.payload, r.trial_id, r.attempts, results) for r in claimed),
+                         key=lambda e: e.id)
+        return effects, lease_end
 
     def deliver(self, effect_id: int) -> str:
         """Deliver one effect if it is due and nobody else holds it. Returns what happened."""
@@ -191,23 +204,23 @@ class Deliverer:
 
         A provider that asks us to slow down (Retry-After) gets nothing more from this batch: the
         rest of its effects go back to the queue for when it said, without spending an attempt.
-        The batch stops taking on calls once half the lease has gone (a slow provider), so no
-        effect is ever called after its lease could have passed to another worker; what is left
-        goes back to the queue at once."""
+        The batch starts no call once half the lease has gone (a slow provider): every call
+        starts with at least half the lease ahead of it, and what is left goes back to the queue
+        at once. Should a call still outlast the lease and another worker take the effect over,
+        this batch's result for it is not written (``superseded``): the lease is the token."""
         if not effect_ids:
             return {}
         results = _BatchResults(self.results)
-        effects = self._lease(list(effect_ids), results)
+        effects, lease_end = self._lease(list(effect_ids), results)
         if not effects:
             return {}
-        leased_at = time.monotonic()
-        stop_calling_at = leased_at + self.lease.total_seconds() / 2
+        stop_calling_at = self.monotonic() + self.lease.total_seconds() / 2
         held_back: dict[str, float] = {}  # transport -> seconds the provider asked us to wait
         outcomes: list[_Outcome] = []
         try:
             for effect in effects:
                 transport_name = effect.kind.split(".", 1)[0]
-                if time.monotonic() >= stop_calling_at:
+                if self.monotonic() >= stop_calling_at:
                     outcomes.append(self._release(effect, 0.0))
                 elif transport_name in held_back:
                     outcomes.append(self._release(effect, held_back[transport_name]))
@@ -227,7 +240,7 @@ class Deliverer:
         finally:
             # What was delivered is written down, however the batch ended. (A worker killed
             # outright writes nothing: its lease expires and the next attempts ask first.)
-            self._record(effects, outcomes)
+            outcomes = self._record(effects, lease_end, outcomes)
         return {o.effect_id: o.outcome for o in outcomes}
 
     def _attempt(self, effect: Effect, results: _BatchResults) -> _Outcome:
@@ -276,28 +289,18 @@ class Deliverer:
                   extra={"trial_id": effect.trial_id})
         return _Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
 
-    def _record(self, effects: list[Effect], outcomes: list[_Outcome]) -> None:
-        """Write every outcome in one transaction (one executemany per shape of row), then tell
-        #cloud-trial-alerts about parked effects and wake delivery for released ones."""
+    def _record(self, effects: list[Effect], lease_end: datetime, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Write every outcome in one transaction (one executemany per shape of row), on the rows
+        this lease still holds; then tell #cloud-trial-alerts about parked effects and wake
+        delivery for released ones. Returns the outcomes, ``superseded`` where the lease was lost."""
         if not outcomes:
-            return
-        o = tables.outbox
-        shapes: dict[tuple, list[dict[str, Any]]] = {}
-        for outcome in outcomes:
-            values = {k: v for k, v in outcome.values.items() if not k.startswith("_")}
-            shape = (tuple(sorted(values)), outcome.undo_attempt)
-            shapes.setdefault(shape, []).append({"b_id": outcome.effect_id, **{f"b_{k}": v for k, v in values.items()}})
-        with self.rt.session_factory() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                # Safe to lose in a database crash: the lease (committed durably before the calls)
-                # then expires and the next attempt asks the provider before sending again.
-                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            for (columns, undo_attempt), rows in shapes.items():
-                sets: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
-                if undo_attempt:
-                    sets["attempts"] = o.c.attempts - 1
-                session.execute(update(o).where(o.c.id == bindparam("b_id"), o.c.status == "delivering").values(sets),
-                                rows)
+            return outcomes
+        ours = self._write(lease_end, outcomes)
+        for i, outcome in enumerate(outcomes):
+            if outcome.effect_id not in ours:
+                log.warning("effect %s: its lease passed to another worker before the result was written; "
+                            "that worker's result stands", outcome.effect_id)
+                outcomes[i] = _Outcome(outcome.effect_id, "superseded", {})
         by_id = {e.id: e for e in effects}
         parked = [(by_id[x.effect_id], x.values["last_error"]) for x in outcomes if x.outcome == "failed"]
         if parked:
@@ -306,6 +309,41 @@ class Deliverer:
                         and x.values["next_attempt_at"] <= self.rt.clock.now()]
         if released_now and self.rt.wake:
             self.rt.wake(released_now)
+        return outcomes
+
+    def _write(self, lease_end: datetime, outcomes: list[_Outcome]) -> set[int]:
+        o = tables.outbox
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.rt.session_factory() as session, session.begin():
+                    if session.get_bind().dialect.name == "postgresql":
+                        # Safe to lose in a database crash: the lease (committed durably before the
+                        # calls) then expires and the next attempts ask the provider before sending again.
+                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                    held = (o.c.status == "delivering", o.c.next_attempt_at == lease_end)
+                    ours = set(session.scalars(select(o.c.id).where(
+                        o.c.id.in_([x.effect_id for x in outcomes]), *held).with_for_update()))
+                    shapes: dict[tuple, list[dict[str, Any]]] = {}
+                    for outcome in outcomes:
+                        if outcome.effect_id not in ours:
+                            continue
+                        values = {k: v for k, v in outcome.values.items() if not k.startswith("_")}
+                        shapes.setdefault((tuple(sorted(values)), outcome.undo_attempt), []).append(
+                            {"b_id": outcome.effect_id, **{f"b_{k}": v for k, v in values.items()}})
+                    for (columns, undo_attempt), rows in shapes.items():
+                        sets: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
+                        if undo_attempt:
+                            sets["attempts"] = o.c.attempts - 1
+                        session.execute(update(o).where(o.c.id == bindparam("b_id"), *held).values(sets), rows)
+                return ours
+            except OperationalError:
+                # A database blip must not leave a whole batch of delivered effects to be sent
+                # again (email cannot be asked whether it already arrived).
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("writing a batch's results failed (attempt %s); trying again", attempt, exc_info=True)
+                time.sleep(0.5 * attempt)
+        return set()
 
     def _tell_alerts_channel(self, parked: list[tuple[Effect, str]]) -> None:
         with self.rt.uow() as uow:
@@ -323,7 +361,9 @@ class Deliverer:
             uow.commit()
 
     def drain(self, limit: int = 500) -> dict[str, int]:
-        """Deliver what is due now, up to ``limit`` effects. Returns counts by outcome."""
+        """Deliver what is due now, up to ``limit`` effects. Returns counts by outcome:
+        ``released`` counts effects handed back unattempted (behind a provider's Retry-After, or
+        past half a slow batch's lease); ``skipped`` those another worker held."""
         counts: dict[str, int] = {}
         ids = self.due_ids(limit)
         size = self.rt.settings.delivery_batch_size
