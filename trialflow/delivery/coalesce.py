@@ -26,12 +26,18 @@ class Coalescer:
         self._send = send
         self.batch_size = batch_size
         self.linger = linger
+        self._stopped = False
+        self._reset()
+        # A forked child (uvicorn's workers, Celery's pool) has none of the parent's threads, and
+        # may inherit a lock held at the fork and ids the parent is about to send.
+        os.register_at_fork(after_in_child=self._reset)
+        atexit.register(self.flush)
+
+    def _reset(self) -> None:
         self._pending: list[int] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._stopped = False
         self._thread: threading.Thread | None = None
-        self._pid: int | None = None
 
     def __call__(self, ids) -> None:
         with self._lock:
@@ -40,12 +46,9 @@ class Coalescer:
         self._ready.set()
 
     def _ensure_thread(self) -> None:
-        # A forked child (uvicorn's workers, Celery's pool) does not inherit the parent's thread.
-        if self._thread is None or self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="trialflow-dispatch", daemon=True)
             self._thread.start()
-            atexit.register(self.flush)
 
     def _take(self) -> list[int]:
         with self._lock:

@@ -26,8 +26,8 @@ def start_delivery(rt, with_scheduler: bool = True):
         # The API sends Celery tasks for committed effects (many commits' effects per task when
         # they come fast); beat relays the rest.
         size = rt.settings.delivery_batch_size
-        rt.wake = Coalescer(partial(dispatch, batch_size=size), size)
-        return lambda: None
+        rt.wake = sender = Coalescer(partial(dispatch, batch_size=size), size)
+        return sender.stop
     from trialflow.delivery.relay import InProcessRelay
     from trialflow.services.sweep import sweep
 
