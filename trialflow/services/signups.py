@@ -170,16 +170,25 @@ SELECT 'events', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 # one does, so it is kept instead of planning the four selects on every signup (~0.1 ms of the
 # server's CPU; with ``= ANY(array)``, or NULLs in the spare slots, the custom plans look cheaper
 # and PostgreSQL keeps re-planning).
+#
+# The claim's owner is read through a LATERAL subquery with LIMIT 1, which PostgreSQL runs per
+# claim as a probe of the trials' primary key whatever the statistics say. As a plain join, the
+# plan kept for the connection could be a hash join over a sequential scan of trials, chosen
+# while the table was small (a fresh database, not analyzed yet) and kept as it grew: every
+# colleague's signup then read all of trials.
 _CANDIDATE_SLOTS = 4
 _lookup_statements: dict[int, str] = {}
+_PLAIN_OWNER_JOIN = "FROM domain_claims c LEFT JOIN trials o ON o.id = c.trial_id"
+_PROBED_OWNER_JOIN = ("FROM domain_claims c LEFT JOIN LATERAL "
+                      "(SELECT o.account_name, o.ae, o.ce FROM trials o WHERE o.id = c.trial_id LIMIT 1) o ON true")
 
 
 def _lookup_statement(slots: int) -> str:
     sql = _lookup_statements.get(slots)
     if sql is None:
         placeholders = "(" + ", ".join(f"%(c{i})s" for i in range(slots)) + ")"
-        sql = _lookup_statements[slots] = (str(_LOOKUP.text).replace(":candidates", placeholders)
-                                           .replace(":email", "%(email)s"))
+        sql = _lookup_statements[slots] = (str(_LOOKUP.text).replace(_PLAIN_OWNER_JOIN, _PROBED_OWNER_JOIN)
+                                           .replace(":candidates", placeholders).replace(":email", "%(email)s"))
     return sql
 
 
