@@ -25,7 +25,7 @@ def new_trial_id() -> str:
     return "tr_" + secrets.token_hex(8)
 
 
-class HistoryEntry:
+class PlainHistoryEntry:
     def __init__(self, from_state: str, to_state: str, trigger: str, actor: str, at: datetime,
                  detail: dict[str, Any] | None = None):
         self.from_state = from_state
@@ -34,6 +34,10 @@ class HistoryEntry:
         self.actor = actor
         self.at = at
         self.detail = detail or {}
+
+
+class HistoryEntry(PlainHistoryEntry):
+    """The entry of a ``Trial``: the class the ORM maps onto trial_history."""
 
 
 @dataclass
@@ -48,7 +52,14 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class Trial:
+class PlainTrial:
+    """The aggregate's behaviour. ``Trial`` is the class the ORM maps; a ``PlainTrial`` has the
+    same behaviour without the ORM's attribute instrumentation (~50 µs of CPU per trial built and
+    stepped), for a new trial that is routed and written with plain SQL and never meets a session
+    (the signup's fast path)."""
+
+    _entry = PlainHistoryEntry
+
     def __init__(self, trial_id: str, email: str, domain: str, created_at: datetime,
                  name: str | None = None, company: str | None = None, source: str | None = None):
         self.id = trial_id
@@ -70,7 +81,9 @@ class Trial:
         self.started_at: datetime | None = None
         self.kept = False
         self.last_activity_at: datetime | None = None
-        self.history: list[HistoryEntry] = []
+        self.mql_points = 0      # the column defaults, so a plain trial has every column
+        self.pql_grade: str | None = None
+        self.history: list[PlainHistoryEntry] = []
 
     @property
     def events(self) -> list[Event]:
@@ -94,7 +107,13 @@ class Trial:
         self.updated_at = at
         if after in lifecycle.STARTED and self.started_at is None:
             self.started_at = at
-        self.history.append(HistoryEntry(before, after, trigger, actor, at, detail))
+        self.history.append(self._entry(before, after, trigger, actor, at, detail))
         event = Event(self, trigger, before, after, actor, at, detail)
         self.events.append(event)
         return event
+
+
+class Trial(PlainTrial):
+    """The trial aggregate as the ORM maps it (``trialflow.db.mapping``), with its history."""
+
+    _entry = HistoryEntry

@@ -20,8 +20,8 @@ from trialflow.db import tables
 from trialflow.db.sql import insert_ignore, take_lock
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import Email, normalize_email
-from trialflow.domain.trial import (CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial,
-                                    new_trial_id)
+from trialflow.domain.trial import (CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, PlainTrial,
+                                    Trial, new_trial_id)
 from trialflow.errors import InvalidSignup
 from trialflow.scoring import attach_marketing_events
 from trialflow.services import outbox, policies
@@ -325,7 +325,8 @@ def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Em
     the unit of work's session, which commits nothing else."""
     from trialflow.services.sweep import BatchedWrites  # sweep imports this module
     now = clock.now()
-    trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
+    trial = PlainTrial(new_trial_id(), email.address, email.domain, now, name=name, company=company,
+                       source=source)  # written with plain SQL: no ORM instrumentation needed
     _route(uow, settings, trial, email, known)
     uow.batched_writes = batch = BatchedWrites()
     try:
