@@ -408,3 +408,51 @@ def test_a_repeat_signup_from_someone_whose_trial_went_on_is_still_sent_to_the_i
     assert again.json()["redirect_url"] == first["redirect_url"] == "https://pool-a.sourcegraph.com/sign-in"
     run(runtime, Command(first["trial_id"], "convert", carol.slack_user_id, carol, {}))
     assert signup(client, "bob@acme-corp.com").json()["redirect_url"] == first["redirect_url"]
+
+
+# --- who a colleague's alert names (read with the signup on PostgreSQL) ---------------------
+
+def alert_of(runtime, trial_id) -> dict:
+    with runtime.engine.connect() as conn:
+        return conn.execute(select(tables.outbox.c.payload).where(
+            tables.outbox.c.trial_id == trial_id, tables.outbox.c.key.like("%:alert"))).scalar_one()
+
+
+def test_a_colleagues_alert_asks_the_instances_ae_by_their_slack_mention(client, runtime):
+    signup(client, "bob@acme-corp.com")
+    dana = signup(client, "dana@acme-corp.com").json()
+    assert dana["case"] == "existing_instance"
+    assert "AE <@U0AE00001>: make sure the admin adds them" in json.dumps(alert_of(runtime, dana["trial_id"]))
+
+
+def test_an_ae_missing_from_staff_is_named_by_email_in_a_colleagues_alert(custom_client):
+    staff = "".join(line + "\n" for line in STAFF.splitlines() if not line.startswith("alice.ae@"))
+    with custom_client(staff=staff) as c:
+        signup(c, "bob@acme-corp.com")
+        dana = signup(c, "dana@acme-corp.com").json()
+        assert dana["case"] == "existing_instance"
+        assert "AE alice.ae@example.com: make sure" in json.dumps(alert_of(c.runtime, dana["trial_id"]))
+
+
+@pytest.mark.postgres
+def test_after_the_database_drops_the_apis_connections_no_signup_is_lost_and_the_next_one_is_routed(pg_url, tmp_path, clock):
+    import psycopg
+    config = write_config(tmp_path / "config")
+    rt = Runtime(make_settings(pg_url, config), clock=clock)
+    load_reference_data(rt.session_factory, config, clock.now())
+    try:
+        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+            assert signup(c, "lee@tiny-startup.io").status_code == 201  # leaves its connections open
+            with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            # Every pooled connection is dead (the event loop's and the threads'): the signup that
+            # finds out is kept by the failsafe, as before; the next one is routed on new ones.
+            assert signup(c, "kim@tiny-startup.io").status_code == 202
+            assert signup(c, "max@tiny-startup.io").status_code == 201
+            routed = {t["email"] for t in c.get("/api/trials").json()["trials"]}
+        with rt.engine.connect() as conn:
+            kept = [json.loads(body)["email"] for body in conn.execute(select(tables.failed_signups.c.body)).scalars()]
+        assert routed == {"lee@tiny-startup.io", "max@tiny-startup.io"} and kept == ["kim@tiny-startup.io"]
+    finally:
+        rt.close()

@@ -11,10 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 from sqlalchemy import select
 
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
+from trialflow.db.engine import LoopConnections
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.domain.trial import Trial
@@ -77,46 +79,105 @@ def _in_signup_thread(fn, *args):
 _INVALID_JSON = 'The body must be JSON, like {"email": "bob@acme-corp.com"}.'
 _NOT_AN_OBJECT = 'The body must be a JSON object, like {"email": "bob@acme-corp.com"}.'
 _SIGNUP_FIELDS = frozenset({"email", "name", "company", "source"})
+_RECEIVED = {
+    "trial_id": None, "case": None, "state": "received", "redirect_url": None,
+    "message": "Thanks! We have your request and our team will get back to you by email shortly.",
+}
 
 
-async def signup_response(rt: Runtime, request: Request) -> JSONResponse:
-    """The whole of POST /api/signups: validate, route in a thread, answer."""
-    try:
-        body = await read_body(request, rt.settings.max_body_bytes)
-    except BodyTooLarge:
-        return error(413, f"The request body is too large ({rt.settings.max_body_bytes} bytes at most).")
+def _error(status: int, message: str, **extra: Any) -> tuple[int, dict]:
+    return status, {"error": message, **extra}
+
+
+async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None) -> tuple[int, dict]:
+    """POST /api/signups on a body already read: validate, route, answer (status, JSON content).
+
+    On PostgreSQL (``connections`` given) the signup is routed on the event loop when it can be
+    (``submit_signup_on_loop``); the rest, and SQLite, go to a signup thread."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return error(400, _INVALID_JSON)
+        return _error(400, _INVALID_JSON)
     if not isinstance(data, dict):
-        return error(400, _NOT_AN_OBJECT)
+        return _error(400, _NOT_AN_OBJECT)
     if "email" not in data:
-        return error(422, "email is required.", field="email")
+        return _error(422, "email is required.", field="email")
     unknown = data.keys() - _SIGNUP_FIELDS
     if unknown:
-        return error(422, f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+        return _error(422, f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
     signup = signups.SignupInput(email=data.get("email"), name=data.get("name"),
                                  company=data.get("company"), source=data.get("source"))
     try:
-        result = await _in_signup_thread(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
+        result = None
+        if connections is not None:
+            try:
+                result = await signups.submit_signup_on_loop(connections, rt.settings, rt.clock, signup, rt.wake)
+            except InvalidSignup:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. a connection the server closed: the thread path tries
+                log.warning("routing the signup on the event loop failed; routing it in a thread", exc_info=True)
+        if result is None:
+            result = await _in_signup_thread(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
     except InvalidSignup as exc:
-        return error(422, exc.message, field=exc.field)
+        return _error(422, exc.message, field=exc.field)
     except Exception as exc:  # noqa: BLE001 - the failsafe: never lose a signup, never a 500 page
         log.exception("routing the signup failed")
         try:
             await _in_signup_thread(signups.keep_failed_signup, rt.uow, rt.settings, rt.clock, body, exc)
         except Exception:  # noqa: BLE001
             log.exception("could not keep the failed signup either")
-            return error(503, "We could not take your request right now. Please try again in a minute.")
-        return JSONResponse(status_code=202, content={
-            "trial_id": None, "case": None, "state": "received", "redirect_url": None,
-            "message": "Thanks! We have your request and our team will get back to you by email shortly.",
-        })
-    return JSONResponse(status_code=201 if result.created else 200, content={
+            return _error(503, "We could not take your request right now. Please try again in a minute.")
+        return 202, _RECEIVED
+    return 201 if result.created else 200, {
         "trial_id": result.trial_id, "case": result.case, "state": result.state,
         "redirect_url": result.redirect_url, "message": result.message,
-    })
+    }
+
+
+def _too_large(rt: Runtime) -> tuple[int, dict]:
+    return _error(413, f"The request body is too large ({rt.settings.max_body_bytes} bytes at most).")
+
+
+async def signup_response(rt: Runtime, request: Request, connections: LoopConnections | None = None) -> JSONResponse:
+    """The whole of POST /api/signups, through a Starlette request and response."""
+    try:
+        body = await read_body(request, rt.settings.max_body_bytes)
+    except BodyTooLarge:
+        status, content = _too_large(rt)
+    else:
+        status, content = await _signup(rt, body, connections)
+    return JSONResponse(content, status_code=status)
+
+
+async def _read_asgi_body(scope, receive, limit: int) -> bytes:
+    """``read_body`` on the bare ASGI interface: the same 413 rules, and a disconnect is the
+    ClientDisconnect that Starlette's request stream raises."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise BodyTooLarge()
+            break
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+async def _send_json(send, status: int, content: dict) -> None:
+    """What ``JSONResponse(content, status)`` sends: the same body bytes and headers."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class TrialflowApp(FastAPI):
@@ -124,21 +185,35 @@ class TrialflowApp(FastAPI):
 
     The signup is the hot path (issue 2: 1,000/s on two cores). Through FastAPI it crossed eight
     layers of middleware, routing and exception wrapping, each resumed on every await: about as
-    much CPU as routing the signup itself. ``signup_response`` handles every error it can meet,
-    so those layers had nothing to do for it; an exception that escapes anyway still gets the
-    app's JSON 500, as the exception handler would give it.
+    much CPU as routing the signup itself. It is answered here on the bare ASGI interface (no
+    Starlette request or response objects either), with the same bodies, headers and statuses.
+    ``_signup`` handles every error it can meet, so those layers had nothing to do for it; an
+    exception that escapes anyway still gets the app's JSON 500, as the exception handler would
+    give it.
     """
+
+    loop_connections: LoopConnections | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/api/signups" and scope["method"] == "POST":
-            scope["app"] = self
-            request = Request(scope, receive)
+            rt = self.state.runtime
             try:
-                response = await signup_response(self.state.runtime, request)
+                try:
+                    body = await _read_asgi_body(scope, receive, rt.settings.max_body_bytes)
+                except BodyTooLarge:
+                    status, content = _too_large(rt)
+                else:
+                    status, content = await _signup(rt, body, self.loop_connections)
             except Exception:  # noqa: BLE001
                 log.exception("unhandled error on POST /api/signups")
-                response = error(500, "Something went wrong on our side; it has been logged.")
-            await response(scope, receive, send)
+                status, content = _error(500, "Something went wrong on our side; it has been logged.")
+            await _send_json(send, status, content)
+            return
+        if scope["type"] == "lifespan" and self.loop_connections is not None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:  # the server is shutting down: close the signup's connections on their loop
+                await self.loop_connections.close()
             return
         await super().__call__(scope, receive, send)
 
@@ -147,6 +222,9 @@ def create_app(rt: Runtime) -> FastAPI:
     app = TrialflowApp(title="trialflow", version="0.1.0",
                   description="Cloud-trial workflow orchestrator: every signup becomes a durable trial.")
     app.state.runtime = rt
+    if rt.engine.dialect.name == "postgresql":
+        # As many as there are signup threads: the same bound on concurrent signups per process.
+        app.loop_connections = LoopConnections(rt.engine, size=SIGNUP_THREADS)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_request, _exc):
@@ -178,7 +256,7 @@ def create_app(rt: Runtime) -> FastAPI:
         """Sign up for a cloud trial: routed and answered in this request."""
         # (TrialflowApp answers POST /api/signups before reaching here; this route is what the
         # OpenAPI document shows, and answers when the app is mounted under a root path.)
-        return await signup_response(request.app.state.runtime, request)
+        return await signup_response(request.app.state.runtime, request, request.app.loop_connections)
 
     def _get(rt: Runtime, trial_id: str) -> dict:
         with rt.session_factory() as session:

@@ -59,3 +59,73 @@ def make_engine(url: str, **kwargs) -> Engine:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     start_mappers()
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+class LoopConnections:
+    """PostgreSQL connections for code that runs on the event loop itself: psycopg
+    ``AsyncConnection``s in autocommit, at most ``size`` in use at once, made on first use and
+    kept open.
+
+    The signup's fast path runs on the loop with these instead of hopping to a thread with a
+    pooled synchronous connection: the hop, and threads taking turns at the GIL, cost more CPU
+    than the signup's own statements. They are made from the engine's URL and dialect, so they
+    reach the same database with the same settings. One instance serves one event loop: on
+    another loop (or in a forked child) it starts afresh. A connection that comes back closed or
+    not idle is closed, never reused; one that comes back broken closes the idle ones too, as
+    SQLAlchemy's pool invalidates itself on a disconnect.
+    """
+
+    def __init__(self, engine: Engine, size: int = 8):
+        _args, params = engine.dialect.create_connect_args(engine.url)
+        self._params = {**params, "autocommit": True}
+        self.size = size
+        self._idle: list = []
+        self._slots = None
+        self._loop = None
+        self._pid = None
+
+    def _here(self) -> None:
+        import asyncio
+        import os
+        loop = asyncio.get_running_loop()
+        if loop is self._loop and self._pid == os.getpid():
+            return
+        if self._pid == os.getpid():  # the old loop is gone: close its connections without it
+            for conn in self._idle:
+                conn.pgconn.finish()
+        self._idle = []  # (in a forked child, the parent's connections are the parent's)
+        self._slots = asyncio.Semaphore(self.size)
+        self._loop, self._pid = loop, os.getpid()
+
+    async def acquire(self):
+        self._here()
+        await self._slots.acquire()
+        try:
+            if self._idle:
+                return self._idle.pop()
+            import psycopg
+            return await psycopg.AsyncConnection.connect(**self._params)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn) -> None:
+        from psycopg.pq import TransactionStatus
+        try:
+            if conn.broken:
+                # The server went away (a restart, a failover): the idle ones are as old as this one.
+                for other in [conn, *self._idle]:
+                    other.pgconn.finish()
+                self._idle = []
+            elif conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.pgconn.finish()
+            else:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Close the idle connections (at shutdown, on the loop that made them)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()

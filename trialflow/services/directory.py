@@ -36,6 +36,11 @@ class Directory:
             self._by_email[email] = self._one(tables.staff.c.email == email)
         return self._by_email[email]
 
+    def remember(self, email: str, person: Person | None) -> None:
+        """What the caller already read about ``email`` (None: not in staff), so asking for it
+        again costs no query."""
+        self._by_email[email] = person
+
     def by_slack_id(self, user_id: str) -> Person | None:
         return self._one(tables.staff.c.slack_user_id == user_id)
 

@@ -25,7 +25,7 @@ from trialflow.domain.trial import (CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE
 from trialflow.errors import InvalidSignup
 from trialflow.scoring import attach_marketing_events
 from trialflow.services import outbox, policies
-from trialflow.services.directory import next_in_rotation
+from trialflow.services.directory import Person, next_in_rotation
 from trialflow.services.uow import UnitOfWork
 
 log = logging.getLogger("trialflow.signups")
@@ -204,12 +204,16 @@ def _look_up(uow: UnitOfWork, email: Email, driver=None) -> _Known:
     """``driver``: the psycopg connection under the unit of work's, on PostgreSQL."""
     # A public mailbox domain matches nothing, so its claims and accounts are not even read.
     candidates = [] if email.is_public else email.domain_candidates()
-    known = _Known()
     if driver is not None:
         with driver.cursor() as cursor:
             rows = cursor.execute(*_lookup_params(email.address, candidates)).fetchall()
     else:
         rows = uow.session.connection().execute(_LOOKUP, {"email": email.address, "candidates": candidates}).all()
+    return _known(email, rows)
+
+
+def _known(email: Email, rows) -> _Known:
+    known = _Known()
     for kind, k, a, b, c, d, e, f, g in rows:
         if kind == "trial":
             known.existing = _result(k, a, b, c, email.address, d)
@@ -280,6 +284,91 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
         return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
 
 
+class _NeedsTheThread(Exception):
+    """Routing on the event loop reached for the database through the session: the signup is
+    routed again by ``submit_signup`` (nothing was written)."""
+
+
+class _NoSession:
+    def __getattr__(self, name):
+        raise _NeedsTheThread(name)
+
+
+class _LoopWork:
+    """What routing and policies use of a unit of work, for a signup routed on the event loop:
+    their writes are batched into the one statement, and there is no session to block on."""
+
+    def __init__(self) -> None:
+        self.session = _NoSession()
+        self.batched_writes = None
+        self.new_effect_ids: list[int] = []
+
+
+_PEOPLE = ("SELECT email, name, role, slack_user_id, github_login, active FROM staff "
+           "WHERE email IN (%s, %s, %s)")
+_BY_EMAIL = ('SELECT id, "case", state, domain, email, instance_host FROM trials WHERE email = %s')
+
+
+async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
+                                wake: Callable[[list[int]], None] | None = None) -> SignupResult | None:
+    """``submit_signup``'s PostgreSQL fast path, on the event loop: the same read, routing and
+    one autocommitted statement, through ``connections`` (``db.engine.LoopConnections``), so
+    no thread is involved. The people the trial's alert names are read before the policies run
+    (a second read, only for a trial that has any: joining a live instance).
+
+    Returns None, having written nothing, for a signup that must go through ``submit_signup``:
+    one that claims an instance or takes marketing events waiting for it, or whose policies
+    read anything else from the database. ``wake``: called with the new effects' ids once they
+    are committed, as a unit of work's commit does.
+    """
+    email = normalize_email(data.email)
+    name = _clean(data.name, "name")
+    company = _clean(data.company, "company")
+    source = _clean(data.source, "source", 100)
+    candidates = [] if email.is_public else email.domain_candidates()
+    conn = await connections.acquire()
+    try:
+        cursor = conn.cursor()
+        await cursor.execute(*_lookup_params(email.address, candidates))
+        known = _known(email, await cursor.fetchall())
+        if known.existing is not None:
+            return known.existing
+        if _writes_more_than_its_rows(email, known):
+            return None
+        work = _LoopWork()
+        trial = PlainTrial(new_trial_id(), email.address, email.domain, clock.now(), name=name, company=company,
+                           source=source)
+        try:
+            _route(work, settings, trial, email, known)
+            ctx = policies.Context(work, settings)
+            people = [p for p in (trial.sdr, trial.ae, trial.ce) if p]
+            if people:
+                await cursor.execute(_PEOPLE, (people + people[:1] * 3)[:3])
+                found = {row[0]: Person(*row) for row in await cursor.fetchall()}
+                for person in people:
+                    ctx.people.remember(person, found.get(person))
+            sql, params = _one_statement(work, settings, trial, ctx)
+        except _NeedsTheThread:
+            return None
+        await cursor.execute(sql, params)
+        inserted, effect_ids = await cursor.fetchone()
+        if not inserted:  # the same email's other signup committed first: answer with its trial
+            await cursor.execute(_BY_EMAIL, (email.address,))
+            row = await cursor.fetchone()
+            if row is None:
+                raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
+            return _result(*row)
+    finally:
+        connections.release(conn)
+    if effect_ids and wake is not None:
+        # Committed; waking the delivery is only an optimisation (as in UnitOfWork.commit).
+        try:
+            wake(list(effect_ids))
+        except Exception:  # noqa: BLE001
+            logging.getLogger("trialflow.outbox").warning("could not wake delivery for %s", effect_ids, exc_info=True)
+    return SignupResult.of(trial, created=True)
+
+
 def _writes_more_than_its_rows(email: Email, known: _Known) -> bool:
     """Whether routing this signup writes rows other than the trial's own (``_route``'s claim of a
     pool instance, or marketing events attached to the trial)."""
@@ -323,14 +412,27 @@ def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Em
     """PostgreSQL, ``driver`` in autocommit: route (no writes), build the effects and timers, write
     it all at once. What the policies read (staff, for a trial joining an instance) comes through
     the unit of work's session, which commits nothing else."""
-    from trialflow.services.sweep import BatchedWrites  # sweep imports this module
-    now = clock.now()
-    trial = PlainTrial(new_trial_id(), email.address, email.domain, now, name=name, company=company,
+    trial = PlainTrial(new_trial_id(), email.address, email.domain, clock.now(), name=name, company=company,
                        source=source)  # written with plain SQL: no ORM instrumentation needed
     _route(uow, settings, trial, email, known)
+    sql, params = _one_statement(uow, settings, trial)
+    with driver.cursor() as cursor:
+        inserted, effect_ids = cursor.execute(sql, params).fetchone()
+    if not inserted:
+        return _the_other_signup(uow, email)
+    uow.new_effect_ids.extend(effect_ids)
+    uow.commit()  # nothing left to commit: wakes the delivery for the new effects
+    return SignupResult.of(trial, created=True)
+
+
+def _one_statement(uow, settings, trial: PlainTrial, ctx=None) -> tuple[str, list[Any]]:
+    """The routed trial's policies, run with their writes batched, and the one statement (with
+    its parameters) that writes the trial, its history, effects and timers (autocommit: it
+    commits). The statement answers (trial inserted: 0 or 1, the new effects' ids)."""
+    from trialflow.services.sweep import BatchedWrites  # sweep imports this module
     uow.batched_writes = batch = BatchedWrites()
     try:
-        policies.apply(uow, trial, settings)
+        policies.apply(uow, trial, settings, ctx)
     finally:
         uow.batched_writes = None
     if batch.released_hosts or any(op is None for op in batch.timers.values()):
@@ -338,12 +440,7 @@ def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Em
         # ever ask for that here, this path no longer fits them.
         raise RuntimeError("signup policies asked for writes the one-statement signup does not make")
     schedules = [(kind, op[0], op[1]) for (_trial_id, kind), op in batch.timers.items()]
-    inserted, effect_ids = _write_signup(driver, trial, batch.effects, schedules)
-    if not inserted:
-        return _the_other_signup(uow, email)
-    uow.new_effect_ids.extend(effect_ids)
-    uow.commit()  # nothing left to commit: wakes the delivery for the new effects
-    return SignupResult.of(trial, created=True)
+    return _signup_statement(len(batch.effects), len(schedules)), _signup_params(trial, batch.effects, schedules)
 
 
 _EFFECT_COLUMNS = ("key", "kind", "payload", "trial_id", "status", "attempts", "next_attempt_at", "created_at")
@@ -381,8 +478,7 @@ def _signup_statement(effects: int, timers: int) -> str:
     return sql
 
 
-def _write_signup(driver, trial: Trial, effects: list[dict], schedules: list[tuple]) -> tuple[bool, list[int]]:
-    """Run ``_signup_statement`` (autocommit: it commits). Returns (trial inserted, new effect ids)."""
+def _signup_params(trial: Trial, effects: list[dict], schedules: list[tuple]) -> list[Any]:
     from psycopg.types.json import Jsonb
     (entry,) = trial.history
     values = _trial_values(trial)
@@ -393,9 +489,7 @@ def _write_signup(driver, trial: Trial, effects: list[dict], schedules: list[tup
     for n, effect in enumerate(effects):
         params.append(n)
         params += [Jsonb(effect[c]) if c == "payload" else effect[c] for c in _EFFECT_COLUMNS]
-    with driver.cursor() as cursor:
-        inserted, ids = cursor.execute(_signup_statement(len(effects), len(schedules)), params).fetchone()
-    return bool(inserted), list(ids)
+    return params
 
 
 def _apply_policies(uow: UnitOfWork, trial: Trial, settings) -> None:
