@@ -456,3 +456,92 @@ def test_after_the_database_drops_the_apis_connections_no_signup_is_lost_and_the
         assert routed == {"lee@tiny-startup.io", "max@tiny-startup.io"} and kept == ["kim@tiny-startup.io"]
     finally:
         rt.close()
+
+
+class DropsAfterTheWrite:
+    """The API's event-loop connections (our LoopConnections port) in front of the real ones:
+    the one statement that writes a trial commits, then the connection fails before its answer
+    comes back, so the API cannot know whether it committed."""
+
+    def __init__(self, real):
+        self.real = real
+
+    async def acquire(self):
+        return _DroppingConnection(await self.real.acquire())
+
+    def release(self, conn) -> None:
+        self.real.release(conn.real)
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+class _DroppingConnection:
+    def __init__(self, real):
+        self.real = real
+
+    def cursor(self):
+        return _DroppingCursor(self.real.cursor())
+
+
+class _DroppingCursor:
+    def __init__(self, real):
+        self.real = real
+
+    async def execute(self, sql, params=None):
+        import psycopg
+        await self.real.execute(sql, params)
+        if "INSERT INTO trials" in sql:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    async def fetchone(self):
+        return await self.real.fetchone()
+
+    async def fetchall(self):
+        return await self.real.fetchall()
+
+
+@pytest.mark.postgres
+def test_a_signup_whose_write_committed_before_its_connection_failed_is_answered_as_created(pg_url, tmp_path, clock):
+    config = write_config(tmp_path / "config")
+    rt = Runtime(make_settings(pg_url, config), clock=clock)
+    load_reference_data(rt.session_factory, config, clock.now())
+    app = create_app(rt)
+    app.loop_connections = DropsAfterTheWrite(app.loop_connections)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            first = signup(c, "lee@tiny-startup.io")
+            # Routed again in a thread, it finds the trial its own write made: created (201), not
+            # a repeat (200), and nothing written twice.
+            assert first.status_code == 201
+            again = signup(c, "lee@tiny-startup.io")
+            assert again.status_code == 200 and again.json()["trial_id"] == first.json()["trial_id"]
+        with rt.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(tables.trials)).scalar() == 1
+            assert conn.execute(select(func.count()).select_from(tables.failed_signups)).scalar() == 0
+            keys = conn.execute(select(tables.outbox.c.key)).scalars().all()
+        assert len(keys) == len(set(keys)) >= 1
+    finally:
+        rt.close()
+
+
+def test_a_caller_that_leaves_before_sending_its_body_gets_nothing_and_nothing_is_logged_as_an_error(runtime,
+                                                                                                    caplog):
+    import asyncio
+    app = create_app(runtime)
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/signups", "headers": [(b"content-type", b"application/json")],
+             "query_string": b"", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.trials)).scalar() == 0

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -33,16 +34,19 @@ class BodyTooLarge(Exception):
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over ``limit`` without reading it all."""
-    declared = request.headers.get("content-length")
+    return await _collect(request.stream(), request.headers.get("content-length"), limit)
+
+
+async def _collect(chunks, declared: str | None, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -108,16 +112,22 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None)
     signup = signups.SignupInput(email=data.get("email"), name=data.get("name"),
                                  company=data.get("company"), source=data.get("source"))
     try:
-        result = None
+        result, in_doubt = None, None
         if connections is not None:
             try:
                 result = await signups.submit_signup_on_loop(connections, rt.settings, rt.clock, signup, rt.wake)
             except InvalidSignup:
                 raise
-            except Exception:  # noqa: BLE001 - e.g. a connection the server closed: the thread path tries
+            except Exception as exc:  # noqa: BLE001 - e.g. a connection the server closed: the thread path tries
+                in_doubt = exc.trial_id if isinstance(exc, signups.WriteInDoubt) else None
                 log.warning("routing the signup on the event loop failed; routing it in a thread", exc_info=True)
         if result is None:
             result = await _in_signup_thread(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
+            if in_doubt is not None and result.trial_id == in_doubt:
+                # Our own write had committed before the connection failed: this request made
+                # the trial. (Its effects' wake-up was lost with the connection: the relay
+                # delivers them on its next pass.)
+                result = replace(result, created=True)
     except InvalidSignup as exc:
         return _error(422, exc.message, field=exc.field)
     except Exception as exc:  # noqa: BLE001 - the failsafe: never lose a signup, never a 500 page
@@ -152,22 +162,17 @@ async def signup_response(rt: Runtime, request: Request, connections: LoopConnec
 async def _read_asgi_body(scope, receive, limit: int) -> bytes:
     """``read_body`` on the bare ASGI interface: the same 413 rules, and a disconnect is the
     ClientDisconnect that Starlette's request stream raises."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if value.isdigit() and int(value) > limit:
-                raise BodyTooLarge()
-            break
-    chunks, size = [], 0
+    declared = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"content-length"), None)
+    return await _collect(_asgi_chunks(receive), declared, limit)
+
+
+async def _asgi_chunks(receive):
     while True:
         message = await receive()
         if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge()
-            chunks.append(chunk)
+            yield message.get("body", b"")
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return
         elif message["type"] == "http.disconnect":
             raise ClientDisconnect()
 
@@ -204,6 +209,8 @@ class TrialflowApp(FastAPI):
                     status, content = _too_large(rt)
                 else:
                     status, content = await _signup(rt, body, self.loop_connections)
+            except ClientDisconnect:
+                return  # the caller left before sending its body: nobody to answer, nothing routed
             except Exception:  # noqa: BLE001
                 log.exception("unhandled error on POST /api/signups")
                 status, content = _error(500, "Something went wrong on our side; it has been logged.")

@@ -26,7 +26,7 @@ from trialflow.errors import InvalidSignup
 from trialflow.scoring import attach_marketing_events
 from trialflow.services import outbox, policies
 from trialflow.services.directory import Person, next_in_rotation
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.uow import UnitOfWork, wake_safely
 
 log = logging.getLogger("trialflow.signups")
 
@@ -251,10 +251,7 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
     Only a signup that claims an instance, or takes marketing events waiting for it, runs the
     transaction below.
     """
-    email = normalize_email(data.email)
-    name = _clean(data.name, "name")
-    company = _clean(data.company, "company")
-    source = _clean(data.source, "source", 100)
+    email, name, company, source = _cleaned(data)
     with uow_factory() as uow:
         if not _is_postgresql(uow):
             known = _look_up(uow, email)
@@ -284,6 +281,21 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
         return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
 
 
+def _cleaned(data: SignupInput) -> tuple[Email, str | None, str | None, str | None]:
+    """The signup's fields, normalised and checked (InvalidSignup names the bad one)."""
+    return (normalize_email(data.email), _clean(data.name, "name"), _clean(data.company, "company"),
+            _clean(data.source, "source", 100))
+
+
+class WriteInDoubt(Exception):
+    """The connection failed while the signup's one statement was on its way: it may have
+    committed. Routing the signup again finds ``trial_id`` if it did."""
+
+    def __init__(self, trial_id: str):
+        super().__init__(f"the write of trial {trial_id} may or may not have committed")
+        self.trial_id = trial_id
+
+
 class _NeedsTheThread(Exception):
     """Routing on the event loop reached for the database through the session: the signup is
     routed again by ``submit_signup`` (nothing was written)."""
@@ -306,7 +318,7 @@ class _LoopWork:
 
 _PEOPLE = ("SELECT email, name, role, slack_user_id, github_login, active FROM staff "
            "WHERE email IN (%s, %s, %s)")
-_BY_EMAIL = ('SELECT id, "case", state, domain, email, instance_host FROM trials WHERE email = %s')
+_BY_EMAIL = ("SELECT " + ", ".join(f'"{c.name}"' for c in _RESULT_COLUMNS) + " FROM trials WHERE email = %s")
 
 
 async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
@@ -321,10 +333,7 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
     read anything else from the database. ``wake``: called with the new effects' ids once they
     are committed, as a unit of work's commit does.
     """
-    email = normalize_email(data.email)
-    name = _clean(data.name, "name")
-    company = _clean(data.company, "company")
-    source = _clean(data.source, "source", 100)
+    email, name, company, source = _cleaned(data)
     candidates = [] if email.is_public else email.domain_candidates()
     conn = await connections.acquire()
     try:
@@ -350,22 +359,21 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
             sql, params = _one_statement(work, settings, trial, ctx)
         except _NeedsTheThread:
             return None
-        await cursor.execute(sql, params)
-        inserted, effect_ids = await cursor.fetchone()
+        try:
+            await cursor.execute(sql, params)
+            inserted, effect_ids = await cursor.fetchone()
+        except Exception as exc:
+            raise WriteInDoubt(trial.id) from exc
         if not inserted:  # the same email's other signup committed first: answer with its trial
             await cursor.execute(_BY_EMAIL, (email.address,))
             row = await cursor.fetchone()
             if row is None:
-                raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
+                raise _vanished(email)
             return _result(*row)
     finally:
         connections.release(conn)
     if effect_ids and wake is not None:
-        # Committed; waking the delivery is only an optimisation (as in UnitOfWork.commit).
-        try:
-            wake(list(effect_ids))
-        except Exception:  # noqa: BLE001
-            logging.getLogger("trialflow.outbox").warning("could not wake delivery for %s", effect_ids, exc_info=True)
+        wake_safely(wake, list(effect_ids))
     return SignupResult.of(trial, created=True)
 
 
@@ -402,9 +410,14 @@ def _submit_in_transaction(uow: UnitOfWork, settings, clock, email: Email, known
 
 def _the_other_signup(uow: UnitOfWork, email: Email) -> SignupResult:
     existing = find_by_email(uow, email.address)
-    if existing is None:  # the other request's trial vanished again: not a race we can answer
-        raise RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
+    if existing is None:
+        raise _vanished(email)
     return existing
+
+
+def _vanished(email: Email) -> RuntimeError:
+    # The other request's trial vanished again: not a race we can answer.
+    return RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
 
 
 def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Email, known: _Known,

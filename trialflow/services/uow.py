@@ -1,9 +1,20 @@
 """Unit of work: one transaction, and what to do once it has committed."""
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def wake_safely(wake: Callable[[list[int]], None], ids: list[int]) -> None:
+    """Wake delivery for effects just committed. The rows are durable already and the relay
+    sweeps pending ones anyway, so this is only an optimisation: a failure must not fail the
+    request."""
+    try:
+        wake(ids)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("trialflow.outbox").warning("could not wake delivery for %s", ids, exc_info=True)
 
 
 class UnitOfWork:
@@ -28,13 +39,7 @@ class UnitOfWork:
         self.session.commit()
         ids, self.new_effect_ids = self.new_effect_ids, []
         if ids and self._after_commit is not None:
-            # The rows are durable now; waking the delivery is only an optimisation (the relay
-            # sweeps pending rows anyway), so a failure here must not fail the request.
-            try:
-                self._after_commit(ids)
-            except Exception:  # noqa: BLE001
-                import logging
-                logging.getLogger("trialflow.outbox").warning("could not wake delivery for %s", ids, exc_info=True)
+            wake_safely(self._after_commit, ids)
 
     def rollback(self) -> None:
         self.session.rollback()
