@@ -1,6 +1,7 @@
 """Engines and sessions for SQLite (embedded default) and PostgreSQL (production)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -8,6 +9,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from trialflow.db.mapping import start_mappers
+
+RECYCLE_SECONDS = 300.0          # a PostgreSQL connection older than this is closed, not reused
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def normalize_url(url: str) -> str:
@@ -47,12 +51,13 @@ def make_engine(url: str, **kwargs) -> Engine:
         # Kept open: the API's 8 signup threads may each hold two (a signup joining an instance
         # reads staff through its session beside its own autocommit connection), and an overflow
         # connection is closed on return: a new PostgreSQL backend (fork, cold caches) per burst.
-        # At most 30 per process, as before.
+        # At most 30 per process here, plus, on PostgreSQL, the API's up to 8 signup connections
+        # on its event loop (``LoopConnections``).
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 10)
     # Recycle instead of pinging on every checkout: a ping is one more round trip per transaction,
     # and the delivery path runs two transactions per effect.
-    kwargs.setdefault("pool_recycle", 300)
+    kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
     return create_engine(url, **kwargs)
 
 
@@ -75,10 +80,14 @@ class LoopConnections:
     SQLAlchemy's pool invalidates itself on a disconnect.
     """
 
-    def __init__(self, engine: Engine, size: int = 8):
+    def __init__(self, engine: Engine, size: int = 8, recycle_seconds: float = RECYCLE_SECONDS):
         _args, params = engine.dialect.create_connect_args(engine.url)
-        self._params = {**params, "autocommit": True}
+        # A database that does not answer must not hold a signup for psycopg's default 130 s:
+        # the thread path and the failsafe still have to run after this fails.
+        self._params = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **params, "autocommit": True}
         self.size = size
+        self.recycle_seconds = recycle_seconds
+        self._born: dict[int, float] = {}   # id(connection) -> when it was made
         self._idle: list = []
         self._slots = None
         self._loop = None
@@ -104,7 +113,9 @@ class LoopConnections:
             if self._idle:
                 return self._idle.pop()
             import psycopg
-            return await psycopg.AsyncConnection.connect(**self._params)
+            conn = await psycopg.AsyncConnection.connect(**self._params)
+            self._born[id(conn)] = time.monotonic()
+            return conn
         except BaseException:
             self._slots.release()
             raise
@@ -115,17 +126,23 @@ class LoopConnections:
             if conn.broken:
                 # The server went away (a restart, a failover): the idle ones are as old as this one.
                 for other in [conn, *self._idle]:
-                    other.pgconn.finish()
+                    self._finish(other)
                 self._idle = []
-            elif conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.pgconn.finish()
+            elif conn.closed or conn.info.transaction_status != TransactionStatus.IDLE \
+                    or time.monotonic() - self._born.get(id(conn), 0.0) > self.recycle_seconds:
+                self._finish(conn)  # (recycled as the engine's pool recycles its connections)
             else:
                 self._idle.append(conn)
         finally:
             self._slots.release()
 
+    def _finish(self, conn) -> None:
+        self._born.pop(id(conn), None)
+        conn.pgconn.finish()
+
     async def close(self) -> None:
         """Close the idle connections (at shutdown, on the loop that made them)."""
         idle, self._idle = self._idle, []
         for conn in idle:
+            self._born.pop(id(conn), None)
             await conn.close()
