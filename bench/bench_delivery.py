@@ -36,6 +36,7 @@ from tests.support.processes import RedisServer, TrialflowProcess, trialflow_env
 from tests.support.services import ensure_postgres_database  # noqa: E402
 from trialflow.db import tables  # noqa: E402
 from trialflow.delivery.coalesce import Coalescer  # noqa: E402
+from trialflow.delivery.core import batches  # noqa: E402
 from trialflow.db.engine import make_engine  # noqa: E402
 from trialflow.db.migrate import upgrade  # noqa: E402
 from trialflow.runtime import Runtime  # noqa: E402
@@ -95,9 +96,8 @@ def main() -> int:
     celery = make_celery_app(redis.url)
 
     def dispatch(ids):  # as workers.tasks.dispatch: one task per batch of a commit's effects
-        ids = list(ids)
-        for start in range(0, len(ids), settings.delivery_batch_size):
-            celery.send_task("trialflow.deliver", (ids[start:start + settings.delivery_batch_size],), queue="trialflow")
+        for batch in batches(ids, settings.delivery_batch_size):
+            celery.send_task("trialflow.deliver", (batch,), queue="trialflow")
 
     rt = Runtime(settings)
     rt.wake = dispatch

@@ -3,6 +3,7 @@ functions run in-process on the embedded default."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from functools import lru_cache
 
 from celery import shared_task
@@ -32,10 +33,7 @@ def deliver(effect_ids: list[int] | int) -> dict[str, int]:
     relay re-dispatches it when due. No Celery countdown: on Redis a long countdown is
     redelivered past the visibility timeout."""
     ids = [effect_ids] if isinstance(effect_ids, int) else list(effect_ids)
-    counts: dict[str, int] = {}
-    for outcome in _deliverer().deliver_batch(ids).values():
-        counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
+    return dict(Counter(_deliverer().deliver_batch(ids).values()))
 
 
 @shared_task(name="trialflow.relay")
@@ -58,15 +56,8 @@ def sweep() -> int:
 
 def dispatch(ids, batch_size: int | None = None) -> None:
     """One task per ``batch_size`` effects (default: the setting ``delivery_batch_size``)."""
+    from trialflow.delivery.core import batches
     from workers.celery_app import get_app
     app = get_app()
-    ids = list(ids)
-    size = batch_size or _batch_size()
-    for start in range(0, len(ids), size):
-        app.send_task("trialflow.deliver", (ids[start:start + size],), queue="trialflow")
-
-
-@lru_cache
-def _batch_size() -> int:
-    from trialflow.settings import get_settings
-    return get_settings().delivery_batch_size
+    for batch in batches(ids, batch_size or _runtime().settings.delivery_batch_size):
+        app.send_task("trialflow.deliver", (batch,), queue="trialflow")

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Callable
 
+from trialflow.delivery.core import batches
+
 log = logging.getLogger("trialflow.delivery")
 
 
@@ -57,9 +59,7 @@ class Coalescer:
 
     def flush(self) -> None:
         """Send everything waiting now (also at exit, best effort)."""
-        ids = self._take()
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start:start + self.batch_size]
+        for chunk in batches(self._take(), self.batch_size):
             try:
                 self._send(chunk)
             except Exception:  # noqa: BLE001 - the relay re-sends these once they are overdue

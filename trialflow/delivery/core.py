@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
@@ -215,27 +216,27 @@ class Deliverer:
         if not effects:
             return {}
         stop_calling_at = self.monotonic() + self.lease.total_seconds() / 2
-        held_back: dict[str, float] = {}  # transport -> seconds the provider asked us to wait
+        held_back: dict[str, datetime] = {}  # transport -> when its provider said to come back
         outcomes: list[_Outcome] = []
         try:
             for effect in effects:
                 transport_name = effect.kind.split(".", 1)[0]
                 if self.monotonic() >= stop_calling_at:
-                    outcomes.append(self._release(effect, 0.0))
+                    outcomes.append(self._release(effect, self.rt.clock.now()))
                 elif transport_name in held_back:
                     outcomes.append(self._release(effect, held_back[transport_name]))
                 else:
                     with bind_trial(effect.trial_id):
                         outcome = self._attempt(effect, results)
                     outcomes.append(outcome)
-                    if outcome.outcome == "retry" and outcome.undo_attempt:
-                        held_back[transport_name] = outcome.values["_wait"]
+                    if outcome.outcome == "retry" and outcome.undo_attempt:  # the provider said when
+                        held_back[transport_name] = outcome.values["next_attempt_at"]
         except BaseException:
             # The worker is being stopped mid-call (a warm shutdown, an interrupt). The effect in
             # flight may have reached its provider: it keeps its lease, and its next attempt asks
             # first. The ones not started yet go back to the queue untouched.
             for effect in effects[len(outcomes) + 1:]:
-                outcomes.append(self._release(effect, 0.0))
+                outcomes.append(self._release(effect, self.rt.clock.now()))
             raise
         finally:
             # What was delivered is written down, however the batch ended. (A worker killed
@@ -273,15 +274,14 @@ class Deliverer:
         # attempt does not spend the budget. It certainly did not deliver, so undoing its count
         # keeps "maybe delivered" true only for attempts that really may have.
         delay = backoff(effect.attempt, retry_after)
-        return _Outcome(effect.id, "retry", {"status": "pending", "last_error": why[:2000], "_wait": delay,
+        return _Outcome(effect.id, "retry", {"status": "pending", "last_error": why[:2000],
                                              "next_attempt_at": self.rt.clock.now() + timedelta(seconds=delay)},
                         undo_attempt=retry_after is not None)
 
-    def _release(self, effect: Effect, wait: float) -> _Outcome:
-        """Back to the queue, not attempted: the attempt the lease counted is given back."""
-        return _Outcome(effect.id, "released", {"status": "pending",
-                                                "next_attempt_at": self.rt.clock.now() + timedelta(seconds=wait)},
-                        undo_attempt=True)
+    def _release(self, effect: Effect, until: datetime) -> _Outcome:
+        """Back to the queue, not attempted, due again at ``until``: the attempt the lease
+        counted is given back."""
+        return _Outcome(effect.id, "released", {"status": "pending", "next_attempt_at": until}, undo_attempt=True)
 
     def _park(self, effect: Effect, why: str) -> _Outcome:
         why = scrub(why)  # a provider's error may quote what it was sent (a reset link, a token)
@@ -327,7 +327,7 @@ class Deliverer:
                     for outcome in outcomes:
                         if outcome.effect_id not in ours:
                             continue
-                        values = {k: v for k, v in outcome.values.items() if not k.startswith("_")}
+                        values = outcome.values
                         shapes.setdefault((tuple(sorted(values)), outcome.undo_attempt), []).append(
                             {"b_id": outcome.effect_id, **{f"b_{k}": v for k, v in values.items()}})
                     for (columns, undo_attempt), rows in shapes.items():
@@ -364,26 +364,27 @@ class Deliverer:
         """Deliver what is due now, up to ``limit`` effects. Returns counts by outcome:
         ``released`` counts effects handed back unattempted (behind a provider's Retry-After, or
         past half a slow batch's lease); ``skipped`` those another worker held."""
-        counts: dict[str, int] = {}
-        ids = self.due_ids(limit)
-        size = self.rt.settings.delivery_batch_size
-        for start in range(0, len(ids), size):
-            chunk = ids[start:start + size]
+        counts: Counter[str] = Counter()
+        for chunk in batches(self.due_ids(limit), self.rt.settings.delivery_batch_size):
             outcomes = self.deliver_batch(chunk)
-            for effect_id in chunk:
-                outcome = outcomes.get(effect_id, "skipped")
-                counts[outcome] = counts.get(outcome, 0) + 1
-        return counts
+            counts.update(outcomes.get(effect_id, "skipped") for effect_id in chunk)
+        return dict(counts)
 
     def drain_all(self, batch: int = 200) -> dict[str, int]:
         """Deliver until nothing more is due (effects enqueued meanwhile included)."""
-        total: dict[str, int] = {}
+        total: Counter[str] = Counter()
         while True:
             counts = self.drain(batch)
-            for k, v in counts.items():
-                total[k] = total.get(k, 0) + v
+            total.update(counts)
             if sum(counts.values()) < batch:
-                return total
+                return dict(total)
+
+
+def batches(ids, size: int):
+    """``ids`` in lists of at most ``size``, in order: one delivery task's worth each."""
+    ids = list(ids)
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def retry(rt, effect_id: int) -> bool:
