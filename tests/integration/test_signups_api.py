@@ -312,6 +312,20 @@ def test_a_huge_body_without_a_content_length_is_cut_off_with_413(client, runtim
     assert count(runtime, tables.trials) == 0
 
 
+
+def test_mounted_under_a_path_the_signup_route_answers_the_same_and_refuses_a_huge_body(runtime):
+    from fastapi import FastAPI
+    site = FastAPI()
+    site.mount("/trials", create_app(runtime))
+    with TestClient(site) as c:
+        huge = json.dumps({"email": "bob@acme-corp.com", "name": "x" * 100_000})
+        refused = c.post("/trials/api/signups", content=huge, headers={"content-type": "application/json"})
+        created = c.post("/trials/api/signups", json={"email": "lee@tiny-startup.io"})
+    assert refused.status_code == 413
+    assert refused.json() == {"error": f"The request body is too large ({runtime.settings.max_body_bytes} bytes at most)."}
+    assert created.status_code == 201 and created.json()["state"] == "triage"
+    assert count(runtime, tables.trials) == 1
+
 # --- the failsafe -------------------------------------------------------------------------
 
 @contextmanager

@@ -62,7 +62,7 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 # The signup's transactions run on their own threads, not the anyio pool every other route uses:
 # asyncio's executor hop costs a fraction of anyio's, and a fixed number of threads (fewer than
-# the engine's pool of 10 connections) keeps a burst of signups queued in the event loop instead
+# the engine's pooled connections) keeps a burst of signups queued in the event loop instead
 # of opening and closing overflow connections to PostgreSQL for it. One pool per process: it
 # only runs functions, so every app in the process can share it.
 SIGNUP_THREADS = 8
@@ -83,6 +83,7 @@ def _in_signup_thread(fn, *args):
 _INVALID_JSON = 'The body must be JSON, like {"email": "bob@acme-corp.com"}.'
 _NOT_AN_OBJECT = 'The body must be a JSON object, like {"email": "bob@acme-corp.com"}.'
 _SIGNUP_FIELDS = frozenset({"email", "name", "company", "source"})
+_UNEXPECTED = "Something went wrong on our side; it has been logged."
 _RECEIVED = {
     "trial_id": None, "case": None, "state": "received", "redirect_url": None,
     "message": "Thanks! We have your request and our team will get back to you by email shortly.",
@@ -149,13 +150,10 @@ def _too_large(rt: Runtime) -> tuple[int, dict]:
 
 
 async def signup_response(rt: Runtime, request: Request, connections: LoopConnections | None = None) -> JSONResponse:
-    """The whole of POST /api/signups, through a Starlette request and response."""
-    try:
-        body = await read_body(request, rt.settings.max_body_bytes)
-    except BodyTooLarge:
-        status, content = _too_large(rt)
-    else:
-        status, content = await _signup(rt, body, connections)
+    """The whole of POST /api/signups, through a Starlette request and response (a body too
+    large is the app's BodyTooLarge handler's)."""
+    body = await read_body(request, rt.settings.max_body_bytes)
+    status, content = await _signup(rt, body, connections)
     return JSONResponse(content, status_code=status)
 
 
@@ -213,7 +211,7 @@ class TrialflowApp(FastAPI):
                 return  # the caller left before sending its body: nobody to answer, nothing routed
             except Exception:  # noqa: BLE001
                 log.exception("unhandled error on POST /api/signups")
-                status, content = _error(500, "Something went wrong on our side; it has been logged.")
+                status, content = _error(500, _UNEXPECTED)
             await _send_json(send, status, content)
             return
         if scope["type"] == "lifespan" and self.loop_connections is not None:
@@ -234,8 +232,9 @@ def create_app(rt: Runtime) -> FastAPI:
         app.loop_connections = LoopConnections(rt.engine, size=SIGNUP_THREADS)
 
     @app.exception_handler(BodyTooLarge)
-    async def _too_large(_request, _exc):
-        return error(413, f"The request body is too large ({rt.settings.max_body_bytes} bytes at most).")
+    async def _body_too_large(_request, _exc):
+        status, content = _too_large(rt)
+        return JSONResponse(content, status_code=status)
 
     @app.exception_handler(NotFound)
     async def _not_found(_request, exc):
@@ -256,7 +255,7 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, "Something went wrong on our side; it has been logged.")
+        return error(500, _UNEXPECTED)
 
     @app.post("/api/signups", status_code=201, tags=["signups"])
     async def create_signup(request: Request):
