@@ -12,6 +12,7 @@ import json
 import re
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 from sqlalchemy import String, bindparam, delete, func, insert, select, text, update
@@ -251,13 +252,14 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
     Only a signup that claims an instance, or takes marketing events waiting for it, runs the
     transaction below.
     """
-    email, name, company, source = _cleaned(data)
+    signup = _cleaned(data)
+    email = signup.email
     with uow_factory() as uow:
         if not _is_postgresql(uow):
             known = _look_up(uow, email)
             if known.existing is not None:
                 return known.existing
-            return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
+            return _submit_in_transaction(uow, settings, clock, signup, known)
         # A pooled connection of its own in autocommit, not the session's: checking one out through
         # the session (with its isolation level set, then reset) cost ~0.1 ms of CPU per signup.
         raw = uow.session.get_bind().raw_connection()
@@ -269,7 +271,7 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
                 if known.existing is not None:
                     return known.existing
                 if not _writes_more_than_its_rows(email, known):
-                    return _submit_in_one_statement(uow, driver, settings, clock, email, known, name, company, source)
+                    return _submit_in_one_statement(uow, driver, settings, clock, signup, known)
             finally:
                 driver.autocommit = False  # idle (autocommit), so this is allowed and sends nothing
         finally:
@@ -278,13 +280,26 @@ def submit_signup(uow_factory, settings, clock, data: SignupInput) -> SignupResu
         known = _look_up(uow, email, _driver(uow))
         if known.existing is not None:
             return known.existing
-        return _submit_in_transaction(uow, settings, clock, email, known, name, company, source)
+        return _submit_in_transaction(uow, settings, clock, signup, known)
 
 
-def _cleaned(data: SignupInput) -> tuple[Email, str | None, str | None, str | None]:
-    """The signup's fields, normalised and checked (InvalidSignup names the bad one)."""
-    return (normalize_email(data.email), _clean(data.name, "name"), _clean(data.company, "company"),
-            _clean(data.source, "source", 100))
+@dataclass(frozen=True)
+class _Cleaned:
+    """The signup's fields, normalised and checked."""
+    email: Email
+    name: str | None
+    company: str | None
+    source: str | None
+
+    def new_trial(self, cls: type[PlainTrial], at: datetime) -> PlainTrial:
+        return cls(new_trial_id(), self.email.address, self.email.domain, at, name=self.name, company=self.company,
+                   source=self.source)
+
+
+def _cleaned(data: SignupInput) -> _Cleaned:
+    """InvalidSignup names the field that is not acceptable."""
+    return _Cleaned(normalize_email(data.email), _clean(data.name, "name"), _clean(data.company, "company"),
+                    _clean(data.source, "source", 100))
 
 
 class WriteInDoubt(Exception):
@@ -333,7 +348,8 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
     read anything else from the database. ``wake``: called with the new effects' ids once they
     are committed, as a unit of work's commit does.
     """
-    email, name, company, source = _cleaned(data)
+    signup = _cleaned(data)
+    email = signup.email
     candidates = [] if email.is_public else email.domain_candidates()
     conn = await connections.acquire()
     try:
@@ -345,8 +361,7 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
         if _writes_more_than_its_rows(email, known):
             return None
         work = _LoopWork()
-        trial = PlainTrial(new_trial_id(), email.address, email.domain, clock.now(), name=name, company=company,
-                           source=source)
+        trial = signup.new_trial(PlainTrial, clock.now())
         try:
             _route(work, settings, trial, email, known)
             ctx = policies.Context(work, settings)
@@ -392,10 +407,10 @@ def _writes_more_than_its_rows(email: Email, known: _Known) -> bool:
     return account is not None and account.prequalified
 
 
-def _submit_in_transaction(uow: UnitOfWork, settings, clock, email: Email, known: _Known,
-                           name, company, source) -> SignupResult:
+def _submit_in_transaction(uow: UnitOfWork, settings, clock, signup: _Cleaned, known: _Known) -> SignupResult:
+    email = signup.email
     now = clock.now()
-    trial = Trial(new_trial_id(), email.address, email.domain, now, name=name, company=company, source=source)
+    trial = signup.new_trial(Trial, now)
     _route(uow, settings, trial, email, known)
     if known.has_marketing_events:
         # Marketing actions seen before the signup count now, so the triage alert shows the score.
@@ -420,13 +435,13 @@ def _vanished(email: Email) -> RuntimeError:
     return RuntimeError(f"signup of {email.address} conflicted with a trial that no longer exists")
 
 
-def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, email: Email, known: _Known,
-                             name, company, source) -> SignupResult:
+def _submit_in_one_statement(uow: UnitOfWork, driver, settings, clock, signup: _Cleaned,
+                             known: _Known) -> SignupResult:
     """PostgreSQL, ``driver`` in autocommit: route (no writes), build the effects and timers, write
     it all at once. What the policies read (staff, for a trial joining an instance) comes through
     the unit of work's session, which commits nothing else."""
-    trial = PlainTrial(new_trial_id(), email.address, email.domain, clock.now(), name=name, company=company,
-                       source=source)  # written with plain SQL: no ORM instrumentation needed
+    email = signup.email
+    trial = signup.new_trial(PlainTrial, clock.now())  # written with plain SQL: no ORM instrumentation needed
     _route(uow, settings, trial, email, known)
     sql, params = _one_statement(uow, settings, trial)
     with driver.cursor() as cursor:
