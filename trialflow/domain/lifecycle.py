@@ -40,6 +40,30 @@ STARTED = frozenset({ACTIVE, EXTENDED, CONVERTED, TERMINATED})
 
 LIVE_TRIAL = (ACTIVE, EXTENDED)
 
+# The steps (triggers), named once: every other module uses these names, never the strings.
+ROUTE_TO_EXISTING = "route_to_existing"
+CLAIM_POOL_INSTANCE = "claim_pool_instance"
+WAIT_FOR_CAPACITY = "wait_for_capacity"
+SEND_TO_TRIAGE = "send_to_triage"
+CONFIRM_USER_ADDED = "confirm_user_added"
+REMIND_USER_ADDED = "remind_user_added"
+DISQUALIFY = "disqualify"
+QUALIFY = "qualify"
+REQUEST_INSTANCE = "request_instance"
+MARK_INSTANCE_READY = "mark_instance_ready"
+HAND_OFF = "hand_off"
+CONVERT_TO_OPPORTUNITY = "convert_to_opportunity"
+REASSIGN = "reassign"
+REQUEST_DOMAIN_CHANGE = "request_domain_change"
+WARN_TERMINATION = "warn_termination"
+KEEP = "keep"
+EXTEND = "extend"
+REMIND_DECISION = "remind_decision"
+ESCALATE_DECISION = "escalate_decision"
+CONVERT = "convert"
+TERMINATE = "terminate"
+REQUEST_FEEDBACK = "request_feedback"
+
 
 @dataclass(frozen=True)
 class Step:
@@ -52,33 +76,59 @@ class Step:
 
 TABLE: tuple[Step, ...] = (
     # First step: routing inside the signup request
-    Step("route_to_existing", (NEW, WAITING_FOR_CAPACITY), JOINING_EXISTING, "system", "case 1: the domain already has a live instance"),
-    Step("claim_pool_instance", (NEW, WAITING_FOR_CAPACITY), ACTIVE, "system", "case 2.1/2.2: pre-provisioned instance claimed, reset link sent"),
-    Step("wait_for_capacity", (NEW, TRIAGE), WAITING_FOR_CAPACITY, "system", "pool empty or instance cap reached: wait in the queue"),
-    Step("send_to_triage", (NEW,), TRIAGE, "system", "case 3: inbound SDR triages the lead"),
+    Step(ROUTE_TO_EXISTING, (NEW, WAITING_FOR_CAPACITY), JOINING_EXISTING, "system", "case 1: the domain already has a live instance"),
+    Step(CLAIM_POOL_INSTANCE, (NEW, WAITING_FOR_CAPACITY), ACTIVE, "system", "case 2.1/2.2: pre-provisioned instance claimed, reset link sent"),
+    Step(WAIT_FOR_CAPACITY, (NEW, TRIAGE), WAITING_FOR_CAPACITY, "system", "pool empty or instance cap reached: wait in the queue"),
+    Step(SEND_TO_TRIAGE, (NEW,), TRIAGE, "system", "case 3: inbound SDR triages the lead"),
     # Case 1
-    Step("confirm_user_added", (JOINING_EXISTING,), JOINED, "owner", "AE made sure the user was added to the instance"),
-    Step("remind_user_added", (JOINING_EXISTING,), None, "system", "reminder: the user is not added yet"),
+    Step(CONFIRM_USER_ADDED, (JOINING_EXISTING,), JOINED, "owner", "AE made sure the user was added to the instance"),
+    Step(REMIND_USER_ADDED, (JOINING_EXISTING,), None, "system", "reminder: the user is not added yet"),
     # Case 3
-    Step("disqualify", (TRIAGE,), DISQUALIFIED, "sdr", "3.1: lead disqualified, self-hosting recommended"),
-    Step("qualify", (TRIAGE,), INSTANCE_REQUESTED, "sdr", "3.2: lead qualified, instance requested from the cloud team"),
-    Step("request_instance", (WAITING_FOR_CAPACITY,), INSTANCE_REQUESTED, "system", "capacity freed: instance requested"),
-    Step("mark_instance_ready", (INSTANCE_REQUESTED,), INSTANCE_READY, "cloud", "the cloud team reports the instance ready"),
-    Step("hand_off", (INSTANCE_READY,), ACTIVE, "owner", "CE handed off the password-reset link: trial start"),
+    Step(DISQUALIFY, (TRIAGE,), DISQUALIFIED, "sdr", "3.1: lead disqualified, self-hosting recommended"),
+    Step(QUALIFY, (TRIAGE,), INSTANCE_REQUESTED, "sdr", "3.2: lead qualified, instance requested from the cloud team"),
+    Step(REQUEST_INSTANCE, (WAITING_FOR_CAPACITY,), INSTANCE_REQUESTED, "system", "capacity freed: instance requested"),
+    Step(MARK_INSTANCE_READY, (INSTANCE_REQUESTED,), INSTANCE_READY, "cloud", "the cloud team reports the instance ready"),
+    Step(HAND_OFF, (INSTANCE_READY,), ACTIVE, "owner", "CE handed off the password-reset link: trial start"),
     # People around an opportunity
-    Step("convert_to_opportunity", (TRIAGE, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED, WAITING_FOR_CAPACITY), None, "sdr", "SDR converted the lead to an opportunity"),
-    Step("reassign", (JOINING_EXISTING, TRIAGE, WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), None, "sdr", "AE/CE reassigned"),
-    Step("request_domain_change", (ACTIVE, EXTENDED, CONVERTED), None, "owner", "vanity domain requested (a buying signal)"),
+    Step(CONVERT_TO_OPPORTUNITY, (TRIAGE, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED, WAITING_FOR_CAPACITY), None, "sdr", "SDR converted the lead to an opportunity"),
+    Step(REASSIGN, (JOINING_EXISTING, TRIAGE, WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), None, "sdr", "AE/CE reassigned"),
+    Step(REQUEST_DOMAIN_CHANGE, (ACTIVE, EXTENDED, CONVERTED), None, "owner", "vanity domain requested (a buying signal)"),
     # Second step: the 15/30-day clock
-    Step("warn_termination", (ACTIVE,), None, "system", "heads-up to the CE before the day-15 review"),
-    Step("keep", (ACTIVE,), None, "owner", "CE keeps the trial: no termination at day 15"),
-    Step("extend", (ACTIVE, EXTENDED), EXTENDED, "owner", "trial extended (day 15 with activity, or the CE's decision)"),
-    Step("remind_decision", (EXTENDED,), None, "system", "day 30: extend, convert or terminate"),
-    Step("escalate_decision", (EXTENDED,), None, "system", "day 30 passed with no decision: AE and #cloud-trial-alerts told, again every 2 days"),
-    Step("convert", (ACTIVE, EXTENDED), CONVERTED, "owner", "converted to paid"),
-    Step("terminate", (WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), TERMINATED, "owner",
+    Step(WARN_TERMINATION, (ACTIVE,), None, "system", "heads-up to the CE before the day-15 review"),
+    Step(KEEP, (ACTIVE,), None, "owner", "CE keeps the trial: no termination at day 15"),
+    Step(EXTEND, (ACTIVE, EXTENDED), EXTENDED, "owner", "trial extended (day 15 with activity, or the CE's decision)"),
+    Step(REMIND_DECISION, (EXTENDED,), None, "system", "day 30: extend, convert or terminate"),
+    Step(ESCALATE_DECISION, (EXTENDED,), None, "system", "day 30 passed with no decision: AE and #cloud-trial-alerts told, again every 2 days"),
+    Step(CONVERT, (ACTIVE, EXTENDED), CONVERTED, "owner", "converted to paid"),
+    Step(TERMINATE, (WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), TERMINATED, "owner",
          "terminated: instance (or its request, or its place in the queue) freed"),
-    Step("request_feedback", (TERMINATED,), None, "owner", "feedback-request email to the user"),
+    Step(REQUEST_FEEDBACK, (TERMINATED,), None, "owner", "feedback-request email to the user"),
+)
+
+# Steps that leave the state as it is but make sense only once: a second press is "already done".
+ONCE_ONLY = frozenset({KEEP, REQUEST_FEEDBACK, CONVERT_TO_OPPORTUNITY})
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A wait with a deadline: a row in ``timers`` that the sweep turns into one of ``steps``."""
+    kind: str
+    steps: tuple[str, ...]
+    what: str
+
+
+USER_ADDED_REMINDER = "user_added_reminder"
+TERMINATION_HEADS_UP = "termination_heads_up"
+DAY15_REVIEW = "day15_review"
+DAY30_DECISION = "day30_decision"
+DAY30_ESCALATION = "day30_escalation"
+
+TIMERS: tuple[Timer, ...] = (
+    Timer(USER_ADDED_REMINDER, (REMIND_USER_ADDED,), "case 1: every 2 days until the AE confirms the user was added"),
+    Timer(TERMINATION_HEADS_UP, (WARN_TERMINATION,), "day 12: the CE's heads-up before the day-15 review"),
+    Timer(DAY15_REVIEW, (EXTEND, TERMINATE), "day 15: activity extends to day 30, none terminates"),
+    Timer(DAY30_DECISION, (REMIND_DECISION,), "day 30 (or the extension's end): extend, convert or terminate"),
+    Timer(DAY30_ESCALATION, (ESCALATE_DECISION,), "2 days after the decision was due, and every 2 days after"),
 )
 
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(step.trigger for step in TABLE))

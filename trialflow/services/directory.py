@@ -21,11 +21,16 @@ class Person:
 
 
 class Directory:
-    def __init__(self, session: Session):
+    """Staff lookups, cached by email. Without a session it knows only what it was told
+    (``remember``): the signup's event-loop path reads the people it needs beforehand."""
+
+    def __init__(self, session: Session | None):
         self._session = session
         self._by_email: dict[str, Person | None] = {}
 
     def _one(self, where) -> Person | None:
+        if self._session is None:
+            return None
         row = self._session.execute(select(tables.staff).where(where)).first()
         return Person(**row._mapping) if row else None
 

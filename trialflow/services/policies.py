@@ -1,96 +1,63 @@
-"""What each lifecycle event causes: outbox effects and timers, written in the same transaction.
+"""What each lifecycle event causes: a pure decision over the trial, the people on it and the
+settings. ``decide`` returns the effects (Slack messages, GitHub issues, emails) and timer
+changes as values (``domain.decisions.Decisions``); ``services.writer`` persists them in the
+transaction that took the step. Nothing here writes, and nothing here depends on who called.
 
-Pure decisions over the trial and reference data; nothing here talks to Slack, GitHub or SMTP.
 Each effect's idempotency key is ``<trial>:<history position>:<name>``, so replaying the same
 event (a retried request, a second worker) can never enqueue it twice.
 """
 from __future__ import annotations
 
-import re
 import secrets
-import unicodedata
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable, Protocol
 
-from sqlalchemy import delete, select, update
-
-from trialflow.db import tables
-from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
-from trialflow.domain.trial import CASE_NAMED, Event, Trial
-from trialflow.services import outbox
+from trialflow.domain.decisions import Decisions, InstanceReady
+from trialflow.domain.normalize import is_public_domain
+from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
 from trialflow.services import slack_blocks as sb
-from trialflow.services.directory import Directory
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
+                                         lead, score, who)
+from trialflow.services.timers import deadlines  # noqa: F401  (read by callers not yet moved to services.timers)
+from trialflow.services.timers import (DECISION_DAYS, ESCALATION_GRACE_DAYS, EXTENSION_DAYS, HEADS_UP_DAYS,
+                                       REVIEW_DAYS, TIMER_KINDS, USER_ADDED_REMINDER_DAYS)
 from trialflow.settings import Settings
 
-HEADS_UP_DAYS = 12
-REVIEW_DAYS = 15
-DECISION_DAYS = 30
-ESCALATION_GRACE_DAYS = 2
-USER_ADDED_REMINDER_DAYS = 2
-EXTENSION_DAYS = 15
-
-TIMER_KINDS = ("user_added_reminder", "termination_heads_up", "day15_review", "day30_decision", "day30_escalation")
+__all__ = ["Context", "decide", "DECISION_DAYS", "EXTENSION_DAYS", "REVIEW_DAYS"]
 
 
-def channel_name(account: str) -> str:
-    """Slack channel names: lower case, at most 80 chars, letters, digits, - and _ only."""
-    ascii_name = unicodedata.normalize("NFKD", account).encode("ascii", "ignore").decode().lower()
-    slug = re.sub(r"[^a-z0-9_-]+", "-", ascii_name).strip("-_") or "account"
-    return ("cloud-trial-" + slug)[:80].rstrip("-_")
+class People(Protocol):
+    def by_email(self, email: str | None) -> Any: ...
+
+    def mention(self, email: str | None) -> str: ...
 
 
 class Context:
-    def __init__(self, uow: UnitOfWork, settings: Settings):
-        self.uow = uow
+    """What a decision may read: the people on the trial (``services.directory.Directory``,
+    whose lookups are cached, so one context serves a whole batch) and the settings."""
+
+    def __init__(self, people: People, settings: Settings):
+        self.people = people
         self.settings = settings
-        self.people = Directory(uow.session)
 
     @property
     def alerts(self) -> str:
         return self.settings.alerts_channel
 
 
-def schedule(uow: UnitOfWork, trial: Trial, kind: str, due_at: datetime, now: datetime) -> None:
-    batch = getattr(uow, "batched_writes", None)
-    if batch is not None:  # the sweep writes a whole batch's timers at once (services/sweep.py)
-        batch.schedule(trial.id, kind, due_at, now)
-        return
-    if not insert_ignore(uow.session, tables.timers,
-                         {"trial_id": trial.id, "kind": kind, "due_at": due_at, "created_at": now}):
-        uow.session.execute(update(tables.timers).where(
-            tables.timers.c.trial_id == trial.id, tables.timers.c.kind == kind
-        ).values(due_at=due_at, fired_at=None))
-
-
-def cancel(uow: UnitOfWork, trial: Trial, *kinds: str) -> None:
-    batch = getattr(uow, "batched_writes", None)
-    if batch is not None:
-        batch.cancel(trial.id, kinds)
-        return
-    uow.session.execute(delete(tables.timers).where(
-        tables.timers.c.trial_id == trial.id, tables.timers.c.kind.in_(kinds), tables.timers.c.fired_at.is_(None)))
-
-
-def deadlines(session, trial_id: str) -> dict[str, str]:
-    rows = session.execute(select(tables.timers.c.kind, tables.timers.c.due_at).where(
-        tables.timers.c.trial_id == trial_id, tables.timers.c.fired_at.is_(None)).order_by(tables.timers.c.due_at))
-    return {kind: due.isoformat() for kind, due in rows}
-
-
 class _Effects:
     """Collects the effects of one event under keys derived from its place in the history."""
 
-    def __init__(self, ctx: Context, event: Event):
+    def __init__(self, ctx: Context, event: Event, out: Decisions):
         self.ctx = ctx
         self.event = event
+        self.out = out
         self.trial = event.trial
         self.base = f"{self.trial.id}:{len(self.trial.history)}:{event.trigger}"
 
     def add(self, name: str, kind: str, payload: dict[str, Any]) -> None:
-        outbox.enqueue(self.ctx.uow, key=f"{self.base}:{name}", kind=kind, payload=payload,
-                       now=self.event.at, trial_id=self.trial.id)
+        self.out.effect(f"{self.base}:{name}", kind, payload, self.event.at, self.trial.id)
 
     def post(self, name: str, channel: str, text: str, *blocks: dict, ref: str | None = None,
              thread_ref: str | None = None) -> None:
@@ -137,47 +104,12 @@ class _Effects:
                                         "labels": labels, "ref": ref or f"{issue_kind}:{self.trial.id}"})
 
 
-def _who(ctx: Context, trial: Trial) -> str:
-    m = ctx.people.mention
-    return f"SDR {m(trial.sdr)} · AE {m(trial.ae)} · CE {m(trial.ce)}"
-
-
-def _lead(trial: Trial) -> str:
-    who = sb.escape(trial.name) if trial.name else trial.email
-    company = f" ({sb.escape(trial.company)})" if trial.company else ""
-    return f"*{who}*{company} <mailto:{trial.email}|{trial.email}>"
-
-
-def _score(trial: Trial) -> str:
-    grade = trial.pql_grade or "-"
-    return f"lead score: MQL {trial.mql_points or 0} pts{' (MQL)' if (trial.mql_points or 0) >= 15 else ''} · PQL grade {grade}"
-
-
-def instance_request_body(trial: Trial, ce_email: str, settings: Settings) -> str:
-    tags = ",".join(settings.license_tags)
-    return "\n".join([
-        f"### Cloud trial instance request: {trial.account_name or trial.domain}",
-        "",
-        f"- Account: {trial.account_name or trial.domain}",
-        f"- Domain: {trial.domain}",
-        f"- Requester: {trial.name or ''} <{trial.email}>".replace(" <", " <", 1),
-        f"- Assigned CE (needs operator access to create the password-reset link): {ce_email}",
-        f"- Opportunity: {trial.opportunity_id or 'n/a'}",
-        f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",
-        "",
-        "When the instance is ready, comment `/ready https://<instance host>` (or comment a line "
-        "`Instance: https://<instance host>` and add the label `instance-ready`).",
-        "",
-        f"<!-- trialflow:{trial.id}:instance-request -->",
-    ])
-
-
-def _claimed(fx: _Effects, ctx: Context, trial: Trial) -> None:
+def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
     named = trial.case == CASE_NAMED
     kind = "named account" if named else "pre-qualified account"
     fx.alert(
-        f":rocket: {_lead(trial)} signed up: {kind} *{trial.account_name}*; instance {trial.instance_url} claimed from the pool.",
-        sb.section(_who(ctx, trial)),
+        f":rocket: {lead(trial)} signed up: {kind} *{trial.account_name}*; instance {trial.instance_url} claimed from the pool.",
+        sb.section(who(ctx.people, trial)),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
         sb.buttons(trial.id, "convert_to_opportunity", "reassign"),
@@ -185,21 +117,21 @@ def _claimed(fx: _Effects, ctx: Context, trial: Trial) -> None:
     fx.email("reset-link", "password_reset", trial.email, instance_url=trial.instance_url,
              reset_link=f"{trial.instance_url}/password-reset?code={secrets.token_urlsafe(24)}", name=trial.name or "")
     fx.channel()
-    _start_clock(ctx, trial, fx.event.at)
+    _start_clock(fx, trial, fx.event.at)
 
 
-def _start_clock(ctx: Context, trial: Trial, now: datetime) -> None:
+def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
     start = trial.started_at or now
-    schedule(ctx.uow, trial, "termination_heads_up", start + timedelta(days=HEADS_UP_DAYS), now)
-    schedule(ctx.uow, trial, "day15_review", start + timedelta(days=REVIEW_DAYS), now)
+    fx.out.schedule(trial.id, lc.TERMINATION_HEADS_UP, start + timedelta(days=HEADS_UP_DAYS), now)
+    fx.out.schedule(trial.id, lc.DAY15_REVIEW, start + timedelta(days=REVIEW_DAYS), now)
 
 
-def _instance_requested(fx: _Effects, ctx: Context, trial: Trial, by: str) -> None:
-    fx.update_alert(f":white_check_mark: {_lead(trial)} qualified by {by}; instance requested. {_who(ctx, trial)}")
+def _instance_requested(fx: _Effects, ctx: Context, trial: PlainTrial, by: str) -> None:
+    fx.update_alert(f":white_check_mark: {lead(trial)} qualified by {by}; instance requested. {who(ctx.people, trial)}")
     fx.channel()
     ce = ctx.people.by_email(trial.ce)
     fx.issue("instance-request", "instance-request",
-             f"Cloud trial instance request: {trial.account_name or trial.domain}",
+             f"Cloud trial instance request: {account_of(trial)}",
              instance_request_body(trial, trial.ce or "", ctx.settings), ["cloud-trial", "instance-request"])
     ae = ctx.people.by_email(trial.ae)
     fx.email("welcome", "welcome", trial.email, cc=[trial.ae], sender=trial.ce or None,
@@ -207,25 +139,21 @@ def _instance_requested(fx: _Effects, ctx: Context, trial: Trial, by: str) -> No
              ce_email=trial.ce or "", ae_name=ae.name if ae else "")
 
 
-def apply(uow: UnitOfWork, trial: Trial, settings: Settings, ctx: Context | None = None) -> None:
-    """Turn the trial's recorded events into outbox rows and timers; clears the events."""
-    ctx = ctx or Context(uow, settings)
+def decide(trial: PlainTrial, ctx: Context) -> Decisions:
+    """What the trial's recorded events cause; clears the events."""
+    out = Decisions()
     events, trial.events[:] = list(trial.events), []
     for event in events:
-        fx = _Effects(ctx, event)
-        _HANDLERS.get(event.trigger, _nothing)(fx, ctx, trial, event)
-
-
-def _nothing(*_):
-    pass
+        HANDLERS[event.trigger](_Effects(ctx, event, out), ctx, trial, event)
+    return out
 
 
 def _on_route_to_existing(fx, ctx, trial, event):
-    fx.alert(f":house: {_lead(trial)} signed up; *{trial.domain}* already has {trial.instance_url}: redirected there.",
+    fx.alert(f":house: {lead(trial)} signed up; *{trial.domain}* already has {trial.instance_url}: redirected there.",
              sb.section(f"AE {ctx.people.mention(trial.ae)}: make sure the admin adds them "
                         "(without SSO they cannot join without an invite)."),
              sb.buttons(trial.id, "user_added"))
-    schedule(ctx.uow, trial, "user_added_reminder", event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
+    fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
 def _on_claim(fx, ctx, trial, event):
@@ -233,32 +161,32 @@ def _on_claim(fx, ctx, trial, event):
 
 
 def _on_wait(fx, ctx, trial, event):
-    text = f":hourglass: {_lead(trial)} is waiting for capacity (instance cap or empty pool); it proceeds by itself when an instance frees up."
+    text = f":hourglass: {lead(trial)} is waiting for capacity (instance cap or empty pool); it proceeds by itself when an instance frees up."
     if event.from_state == lc.TRIAGE:
         fx.update_alert(f"{text} Qualified by {ctx.people.mention(trial.sdr)}.")
     else:
-        fx.alert(text, sb.context(_score(trial)))
+        fx.alert(text, sb.context(score(trial)))
 
 
 def _on_triage(fx, ctx, trial, event):
-    fx.alert(f":mag: New cloud trial request from {_lead(trial)} ({trial.domain}): inbound SDR, please triage.",
-             sb.context(_score(trial)), sb.buttons(trial.id, "qualify", "disqualify"))
+    fx.alert(f":mag: New cloud trial request from {lead(trial)} ({trial.domain}): inbound SDR, please triage.",
+             sb.context(score(trial)), sb.buttons(trial.id, "qualify", "disqualify"))
 
 
 def _on_user_added(fx, ctx, trial, event):
-    fx.update_alert(f":white_check_mark: {_lead(trial)} was added to {trial.instance_url} (confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}).")
-    cancel(ctx.uow, trial, "user_added_reminder")
+    fx.update_alert(f":white_check_mark: {lead(trial)} was added to {trial.instance_url} (confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}).")
+    fx.out.cancel(trial.id, lc.USER_ADDED_REMINDER)
 
 
 def _on_remind_user_added(fx, ctx, trial, event):
     fx.post("reminder", ctx.alerts, f":bell: {ctx.people.mention(trial.ae)}: {trial.email} is still waiting to be added to {trial.instance_url}.",
             sb.buttons(trial.id, "user_added"), thread_ref=f"alert:{trial.id}")
-    schedule(ctx.uow, trial, "user_added_reminder", event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
+    fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
 def _on_disqualify(fx, ctx, trial, event):
     reason = event.detail.get("reason", "")
-    fx.update_alert(f":no_entry: {_lead(trial)} disqualified by {ctx.people.mention(trial.sdr)}: {reason}. Self-hosting email sent.")
+    fx.update_alert(f":no_entry: {lead(trial)} disqualified by {ctx.people.mention(trial.sdr)}: {reason}. Self-hosting email sent.")
     fx.email("self-host", "self_host", trial.email, name=trial.name or "")
 
 
@@ -271,7 +199,11 @@ def _on_request_instance(fx, ctx, trial, event):
 
 
 def _on_ready(fx, ctx, trial, event):
-    fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {_lead(trial)} is ready. "
+    # The instance is live and, unless the domain is a public mailbox's (shared by strangers:
+    # claiming it would send every later @hotmail.fr signup to this one person), its domain leads there.
+    fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
+                                        claim_domain=not is_public_domain(trial.domain), at=event.at))
+    fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
             f"CE {ctx.people.mention(trial.ce)}: log in with `?sourcegraph-operator`, create the password-reset link and send it.",
             sb.buttons(trial.id, "hand_off"))
     fx.add("issue-comment", "github.comment", {
@@ -282,31 +214,22 @@ def _on_ready(fx, ctx, trial, event):
 
 def _on_hand_off(fx, ctx, trial, event):
     fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}.")
-    _start_clock(ctx, trial, event.at)
+    _start_clock(fx, trial, event.at)
 
 
 def _on_convert_to_opp(fx, ctx, trial, event):
     opp = event.detail.get("opportunity_id") or trial.opportunity_id or "n/a"
-    fx.to_account_channel("opp", f":briefcase: Opportunity {opp} created for {trial.account_name or trial.domain}. {_who(ctx, trial)}")
+    fx.to_account_channel("opp", f":briefcase: Opportunity {opp} created for {account_of(trial)}. {who(ctx.people, trial)}")
 
 
 def _on_reassign(fx, ctx, trial, event):
-    fx.to_account_channel("reassigned", f":arrows_counterclockwise: {trial.email}'s trial reassigned: {_who(ctx, trial)}")
+    fx.to_account_channel("reassigned", f":arrows_counterclockwise: {trial.email}'s trial reassigned: {who(ctx.people, trial)}")
     fx.channel()
 
 
 def _on_domain_change(fx, ctx, trial, event):
     new = event.detail["new_host"]
-    body = "\n".join([
-        f"### Domain name change: {trial.instance_host} → {new}",
-        "", f"- Account: {trial.account_name or trial.domain}", f"- Requested by: {event.actor}", "",
-        "Changing the domain will break, until the admin reconfigures them:",
-        "- [ ] the auth provider (SSO): sign-in is broken until it is reconfigured",
-        "- [ ] permission syncing: repository permissions are broken until it is reconfigured",
-        "- [ ] webhooks pointing at the old domain",
-        "- [ ] every hard-coded link to the old domain",
-        "", f"<!-- trialflow:{trial.id}:domain-change:{len(trial.history)} -->",
-    ])
+    body = domain_change_body(trial, new, event.actor, len(trial.history))
     fx.issue("domain-change", "domain-change", f"Domain name change: {trial.instance_host} → {new}", body,
              ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}")
     fx.to_account_channel("domain-change-ae", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
@@ -326,37 +249,37 @@ def _on_extend(fx, ctx, trial, event):
     days = int(event.detail.get("days", EXTENSION_DAYS))
     until = datetime.fromisoformat(event.detail["until"])
     fx.issue("trial-extend", "trial-extend", f"Trial extend: {trial.instance_host} until {until.date()}",
-             f"Extend the cloud trial of {trial.account_name or trial.domain} ({trial.instance_url}) by {days} days, until {until.date()}.\n"
+             f"Extend the cloud trial of {account_of(trial)} ({trial.instance_url}) by {days} days, until {until.date()}.\n"
              f"Requested by: {event.actor}\n\n<!-- trialflow:{trial.id}:trial-extend:{len(trial.history)} -->",
              ["cloud-trial", "trial-extend"], ref=f"trial-extend:{trial.id}:{len(trial.history)}")
     if event.detail.get("license_change"):
         fx.issue("license-change", "license-change", f"License change for trial extension: {trial.instance_host}",
-                 f"The trial of {trial.account_name or trial.domain} is extended by more than {EXTENSION_DAYS} extra days (until {until.date()}): "
+                 f"The trial of {account_of(trial)} is extended by more than {EXTENSION_DAYS} extra days (until {until.date()}): "
                  f"its trial license must be extended too.\n\n<!-- trialflow:{trial.id}:license-change:{len(trial.history)} -->",
                  ["cloud-trial", "license-change"], ref=f"license-change:{trial.id}:{len(trial.history)}")
     fx.to_account_channel("extended", f":calendar: {trial.instance_url} extended until {until.date()} ({event.actor}).")
-    cancel(ctx.uow, trial, "termination_heads_up", "day15_review", "day30_escalation")
-    schedule(ctx.uow, trial, "day30_decision", until, event.at)
+    fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
+    fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
 
 
 def _on_remind_decision(fx, ctx, trial, event):
     fx.to_account_channel("decision", f":alarm_clock: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} has reached the end of its trial. Extend, convert or terminate.",
                           sb.buttons(trial.id, "extend", "convert", "terminate"))
-    schedule(ctx.uow, trial, "day30_escalation", event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
+    fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
 def _on_escalate(fx, ctx, trial, event):
-    fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({trial.account_name or trial.domain}) "
+    fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({account_of(trial)}) "
             f"after day 30. AE {ctx.people.mention(trial.ae)}, CE {ctx.people.mention(trial.ce)}: extend, convert or terminate.",
             sb.buttons(trial.id, "extend", "convert", "terminate"))
     # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
-    schedule(ctx.uow, trial, "day30_escalation", event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
+    fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
 def _on_convert(fx, ctx, trial, event):
-    fx.to_account_channel("converted", f":tada: {trial.account_name or trial.domain} converted to paid ({event.actor}).")
-    fx.update_alert(f":tada: {_lead(trial)}: converted.")
-    cancel(ctx.uow, trial, *TIMER_KINDS)
+    fx.to_account_channel("converted", f":tada: {account_of(trial)} converted to paid ({event.actor}).")
+    fx.update_alert(f":tada: {lead(trial)}: converted.")
+    fx.out.cancel(trial.id, *TIMER_KINDS)
 
 
 def _on_terminate(fx, ctx, trial, event):
@@ -364,7 +287,7 @@ def _on_terminate(fx, ctx, trial, event):
     why = f"{reason or 'no reason given'}; {event.actor}"
     if trial.instance_host:
         fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
-                 f"Terminate {trial.instance_url} ({trial.account_name or trial.domain}). Reason: {reason}\nRequested by: {event.actor}\n\n"
+                 f"Terminate {trial.instance_url} ({account_of(trial)}). Reason: {reason}\nRequested by: {event.actor}\n\n"
                  f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
         done = f"{trial.instance_url} is being terminated"
     elif event.from_state == lc.INSTANCE_REQUESTED:
@@ -373,24 +296,14 @@ def _on_terminate(fx, ctx, trial, event):
             "ref": f"instance-request:{trial.id}",
             "body": f"Request cancelled by {event.actor} ({reason or 'no reason given'}): please stop provisioning this instance.",
         })
-        done = f"The instance request for {trial.account_name or trial.domain} is cancelled"
+        done = f"The instance request for {account_of(trial)} is cancelled"
     else:
         done = f"{trial.email} left the capacity queue"
     fx.to_account_channel("terminated", f":wastebasket: {done} ({why}).", sb.buttons(trial.id, "request_feedback"))
-    fx.update_alert(f":wastebasket: {_lead(trial)}: terminated.")
-    cancel(ctx.uow, trial, *TIMER_KINDS)
+    fx.update_alert(f":wastebasket: {lead(trial)}: terminated.")
+    fx.out.cancel(trial.id, *TIMER_KINDS)
     if trial.instance_host:
-        release_instance(ctx.uow, trial.instance_host)
-
-
-def release_instance(uow: UnitOfWork, host: str) -> None:
-    """The instance is being terminated: it no longer counts as live, and its domain is free again."""
-    batch = getattr(uow, "batched_writes", None)
-    if batch is not None:
-        batch.release_instance(host)
-        return
-    uow.session.execute(update(tables.instances).where(tables.instances.c.host == host).values(status="terminated"))
-    uow.session.execute(delete(tables.domain_claims).where(tables.domain_claims.c.instance_host == host))
+        fx.out.release_instance(trial.instance_host)
 
 
 def _on_feedback(fx, ctx, trial, event):
@@ -398,27 +311,28 @@ def _on_feedback(fx, ctx, trial, event):
              cc=[trial.ce])
 
 
-_HANDLERS = {
-    "route_to_existing": _on_route_to_existing,
-    "claim_pool_instance": _on_claim,
-    "wait_for_capacity": _on_wait,
-    "send_to_triage": _on_triage,
-    "confirm_user_added": _on_user_added,
-    "remind_user_added": _on_remind_user_added,
-    "disqualify": _on_disqualify,
-    "qualify": _on_qualify,
-    "request_instance": _on_request_instance,
-    "mark_instance_ready": _on_ready,
-    "hand_off": _on_hand_off,
-    "convert_to_opportunity": _on_convert_to_opp,
-    "reassign": _on_reassign,
-    "request_domain_change": _on_domain_change,
-    "warn_termination": _on_warn,
-    "keep": _on_keep,
-    "extend": _on_extend,
-    "remind_decision": _on_remind_decision,
-    "escalate_decision": _on_escalate,
-    "convert": _on_convert,
-    "terminate": _on_terminate,
-    "request_feedback": _on_feedback,
+# One handler per lifecycle step (a test checks that every trigger of the table has one).
+HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
+    lc.ROUTE_TO_EXISTING: _on_route_to_existing,
+    lc.CLAIM_POOL_INSTANCE: _on_claim,
+    lc.WAIT_FOR_CAPACITY: _on_wait,
+    lc.SEND_TO_TRIAGE: _on_triage,
+    lc.CONFIRM_USER_ADDED: _on_user_added,
+    lc.REMIND_USER_ADDED: _on_remind_user_added,
+    lc.DISQUALIFY: _on_disqualify,
+    lc.QUALIFY: _on_qualify,
+    lc.REQUEST_INSTANCE: _on_request_instance,
+    lc.MARK_INSTANCE_READY: _on_ready,
+    lc.HAND_OFF: _on_hand_off,
+    lc.CONVERT_TO_OPPORTUNITY: _on_convert_to_opp,
+    lc.REASSIGN: _on_reassign,
+    lc.REQUEST_DOMAIN_CHANGE: _on_domain_change,
+    lc.WARN_TERMINATION: _on_warn,
+    lc.KEEP: _on_keep,
+    lc.EXTEND: _on_extend,
+    lc.REMIND_DECISION: _on_remind_decision,
+    lc.ESCALATE_DECISION: _on_escalate,
+    lc.CONVERT: _on_convert,
+    lc.TERMINATE: _on_terminate,
+    lc.REQUEST_FEEDBACK: _on_feedback,
 }

@@ -28,21 +28,23 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import any_, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
+from trialflow.domain.decisions import Decisions
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import TrialflowError
 from trialflow.metrics import record_sweep
-from trialflow.services import outbox, policies
+from trialflow.services import capacity, outbox, policies
 from trialflow.services import slack_blocks as sb
-from trialflow.services.signups import _check_pool_low_water, has_capacity
-from trialflow.services.trials import Command, handle, promote_waiting
+from trialflow.services.directory import Directory
+from trialflow.services.timers import step_for
+from trialflow.services.trials import Command, promote_waiting, step
 from trialflow.services.uow import UnitOfWork
+from trialflow.services.writer import among
 
 log = logging.getLogger("trialflow.sweep")
 
@@ -61,36 +63,6 @@ class SweepReport:
 
     def add(self, text: str) -> None:
         self.actions.append(text)
-
-
-def _decide(trial: Trial, kind: str) -> tuple[str, dict] | None:
-    """Which step a due timer causes now, if any (a timer left behind by a later change does nothing)."""
-    if kind == "user_added_reminder" and trial.state == lc.JOINING_EXISTING:
-        return "remind_user_added", {}
-    if kind == "termination_heads_up" and trial.state == lc.ACTIVE and not trial.kept and not _active(trial):
-        return "warn_termination", {}
-    if kind == "day15_review" and trial.state == lc.ACTIVE:
-        if _active(trial):
-            return "extend", {"days": policies.EXTENSION_DAYS, "reason": "day 15: activity on the instance"}
-        if trial.kept:
-            return "extend", {"days": policies.EXTENSION_DAYS, "reason": "day 15: kept by the CE"}
-        return "terminate", {"reason": "day 15: no activity on the instance"}
-    if kind == "day30_decision" and trial.state == lc.EXTENDED:
-        return "remind_decision", {}
-    if kind == "day30_escalation" and trial.state == lc.EXTENDED:
-        return "escalate_decision", {}
-    return None
-
-
-def _active(trial: Trial) -> bool:
-    """'Inactive at day 15' = no activity reported since the trial started, and PQL grade D or none.
-
-    Activity arrives from the instance (``POST /api/instances/{host}/activity``), which sets
-    ``last_activity_at`` when a report shows any use; the PQL grade comes from lead scoring.
-    """
-    if trial.pql_grade in ("A", "B", "C"):
-        return True
-    return bool(trial.last_activity_at and trial.started_at and trial.last_activity_at >= trial.started_at)
 
 
 def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
@@ -121,94 +93,6 @@ def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 50
     return report
 
 
-class BatchedWrites:
-    """The timers, effects and freed instances of a batch of clock steps, written at its end in a
-    handful of statements.
-
-    One statement per effect and per timer change was most of a sweep's cost (~0.3 ms of client
-    CPU each). ``outbox.enqueue`` and ``policies.schedule``/``cancel``/``release_instance`` hand
-    their writes here while ``uow.batched_writes`` is set. Timer changes keep only the last operation per (trial, kind),
-    which leaves the same rows as running them in order (a cancel only deletes unfired timers, and
-    a schedule upserts). Effects keep their order; a repeated idempotency key is still a no-op.
-    Nothing in a clock step reads timers or effects back, which is what makes deferring them safe.
-    """
-
-    def __init__(self) -> None:
-        self.effects: list[dict] = []
-        self.timers: dict[tuple[str, str], tuple[datetime, datetime] | None] = {}  # None: cancel
-        self.released_hosts: list[str] = []
-
-    def effect(self, values: dict) -> None:
-        self.effects.append(values)
-
-    def schedule(self, trial_id: str, kind: str, due_at: datetime, now: datetime) -> None:
-        self.timers[(trial_id, kind)] = (due_at, now)
-
-    def cancel(self, trial_id: str, kinds) -> None:
-        for kind in kinds:
-            self.timers[(trial_id, kind)] = None
-
-    def release_instance(self, host: str) -> None:
-        self.released_hosts.append(host)
-
-    def write(self, uow: UnitOfWork) -> None:
-        session = uow.session
-        t = tables.timers
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        cancelled: dict[str, list[str]] = {}
-        for (trial_id, kind), op in self.timers.items():
-            if op is None:
-                cancelled.setdefault(kind, []).append(trial_id)
-        for kind, trial_ids in cancelled.items():
-            session.execute(delete(t).where(t.c.kind == kind, _among(session, t.c.trial_id, trial_ids), t.c.fired_at.is_(None)))
-        schedules = [{"trial_id": trial_id, "kind": kind, "due_at": op[0], "created_at": op[1]}
-                     for (trial_id, kind), op in self.timers.items() if op is not None]
-        if schedules:
-            upsert = dialect.insert(t)
-            session.execute(upsert.on_conflict_do_update(index_elements=[t.c.trial_id, t.c.kind], set_={
-                "due_at": upsert.excluded.due_at, "fired_at": None}), schedules)
-        if self.effects:
-            uow.new_effect_ids.extend(_insert_effects(session, self.effects))
-        if self.released_hosts:
-            session.execute(update(tables.instances).where(_among(session, tables.instances.c.host, self.released_hosts))
-                            .values(status="terminated"))
-            session.execute(delete(tables.domain_claims).where(_among(session, tables.domain_claims.c.instance_host, self.released_hosts)))
-        self.effects, self.timers, self.released_hosts = [], {}, []
-
-
-def _among(session, column, values: list):
-    """``column IN values``. On PostgreSQL as ``= ANY(array)``: one parameter instead of hundreds,
-    so the statement stays short enough for psycopg to cache (parsing a 500-placeholder statement
-    costs more than running it)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(values)
-
-
-_EFFECT_COLUMNS = ("key", "kind", "payload", "trial_id", "status", "attempts", "next_attempt_at", "created_at")
-
-
-def _insert_effects(session, effects: list[dict]) -> list[int]:
-    """Insert a batch of effects (a repeated idempotency key is a no-op); returns the new ids."""
-    if session.get_bind().dialect.name != "postgresql":
-        return list(session.execute(sqlite.insert(tables.outbox).on_conflict_do_nothing(index_elements=["key"])
-                                    .returning(tables.outbox.c.id), effects).scalars())
-    # psycopg's pipelined executemany: one short prepared statement, instead of the multi-row
-    # VALUES SQLAlchemy would build (thousands of placeholders, re-parsed on every batch).
-    from psycopg.types.json import Jsonb
-    sql = (f"INSERT INTO outbox ({', '.join(_EFFECT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_EFFECT_COLUMNS))}) "
-           "ON CONFLICT (key) DO NOTHING RETURNING id")
-    rows = [tuple(Jsonb(e[c]) if c == "payload" else e[c] for c in _EFFECT_COLUMNS) for e in effects]
-    ids: list[int] = []
-    with session.connection().connection.driver_connection.cursor() as cur:
-        cur.executemany(sql, rows, returning=True)
-        for _ in cur.results():
-            row = cur.fetchone()
-            if row is not None:
-                ids.append(row[0])
-    return ids
-
-
 def _more(claimed: int, settled: int, batch: int) -> bool:
     """Another batch may be due: this one was full, and it moved something (a batch made only of
     timers whose step fails would otherwise be claimed again and again)."""
@@ -232,7 +116,6 @@ def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch
             return _claim_and_step(uow, rt, now, report, batch, lock, careful=False)
     except Exception as exc:  # noqa: BLE001 - redo carefully; the careful pass logs the culprit
         log.warning("sweep batch failed (%s: %s); redoing it one trial at a time", type(exc).__name__, exc)
-        uow.batched_writes = None
         del uow.new_effect_ids[effects_before:]
     return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
 
@@ -250,23 +133,22 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
     due = session.execute(due_stmt).all()
     if not due:
         return 0, 0
-    session.execute(update(t).where(_among(session, t.c.id, [row.id for row in due])).values(fired_at=now))
+    session.execute(update(t).where(among(session, t.c.id, [row.id for row in due])).values(fired_at=now))
 
     trial_ids = sorted({row.trial_id for row in due if row.trial_id is not None})
-    trials_stmt = (select(Trial).where(_among(session, tables.trials.c.id, trial_ids)).order_by(tables.trials.c.id)
+    trials_stmt = (select(Trial).where(among(session, tables.trials.c.id, trial_ids)).order_by(tables.trials.c.id)
                    .options(selectinload(Trial.history)))
     if lock:
         trials_stmt = trials_stmt.with_for_update(of=tables.trials)
     trials = {trial.id: trial for trial in session.scalars(trials_stmt)} if trial_ids else {}
 
-    ctx = policies.Context(uow, rt.settings)
-    batched = None if careful else BatchedWrites()
-    uow.batched_writes = batched
+    ctx = policies.Context(Directory(session), rt.settings)
+    decided = Decisions()  # the fast path writes the whole batch's decisions at its end
     done: list[str] = []
     left_due = 0
     for row in due:
         trial = trials.get(row.trial_id)
-        decision = _decide(trial, row.kind) if trial is not None else None
+        decision = step_for(trial, row.kind) if trial is not None else None
         if decision is None:
             continue
         trigger, detail = decision
@@ -274,7 +156,7 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
         if careful:
             try:
                 with session.begin_nested():
-                    handle(uow, rt.settings, now, cmd, trial=trial, ctx=ctx)
+                    uow.persist(step(uow, rt.settings, now, cmd, trial, ctx))
             except TrialflowError as exc:
                 log.warning("timer %s for %s: %s", row.kind, row.trial_id, exc, extra={"trial_id": row.trial_id})
                 continue
@@ -285,18 +167,16 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
                 left_due += 1
                 continue
         else:
-            # For the clock's own steps handle() refuses (TrialflowError) before changing anything,
+            # For the clock's own steps step() refuses (TrialflowError) before changing anything,
             # so skipping the trial needs no savepoint.
             try:
                 with session.no_autoflush:
-                    handle(uow, rt.settings, now, cmd, trial=trial, ctx=ctx)
+                    decided.extend(step(uow, rt.settings, now, cmd, trial, ctx))
             except TrialflowError as exc:
                 log.warning("timer %s for %s: %s", row.kind, row.trial_id, exc, extra={"trial_id": row.trial_id})
                 continue
         done.append(f"{trial.id} {trial.email}: {row.kind} → {trigger} (now {trial.state})")
-    if batched is not None:
-        uow.batched_writes = None
-        batched.write(uow)
+    uow.persist(decided)
     session.flush()
     report.timers_fired += len(due) - left_due
     report.trials_touched += len(done)
@@ -324,14 +204,14 @@ def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Tri
         report.add(f"{trial.id} {trial.email}: capacity freed → {trial.state}")
         return True
     # a pre-qualified trial may wait for the pool while a manual one behind it can still go
-    return None if not has_capacity(uow, rt.settings) else False
+    return None if not capacity.has_capacity(uow.session, rt.settings) else False
 
 
 def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
     """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
     waiting = _waiting(uow, lock)
     # Nobody can move while the cap is reached: one count instead of one attempt per waiting trial.
-    if not waiting or not has_capacity(uow, rt.settings):
+    if not waiting or not capacity.has_capacity(uow.session, rt.settings):
         return
     for trial in waiting:
         if _promote(uow, rt, now, report, trial) is None:
@@ -347,7 +227,7 @@ def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
     """
     with rt.uow() as uow:
         ids = [t.id for t in _waiting(uow, lock=False)]
-        if not ids or not has_capacity(uow, rt.settings):
+        if not ids or not capacity.has_capacity(uow.session, rt.settings):
             return
     for trial_id in ids:
         with rt.uow() as uow:
@@ -377,7 +257,5 @@ def _sweep_program(uow: UnitOfWork, rt, now: datetime, report: SweepReport) -> N
                              f"last rotated {rotated.date()}). Rotate it, then run `trialflow license rotated`."),
             }):
                 report.add("license rotation reminder posted")
-    before = len(uow.new_effect_ids)
-    _check_pool_low_water(uow, rt.settings, now)
-    if len(uow.new_effect_ids) > before:
+    if uow.persist(capacity.pool_low_water(uow.session, rt.settings, now)):
         report.add("pool below its low-water mark: replenish request raised")

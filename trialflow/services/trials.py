@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 
 from trialflow.db import tables
-from trialflow.db.sql import insert_ignore, take_lock
 from trialflow.domain import lifecycle as lc
+from trialflow.domain.decisions import Decisions
 from trialflow.domain.normalize import is_public_domain, normalize_domain
-from trialflow.domain.trial import SYSTEM, Trial
+from trialflow.domain.trial import CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
-from trialflow.services import policies
+from trialflow.services import capacity, policies
 from trialflow.services.directory import Directory, Person, next_in_rotation
-from trialflow.services.signups import CAPACITY_LOCK, claim_for_domain, has_capacity
+from trialflow.services.timers import EXTENSION_DAYS, REVIEW_DAYS
 from trialflow.services.uow import UnitOfWork
 
 SDR_ROLES = {"inbound_sdr", "named_sdr", "admin"}
@@ -69,17 +69,26 @@ def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, int
     raise NotAllowed(f"only {needed} can do this ({trigger}); {person.name} is {person.role}")
 
 
-def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial | None = None,
-           ctx: policies.Context | None = None) -> Trial:
-    """``trial``: already loaded *and row-locked* by the caller (the sweep locks a batch at once);
-    ``ctx``: a policy context shared across commands of one transaction (its staff lookups are cached)."""
-    trial = trial if trial is not None else get_trial(uow, cmd.trial_id, lock=True)
+def step(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial,
+         ctx: policies.Context) -> Decisions:
+    """Take one command's step on ``trial`` (loaded *and row-locked* by the caller) and return
+    what it decided, unwritten: the sweep writes a whole batch's decisions at once."""
     authorize(trial, cmd.trigger, cmd.person, cmd.actor, cmd.internal)
     if not trial.can(cmd.trigger):
         raise TransitionRefused(cmd.trigger, trial.state)
-    handler = _HANDLERS.get(cmd.trigger, _plain)
+    handler = COMMAND_HANDLERS.get(cmd.trigger)
+    if handler is None:  # a routing step: trialflow takes it itself, inside a signup or the queue
+        raise TransitionRefused(cmd.trigger, trial.state)
     handler(uow, settings, now, trial, cmd)
-    policies.apply(uow, trial, settings, ctx)
+    return policies.decide(trial, ctx)
+
+
+def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial | None = None,
+           ctx: policies.Context | None = None) -> Trial:
+    """One command in the caller's transaction: lock the trial, take its step, write what it decided.
+    ``ctx``: a policy context shared across commands of one transaction (its staff lookups are cached)."""
+    trial = trial if trial is not None else get_trial(uow, cmd.trial_id, lock=True)
+    uow.persist(step(uow, settings, now, cmd, trial, ctx or policies.Context(Directory(uow.session), settings)))
     return trial
 
 
@@ -123,11 +132,11 @@ def _qualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.account_name = trial.account_name or account_name_for(trial)
     trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
     trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
-    take_lock(uow.session, CAPACITY_LOCK)
-    if not has_capacity(uow, settings):
-        trial.fire("wait_for_capacity", actor=cmd.actor, at=now, reason="instance cap reached", qualified=True, **cmd.detail)
+    capacity.lock_capacity(uow.session)
+    if not capacity.has_capacity(uow.session, settings):
+        trial.fire(lc.WAIT_FOR_CAPACITY, actor=cmd.actor, at=now, reason="instance cap reached", qualified=True, **cmd.detail)
         return
-    trial.fire("qualify", actor=cmd.actor, at=now, **cmd.detail)
+    trial.fire(lc.QUALIFY, actor=cmd.actor, at=now, **cmd.detail)
 
 
 def _disqualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
@@ -136,7 +145,7 @@ def _disqualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
         raise InvalidSignup("a disqualification needs a reason", "reason")
     if cmd.person is not None:
         trial.sdr = cmd.person.email
-    trial.fire("disqualify", actor=cmd.actor, at=now, reason=reason)
+    trial.fire(lc.DISQUALIFY, actor=cmd.actor, at=now, reason=reason)
 
 
 def _convert_to_opp(uow, settings, now, trial: Trial, cmd: Command) -> None:
@@ -145,7 +154,7 @@ def _convert_to_opp(uow, settings, now, trial: Trial, cmd: Command) -> None:
         trial.opportunity_id = opp
     if cmd.person is not None and cmd.person.role in SDR_ROLES - {"admin"}:
         trial.sdr = trial.sdr or cmd.person.email
-    trial.fire("convert_to_opportunity", actor=cmd.actor, at=now, opportunity_id=trial.opportunity_id)
+    trial.fire(lc.CONVERT_TO_OPPORTUNITY, actor=cmd.actor, at=now, opportunity_id=trial.opportunity_id)
 
 
 def _reassign(uow, settings, now, trial: Trial, cmd: Command) -> None:
@@ -159,7 +168,7 @@ def _reassign(uow, settings, now, trial: Trial, cmd: Command) -> None:
             if person is None or person.role != role or not person.active:
                 raise InvalidSignup(f"{wanted} is not an active {role.upper()} in staff.csv", role)
             setattr(trial, role, person.email)
-    trial.fire("reassign", actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce)
+    trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce)
 
 
 def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
@@ -167,44 +176,35 @@ def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
     if not host:
         raise InvalidSignup("the instance's URL or host is needed to mark it ready", "host")
     host = normalize_domain(host.split("://", 1)[-1].split("/", 1)[0])
-    trial.instance_host = host
-    if not insert_ignore(uow.session, tables.instances, {"host": host, "admin_email": trial.email, "status": "live",
-                                                        "trial_id": trial.id, "claimed_at": now}):
-        uow.session.execute(tables.instances.update().where(tables.instances.c.host == host)
-                            .values(status="live", admin_email=trial.email, trial_id=trial.id, claimed_at=now))
-    # A public mailbox domain is shared by strangers: claiming it would send every later
-    # @hotmail.fr signup to this one person's instance.
-    if not is_public_domain(trial.domain):
-        insert_ignore(uow.session, tables.domain_claims, {"domain": trial.domain, "instance_host": host,
-                                                          "trial_id": trial.id, "claimed_at": now})
-    trial.fire("mark_instance_ready", actor=cmd.actor, at=now, instance=host)
+    trial.instance_host = host  # the instance is registered as live by the step's decisions
+    trial.fire(lc.MARK_INSTANCE_READY, actor=cmd.actor, at=now, instance=host)
 
 
 def _keep(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.kept = True
-    trial.fire("keep", actor=cmd.actor, at=now)
+    trial.fire(lc.KEEP, actor=cmd.actor, at=now)
 
 
 def current_end(trial: Trial) -> datetime:
     """When the trial currently ends: the last extension's date, or day 15."""
     for entry in reversed(trial.history):
-        if entry.trigger == "extend" and entry.detail.get("until"):
+        if entry.trigger == lc.EXTEND and entry.detail.get("until"):
             return datetime.fromisoformat(entry.detail["until"])
-    return trial.started_at + timedelta(days=policies.REVIEW_DAYS)
+    return trial.started_at + timedelta(days=REVIEW_DAYS)
 
 
 def _extend(uow, settings, now, trial: Trial, cmd: Command) -> None:
     try:
-        days = int(cmd.detail.get("days") or policies.EXTENSION_DAYS)
+        days = int(cmd.detail.get("days") or EXTENSION_DAYS)
     except (TypeError, ValueError):
         raise InvalidSignup("days must be a whole number", "days") from None
     if not 1 <= days <= 90:
         raise InvalidSignup("an extension is between 1 and 90 days", "days")
     until = current_end(trial) + timedelta(days=days)
-    extra = until - (trial.started_at + timedelta(days=policies.REVIEW_DAYS))
+    extra = until - (trial.started_at + timedelta(days=REVIEW_DAYS))
     # The seed: a 15-day extension needs no license change; anything beyond 15 extra days does.
-    license_change = extra > timedelta(days=policies.EXTENSION_DAYS)
-    trial.fire("extend", actor=cmd.actor, at=now, days=days, until=until.isoformat(), license_change=license_change,
+    license_change = extra > timedelta(days=EXTENSION_DAYS)
+    trial.fire(lc.EXTEND, actor=cmd.actor, at=now, days=days, until=until.isoformat(), license_change=license_change,
                **{k: v for k, v in cmd.detail.items() if k not in ("days",)})
 
 
@@ -213,36 +213,51 @@ def _domain_change(uow, settings, now, trial: Trial, cmd: Command) -> None:
     if not sub or not all(c.isalnum() or c == "-" for c in sub) or sub.startswith("-") or len(sub) > 63:
         raise InvalidSignup("the new subdomain must be letters, digits and dashes, like acme-corp", "subdomain")
     parent = trial.instance_host.split(".", 1)[1] if trial.instance_host and "." in trial.instance_host else "sourcegraph.com"
-    trial.fire("request_domain_change", actor=cmd.actor, at=now, new_host=f"{sub}.{parent}")
+    trial.fire(lc.REQUEST_DOMAIN_CHANGE, actor=cmd.actor, at=now, new_host=f"{sub}.{parent}")
 
 
 def _terminate(uow, settings, now, trial: Trial, cmd: Command) -> None:
-    trial.fire("terminate", actor=cmd.actor, at=now, reason=(cmd.detail.get("reason") or "").strip())
+    trial.fire(lc.TERMINATE, actor=cmd.actor, at=now, reason=(cmd.detail.get("reason") or "").strip())
 
 
-_HANDLERS = {
-    "qualify": _qualify,
-    "disqualify": _disqualify,
-    "convert_to_opportunity": _convert_to_opp,
-    "reassign": _reassign,
-    "mark_instance_ready": _mark_ready,
-    "keep": _keep,
-    "extend": _extend,
-    "request_domain_change": _domain_change,
-    "terminate": _terminate,
+# One handler per step a command can take (a test checks that, with the routing steps, this
+# covers the lifecycle table exactly once).
+COMMAND_HANDLERS: dict[str, Callable[[UnitOfWork, Any, datetime, Trial, Command], None]] = {
+    lc.QUALIFY: _qualify,
+    lc.DISQUALIFY: _disqualify,
+    lc.CONVERT_TO_OPPORTUNITY: _convert_to_opp,
+    lc.REASSIGN: _reassign,
+    lc.MARK_INSTANCE_READY: _mark_ready,
+    lc.KEEP: _keep,
+    lc.EXTEND: _extend,
+    lc.REQUEST_DOMAIN_CHANGE: _domain_change,
+    lc.TERMINATE: _terminate,
+    lc.CONFIRM_USER_ADDED: _plain,
+    lc.REMIND_USER_ADDED: _plain,
+    lc.HAND_OFF: _plain,
+    lc.WARN_TERMINATION: _plain,
+    lc.REMIND_DECISION: _plain,
+    lc.ESCALATE_DECISION: _plain,
+    lc.CONVERT: _plain,
+    lc.REQUEST_FEEDBACK: _plain,
 }
+# Steps trialflow takes while routing a signup or moving the capacity queue, never as a command.
+ROUTING_STEPS = frozenset({lc.ROUTE_TO_EXISTING, lc.CLAIM_POOL_INSTANCE, lc.WAIT_FOR_CAPACITY, lc.SEND_TO_TRIAGE,
+                           lc.REQUEST_INSTANCE})
 
 
 def promote_waiting(uow: UnitOfWork, settings, now: datetime, trial: Trial) -> bool:
-    """Capacity freed: move one waiting trial on. True when it moved."""
-    if trial.case in ("prequalified_named", "prequalified_unnamed"):
-        claim_for_domain(uow, settings, trial, now)
+    """Capacity freed: move one waiting trial on, and write what that decided. True when it moved."""
+    decisions = Decisions()
+    if trial.case in (CASE_NAMED, CASE_UNNAMED):
+        decisions.extend(capacity.claim_for_domain(uow.session, settings, trial, now))
         moved = trial.state != lc.WAITING_FOR_CAPACITY
     else:
-        take_lock(uow.session, CAPACITY_LOCK)
-        if not has_capacity(uow, settings):
+        capacity.lock_capacity(uow.session)
+        if not capacity.has_capacity(uow.session, settings):
             return False
-        trial.fire("request_instance", actor=SYSTEM, at=now)
+        trial.fire(lc.REQUEST_INSTANCE, actor=SYSTEM, at=now)
         moved = True
-    policies.apply(uow, trial, settings)
+    decisions.extend(policies.decide(trial, policies.Context(Directory(uow.session), settings)))
+    uow.persist(decisions)
     return moved

@@ -6,6 +6,9 @@ from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from trialflow.domain.decisions import Decisions
+from trialflow.services import writer
+
 
 def wake_safely(wake: Callable[[list[int]], None], ids: list[int]) -> None:
     """Wake delivery for effects just committed. The rows are durable already and the relay
@@ -34,6 +37,13 @@ class UnitOfWork:
             self.session.rollback()
         finally:
             self.session.close()
+
+    def persist(self, decisions: Decisions) -> list[int]:
+        """Write what a step decided in this transaction (``services.writer``); its new effects
+        are woken for delivery once the transaction commits."""
+        ids = writer.write(self.session, decisions)
+        self.new_effect_ids.extend(ids)
+        return ids
 
     def commit(self) -> None:
         self.session.commit()
