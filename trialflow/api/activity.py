@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from trialflow.api.app import RT, error, read_body
+from trialflow.api.common import RT, error, read_body
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.services import activity

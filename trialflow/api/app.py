@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 from sqlalchemy import select
 
+from trialflow.api import activity, dashboard, events, github, slack
+from trialflow.api.common import RT, BodyTooLarge, collect_body, error, read_body
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.db.engine import LoopConnections
@@ -22,42 +24,11 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
+from trialflow.metrics import render
 from trialflow.runtime import Runtime
 from trialflow.services import signups
 
 log = logging.getLogger("trialflow.api")
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` without reading it all."""
-    return await _collect(request.stream(), request.headers.get("content-length"), limit)
-
-
-async def _collect(chunks, declared: str | None, limit: int) -> bytes:
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge()
-    parts, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-RT = Annotated[Runtime, Depends(get_runtime)]
-
-
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
 
 
 # The signup's transactions run on their own threads, not the anyio pool every other route uses:
@@ -161,7 +132,7 @@ async def _read_asgi_body(scope, receive, limit: int) -> bytes:
     """``read_body`` on the bare ASGI interface: the same 413 rules, and a disconnect is the
     ClientDisconnect that Starlette's request stream raises."""
     declared = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"content-length"), None)
-    return await _collect(_asgi_chunks(receive), declared, limit)
+    return await collect_body(_asgi_chunks(receive), declared, limit)
 
 
 async def _asgi_chunks(receive):
@@ -310,10 +281,8 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(rt: RT):
         """Prometheus text exposition."""
-        from trialflow.metrics import render
         return PlainTextResponse(render(rt), media_type="text/plain; version=0.0.4")
 
-    from trialflow.api import activity, dashboard, events, github, slack
     for module in (slack, github, activity, events, dashboard):
         app.include_router(module.router)
     return app

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
-from trialflow.api.app import RT, error
+from trialflow.api.common import RT, error
 from trialflow.funnel import STEPS, Cohort, Funnel, duration, funnel_from_db, percent
 
 router = APIRouter(tags=["growth"])

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from trialflow import scoring
-from trialflow.api.app import RT, error, read_body
+from trialflow.api.common import RT, error, read_body
 from trialflow.db import tables
 from trialflow.domain.normalize import normalize_email
 from trialflow.errors import InvalidSignup

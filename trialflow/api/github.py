@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from trialflow.api.app import RT, error, read_body
+from trialflow.api.common import RT, error, read_body
 from trialflow.services import interactions
 
 log = logging.getLogger("trialflow.api.github")

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 
-from trialflow.api.app import RT, error, read_body
+from trialflow.api.common import RT, error, read_body
 from trialflow.services import interactions
 
 log = logging.getLogger("trialflow.api.slack")
