@@ -6,6 +6,7 @@
     ├── TransitionRefused    the lifecycle does not allow this trigger now (409)
     ├── NotAllowed           the person may not take this step (403)
     ├── ConfigError          bad reference data or settings, with file and line
+    ├── SlackCallFailed      Slack would not open a form while the person waited (views.open)
     └── DeliveryError        an effect could not be delivered
         ├── RetryLater       transient: try again (after ``retry_after`` seconds if known)
         └── PermanentFailure the provider refused for good: park the effect
@@ -50,6 +51,10 @@ class ConfigError(TrialflowError):
         self.line = line
         where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
         super().__init__(f"{where}{message}")
+
+
+class SlackCallFailed(TrialflowError):
+    pass
 
 
 class DeliveryError(TrialflowError):

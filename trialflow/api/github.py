@@ -10,13 +10,15 @@ import hashlib
 import hmac
 import json
 import logging
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from trialflow.api.common import RT, error, read_body
-from trialflow.services import interactions
+from trialflow.delivery.github import issue_comments
+from trialflow.services.github_signals import handle_github_delivery
 
 log = logging.getLogger("trialflow.api.github")
 router = APIRouter(tags=["github"])
@@ -52,6 +54,7 @@ async def github_webhooks(request: Request, rt: RT):
         return error(400, "The delivery's body is not JSON (set the webhook's content type to application/json).")
     if not isinstance(payload, dict):
         return error(400, "The delivery's body must be a JSON object.")
-    result = await run_in_threadpool(interactions.handle_github_delivery, rt, delivery, event, payload)
+    result = await run_in_threadpool(handle_github_delivery, rt, delivery, event, payload,
+                                     partial(issue_comments, rt.settings))
     log.info("GitHub %s delivery %s: %s", event, delivery, result.get("status"), extra={"trial_id": result.get("trial_id")})
     return JSONResponse(result)

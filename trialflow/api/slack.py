@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 
 from trialflow.api.common import RT, error, read_body
-from trialflow.services import interactions
+from trialflow.delivery.slack import slack_web
+from trialflow.services.slack_commands import handle_slash_command
+from trialflow.services.slack_interactions import handle_interaction
 
 log = logging.getLogger("trialflow.api.slack")
 router = APIRouter(tags=["slack"])
@@ -72,8 +74,8 @@ async def slack_interactions(request: Request, rt: RT, background: BackgroundTas
         return error(400, "Expected a form field 'payload' holding the interaction's JSON.")
     if not isinstance(payload, dict):
         return error(400, "The interaction payload must be a JSON object.")
-    web = interactions.slack_web(rt.settings)
-    reply = await run_in_threadpool(interactions.handle_interaction, rt, payload, web)
+    web = slack_web(rt.settings)
+    reply = await run_in_threadpool(handle_interaction, rt, payload, web)
     if reply.notify and reply.response_url:
         background.add_task(web.respond, reply.response_url, reply.notify)
     if reply.body is None:
@@ -88,5 +90,5 @@ async def slack_commands(request: Request, rt: RT):
     if isinstance(body, Response):
         return body
     form = _form(body)
-    answer = await run_in_threadpool(interactions.handle_slash_command, rt, form)
+    answer = await run_in_threadpool(handle_slash_command, rt, form)
     return JSONResponse(answer)

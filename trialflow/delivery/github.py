@@ -11,6 +11,9 @@ Rate limits are the Deliverer's business: PyGithub's retry (``GithubRetry``, whi
 through secondary limits and 5xx inside the call) is switched off, so a limit surfaces here at
 once and becomes ``RetryLater`` with GitHub's own delay: ``retry-after`` when sent, else the time
 until ``x-ratelimit-reset`` when ``x-ratelimit-remaining`` is 0, else a minute.
+
+Not every call is an effect: ``issue_comments`` reads an issue's comments while a webhook delivery
+is being answered (the URL of an "instance ready" signal may be in an earlier comment).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ RECENT_ISSUES = 100           # how many of the newest issues a retry scans for 
 RECENT_COMMENTS = 100
 SECONDARY_LIMIT_DEFAULT_WAIT = 60.0   # GitHub: "otherwise, wait for at least one minute"
 MAX_WAIT = 3600.0
+READ_TIMEOUT_SECONDS = 5      # a read while GitHub waits for the webhook's answer
 
 
 def marker(effect_key: str) -> str:
@@ -138,6 +142,18 @@ class GitHubTransport:
                 410: "are issues enabled on the repository?",
                 422: "GitHub rejected the content"}.get(status, "")
         return PermanentFailure(f"GitHub refused to {what}: {status} {message}" + (f" ({hint})" if hint else ""))
+
+
+def issue_comments(settings, repo: str, number: int) -> list[tuple[str, str]]:
+    """The issue's comments as (author login, body), oldest first; none when GitHub cannot be read."""
+    try:
+        client = Github(auth=Auth.Token(settings.github_token.get_secret_value()), base_url=settings.github_api_url,
+                        timeout=READ_TIMEOUT_SECONDS, retry=None, lazy=True)
+        issue = client.get_repo(repo).get_issue(number)
+        return [((c.user.login if c.user else "") or "", c.body or "") for c in issue.get_comments()]
+    except (GithubException, OSError) as exc:
+        log.warning("could not read the comments of %s#%s: %s", repo, number, type(exc).__name__)
+        return []
 
 
 def _issue_result(issue) -> dict[str, Any]:

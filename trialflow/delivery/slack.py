@@ -12,6 +12,12 @@ inside a worker.
 
 The bot token needs the scopes chat:write, channels:manage, channels:read, channels:join,
 channels:history (the look-back on a retry), groups:read, users:read and users:read.email.
+
+Not every call to Slack is an effect: a button that opens a form must call ``views.open`` while
+the person waits (the trigger id is good for 3 seconds), and a confirmation goes back on the
+button's ``response_url``. ``slack_web`` gives the entry point the client for those two calls
+(``LiveSlackWeb``, or ``DryRunSlackWeb`` without a bot token), which implements the
+``SlackWeb`` port of ``trialflow.services.slack_interactions``.
 """
 from __future__ import annotations
 
@@ -23,9 +29,10 @@ from urllib.error import URLError
 from urllib.parse import urlsplit
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
 
-from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.errors import PermanentFailure, RetryLater, SlackCallFailed
 
 log = logging.getLogger("trialflow.delivery.slack")
 
@@ -38,6 +45,8 @@ LIST_PAGE = 200
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                               "request_timeout", "team_added_to_org"})
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+VIEWS_OPEN_TIMEOUT_SECONDS = 2.5   # views.open must land inside the trigger's 3 s
+RESPONSE_URL_TIMEOUT_SECONDS = 5
 
 
 class SlackTransport:
@@ -250,3 +259,44 @@ def _retry_after(headers) -> float | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+# --- answering a person while they wait: views.open and response_url ------------------------------
+
+class LiveSlackWeb:
+    """The real slack_sdk clients (``settings.slack_api_url`` lets tests point them at a local server)."""
+
+    def __init__(self, settings):
+        self._client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
+                                 timeout=VIEWS_OPEN_TIMEOUT_SECONDS)
+
+    def open_view(self, trigger_id: str, view: dict) -> None:
+        try:
+            self._client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as exc:
+            raise SlackCallFailed(_error(exc) or "error") from None
+        except (SlackClientError, OSError) as exc:
+            raise SlackCallFailed(type(exc).__name__) from None
+
+    def respond(self, response_url: str, text: str) -> None:
+        try:
+            result = WebhookClient(response_url, timeout=RESPONSE_URL_TIMEOUT_SECONDS).send(
+                text=text, response_type="ephemeral", replace_original=False)
+            if result.status_code >= 400:
+                log.warning("Slack response_url answered %s", result.status_code)
+        except OSError as exc:
+            log.warning("could not answer on the Slack response_url: %s", type(exc).__name__)
+
+
+class DryRunSlackWeb:
+    """No bot token: say what would have been shown."""
+
+    def open_view(self, trigger_id: str, view: dict) -> None:
+        log.info("dry-run views.open: %s (%s)", view.get("callback_id"), view.get("title", {}).get("text"))
+
+    def respond(self, response_url: str, text: str) -> None:
+        log.info("dry-run ephemeral answer: %s", text[:200])
+
+
+def slack_web(settings) -> LiveSlackWeb | DryRunSlackWeb:
+    return LiveSlackWeb(settings) if settings.slack_bot_token is not None else DryRunSlackWeb()

@@ -1,0 +1,171 @@
+"""The ``/trial`` slash command (``POST /slack/commands``; the route has verified the signature).
+
+``status``, ``mine`` and ``queue`` only read; ``domain`` takes the ``request_domain_change``
+step through ``slack_steps.run_command``, once per Slack trigger. Answers are ephemeral, and
+only active staff (staff.csv, by Slack user id) get one.
+"""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, or_, select
+
+from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.normalize import normalize_domain, normalize_email
+from trialflow.domain.trial import Trial
+from trialflow.errors import InvalidSignup
+from trialflow.services.directory import Directory, Person
+from trialflow.services.slack_steps import esc, run_command
+from trialflow.services.timers import deadlines
+
+log = logging.getLogger("trialflow.interactions")
+
+HELP = """*/trial* — cloud trials from Slack (answers are only visible to you)
+• `/trial status <email|domain>` — where a trial is, who owns it, what is next
+• `/trial mine` — open trials where you are the SDR, AE or CE
+• `/trial queue` — the triage queue, highest lead score first
+• `/trial domain <trial id|email> <new-subdomain>` — request a vanity domain (GitHub issue with the checklist; the AE is told)
+• `/trial help` — this"""
+
+QUEUE_LIMIT = 20
+LIST_LIMIT = 20
+
+
+def handle_slash_command(rt, form: dict[str, str]) -> dict:
+    user_id = form.get("user_id", "")
+    words = (form.get("text") or "").split()
+    sub = words[0].lower() if words else "help"
+    args = words[1:]
+    with rt.session_factory() as session:
+        person = Directory(session).by_slack_id(user_id)
+        if person is None or not person.active:
+            log.warning("refused: /trial %s from %s, who is not active staff", sub, user_id)
+            return _answer(":no_entry: `/trial` is for the trials team: your Slack user is not an active member "
+                           "of staff.csv. Ask an admin to add you.")
+        if sub == "help":
+            return _answer(HELP)
+        if sub == "status":
+            if len(args) != 1:
+                return _answer("Usage: `/trial status <email|domain>`, like `/trial status bob@acme-corp.com`.")
+            return _answer(_status(session, args[0]))
+        if sub == "mine":
+            return _answer(_mine(session, person))
+        if sub == "queue":
+            return _answer(_queue(session))
+    if sub == "domain":
+        if len(args) != 2:
+            return _answer("Usage: `/trial domain <trial id|email> <new-subdomain>`, like `/trial domain bob@acme-corp.com acme-corp`.")
+        return _answer(_domain_change(rt, form, user_id, args[0], args[1]))
+    return _answer(f"I do not know `/trial {esc(sub)}`.\n{HELP}")
+
+
+def _answer(text: str) -> dict:
+    return {"response_type": "ephemeral", "text": text}
+
+
+def _deadline_text(session, trial: Trial) -> str:
+    upcoming = deadlines(session, trial.id)
+    if not upcoming:
+        return ""
+    kind, due = next(iter(upcoming.items()))
+    return f" · next: {kind.replace('_', ' ')} on {due[:10]}"
+
+
+def _trial_line(session, trial: Trial) -> str:
+    people = Directory(session)
+    bits = [f"*{esc(trial.email)}* (`{trial.id}`) — *{trial.state.replace('_', ' ')}*",
+            f"{esc(trial.account_name or trial.domain)}"]
+    if trial.instance_url:
+        bits.append(trial.instance_url)
+    line = " · ".join(bits)
+    owners = f"SDR {people.mention(trial.sdr)} · AE {people.mention(trial.ae)} · CE {people.mention(trial.ce)}"
+    score = f"MQL {trial.mql_points or 0} pts · PQL {trial.pql_grade or '-'}"
+    activity = f" · last activity {trial.last_activity_at:%Y-%m-%d}" if trial.last_activity_at else ""
+    return f"{line}\n      {owners} · {score}{activity}{_deadline_text(session, trial)}"
+
+
+def _status(session, query: str) -> str:
+    query = query.strip().strip("<>")
+    if query.startswith("mailto:"):
+        query = query.split("|", 1)[0][len("mailto:"):]
+    try:
+        if "@" in query:
+            address = normalize_email(query).address
+            trials = session.scalars(select(Trial).where(tables.trials.c.email == address)).all()
+        else:
+            domain = normalize_domain(query.split("|", 1)[-1])
+            trials = session.scalars(select(Trial).where(tables.trials.c.domain == domain)
+                                     .order_by(tables.trials.c.created_at.desc()).limit(LIST_LIMIT)).all()
+    except InvalidSignup as exc:
+        return f":warning: {esc(exc.message)}"
+    if not trials:
+        return f"No trial for `{esc(query)}`."
+    return "\n".join(_trial_line(session, t) for t in trials)
+
+
+def _mine(session, person: Person) -> str:
+    t = tables.trials
+    mine = or_(t.c.sdr == person.email, t.c.ae == person.email, t.c.ce == person.email)
+    open_states = [s for s in lc.STATES if s not in lc.FINAL_STATES]
+    trials = session.scalars(select(Trial).where(mine, t.c.state.in_(open_states))
+                             .order_by(t.c.created_at.desc()).limit(LIST_LIMIT)).all()
+    if not trials:
+        return f"No open trials where you ({esc(person.name)}) are the SDR, AE or CE."
+    total = session.scalar(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states)))
+    head = f"*Your open trials* ({total}{f', newest {LIST_LIMIT} shown' if total > LIST_LIMIT else ''}):"
+    return "\n".join([head, *(_trial_line(session, trial) for trial in trials)])
+
+
+def triage_queue(session, limit: int = QUEUE_LIMIT) -> list[Trial]:
+    """Triage, highest lead score first: MQL points, then PQL grade (A best, ungraded last), then oldest."""
+    t = tables.trials
+    return list(session.scalars(select(Trial).where(t.c.state == lc.TRIAGE)
+                                .order_by(t.c.mql_points.desc(), func.coalesce(t.c.pql_grade, "Z"), t.c.created_at, t.c.id)
+                                .limit(limit)))
+
+
+def _queue(session) -> str:
+    trials = triage_queue(session)
+    waiting = session.scalar(select(func.count()).select_from(tables.trials)
+                             .where(tables.trials.c.state == lc.WAITING_FOR_CAPACITY))
+    total = session.scalar(select(func.count()).select_from(tables.trials).where(tables.trials.c.state == lc.TRIAGE))
+    if not trials:
+        text = "The triage queue is empty."
+    else:
+        lines = [f"*Triage queue* ({total}, highest lead score first):"]
+        for n, trial in enumerate(trials, 1):
+            mql = trial.mql_points or 0
+            lines.append(f"{n}. MQL {mql}{' (MQL)' if mql >= 15 else ''} · PQL {trial.pql_grade or '-'} · "
+                         f"*{esc(trial.name or trial.email)}* {esc(trial.email)} ({esc(trial.company or trial.domain)}) · "
+                         f"since {trial.created_at:%Y-%m-%d} · `{trial.id}`")
+        text = "\n".join(lines)
+    if waiting:
+        text += f"\n{waiting} qualified trial(s) wait for capacity; they proceed by themselves."
+    return text
+
+
+def _domain_change(rt, form: dict[str, str], user_id: str, target: str, subdomain: str) -> str:
+    with rt.session_factory() as session:
+        if target.startswith("tr_"):
+            trial_id = target
+        else:
+            try:
+                address = normalize_email(target.strip("<>").removeprefix("mailto:").split("|", 1)[0]).address
+            except InvalidSignup as exc:
+                return f":warning: {esc(exc.message)}"
+            trial_id = session.scalar(select(tables.trials.c.id).where(tables.trials.c.email == address))
+            if trial_id is None:
+                return f"No trial for `{esc(address)}`."
+    outcome = run_command(rt, key=f"command:{form.get('trigger_id') or ''}:{trial_id}" if form.get("trigger_id") else None,
+                          trial_id=trial_id, action="request_domain_change", actor=user_id,
+                          detail={"subdomain": subdomain}, person_of=lambda people: people.by_slack_id(user_id),
+                          keep_key_on_invalid=False)
+    if outcome.status == "duplicate":
+        return "That request was already handled."
+    if outcome.status == "invalid":
+        return f":warning: {esc(outcome.text)}"
+    if outcome.status == "done":
+        return (f":white_check_mark: Domain change to `{esc(subdomain.lower())}` requested: the cloud team gets a GitHub "
+                "issue with the checklist (SSO, permission syncing, webhooks, hard-coded links), and the AE is told.")
+    return outcome.text

@@ -1,0 +1,141 @@
+"""The forms behind the Qualify, Disqualify, Reassign and Extend buttons (Block Kit modals), both ways:
+``build_modal`` draws one, ``detail_from_view`` reads a submitted one into the command's detail.
+
+A modal's ``callback_id`` is ``trial:<action>`` and its ``private_metadata`` carries the trial id
+and the button's ``response_url`` (to confirm in the channel once the modal is submitted).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from trialflow.db import tables
+from trialflow.domain.trial import Trial
+from trialflow.errors import InvalidSignup
+from trialflow.services import slack_blocks as sb
+from trialflow.services.directory import Directory
+from trialflow.services.timers import EXTENSION_DAYS
+from trialflow.services.trials import current_end
+
+# The buttons that open a form instead of running their step at once.
+MODAL_ACTIONS = ("qualify", "disqualify", "reassign", "extend")
+
+# The seed asks SDRs to disqualify "against the qualification criteria"; these are the reasons
+# the Disqualify modal offers (value → what the history and the alert say).
+DISQUALIFICATION_REASONS = {
+    "not_a_company": "Not a company: personal, student or hobby project",
+    "too_small": "Too small for a managed cloud instance",
+    "needs_self_hosted": "Needs self-hosting (code on-premises, air-gapped, compliance)",
+    "competitor": "Competitor, partner or researcher",
+    "spam": "Spam or fake details",
+    "existing_customer": "Existing customer: route to the account team",
+    "other": "Other (see note)",
+}
+EXTENSION_CHOICES = (7, 15, 30, 45, 60, 90)
+# An InvalidSignup's field → the block whose input Slack marks as wrong.
+FIELD_BLOCK = {"opportunity_id": "opportunity_id", "reason": "reason", "note": "note", "ae": "ae", "ce": "ce",
+               "days": "days"}
+
+esc = sb.escape
+
+
+def _option(text: str, value: str) -> dict:
+    return {"text": {"type": "plain_text", "text": text[:75]}, "value": value}
+
+
+def _input(block_id: str, label: str, element: dict, optional: bool = False, hint: str | None = None) -> dict:
+    block = {"type": "input", "block_id": block_id, "optional": optional,
+             "label": {"type": "plain_text", "text": label}, "element": {"action_id": "value", **element}}
+    if hint:
+        block["hint"] = {"type": "plain_text", "text": hint}
+    return block
+
+
+def _select(options: list[dict], initial: str | None = None, placeholder: str = "Choose") -> dict:
+    element = {"type": "static_select", "options": options, "placeholder": {"type": "plain_text", "text": placeholder}}
+    chosen = next((o for o in options if o["value"] == initial), None)
+    if chosen:
+        element["initial_option"] = chosen
+    return element
+
+
+def build_modal(session, name: str, trial: Trial, response_url: str | None) -> dict:
+    """The form behind a button. ``callback_id`` says which step; ``private_metadata`` which trial."""
+    lead = f"*{esc(trial.name or trial.email)}* {esc(trial.email)} · {esc(trial.account_name or trial.domain)}"
+    score = f"MQL {trial.mql_points or 0} pts · PQL grade {trial.pql_grade or '-'}"
+    blocks: list[dict] = [sb.section(lead), sb.context(score)]
+    if name == "qualify":
+        title, submit = "Qualify lead", "Qualify"
+        blocks.append(_input("opportunity_id", "Salesforce opportunity id", {"type": "plain_text_input", "max_length": 64},
+                             optional=True, hint="Converting to Opp is part of qualifying; leave empty if it is not created yet."))
+        blocks.append(sb.context("Qualifying assigns an AE and a CE by round robin, creates the account channel, "
+                                 "raises the instance request with the CE's email, and sends the welcome email."))
+    elif name == "disqualify":
+        title, submit = "Disqualify lead", "Disqualify"
+        blocks.append(_input("reason", "Reason (qualification criteria)",
+                             _select([_option(text, value) for value, text in DISQUALIFICATION_REASONS.items()])))
+        blocks.append(_input("note", "Note", {"type": "plain_text_input", "multiline": True, "max_length": 500}, optional=True))
+        blocks.append(sb.context("The lead gets an email recommending a self-hosted Sourcegraph instance."))
+    elif name == "reassign":
+        title, submit = "Reassign AE / CE", "Reassign"
+        people = Directory(session)
+        for role in ("ae", "ce"):
+            staff = session.execute(select(tables.staff.c.email, tables.staff.c.name).where(
+                tables.staff.c.role == role, tables.staff.c.active.is_(True)).order_by(tables.staff.c.name)).all()
+            options = [_option(f"{n} ({e})", e) for e, n in staff][:99] + [_option("Next in the round robin", "next")]
+            current = getattr(trial, role)
+            person = people.by_email(current)
+            blocks.append(_input(role, role.upper(), _select(options, current), optional=True,
+                                 hint=f"Now: {person.name if person else current or 'nobody'}"))
+    elif name == "extend":
+        title, submit = "Extend trial", "Extend"
+        end = _trial_end(trial)
+        blocks.append(_input("days", "Extend by", _select([_option(f"{d} days", str(d)) for d in EXTENSION_CHOICES],
+                                                          str(EXTENSION_DAYS)),
+                             hint=f"Today it ends on {end:%Y-%m-%d}. More than {EXTENSION_DAYS} extra days "
+                                  "also raises a license change request." if end else None))
+        blocks.append(_input("reason", "Why", {"type": "plain_text_input", "max_length": 300}, optional=True))
+    else:
+        raise ValueError(f"no modal for {name}")
+    metadata = json.dumps({"trial_id": trial.id, "response_url": response_url})
+    return {"type": "modal", "callback_id": f"trial:{name}", "private_metadata": metadata,
+            "title": {"type": "plain_text", "text": title}, "submit": {"type": "plain_text", "text": submit},
+            "close": {"type": "plain_text", "text": "Cancel"}, "blocks": blocks}
+
+
+def _trial_end(trial: Trial) -> datetime | None:
+    return current_end(trial) if trial.started_at else None
+
+
+def _value(values: dict, block_id: str) -> str | None:
+    element = (values.get(block_id) or {}).get("value") or {}
+    if element.get("type") == "static_select":
+        return (element.get("selected_option") or {}).get("value")
+    value = element.get("value")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def detail_from_view(name: str, values: dict) -> dict[str, Any]:
+    if name == "qualify":
+        return {"opportunity_id": _value(values, "opportunity_id") or ""}
+    if name == "disqualify":
+        reason = _value(values, "reason")
+        note = _value(values, "note")
+        if reason not in DISQUALIFICATION_REASONS:
+            raise InvalidSignup("Choose the qualification criterion the lead does not meet.", "reason")
+        if reason == "other" and not note:
+            raise InvalidSignup("Say why in the note.", "note")
+        text = DISQUALIFICATION_REASONS[reason] if reason != "other" else "Other"
+        return {"reason": f"{text}: {note}" if note else text}
+    if name == "reassign":
+        return {role: _value(values, role) for role in ("ae", "ce") if _value(values, role)}
+    if name == "extend":
+        detail = {"days": _value(values, "days") or str(EXTENSION_DAYS)}
+        reason = _value(values, "reason")
+        if reason:
+            detail["reason"] = reason
+        return detail
+    raise InvalidSignup(f"unknown form {name}", "callback_id")
