@@ -60,10 +60,11 @@ def cmd_serve(args) -> int:
 
     from trialflow.api.app import create_app
     from trialflow.delivery.wiring import start_delivery
+    from workers.tasks import dispatch
 
     rt = _runtime()
     prepare_database(rt)
-    stop = start_delivery(rt, with_scheduler=True)
+    stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
     app = create_app(rt)
     mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
     logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,

@@ -8,18 +8,22 @@ from functools import lru_cache
 
 from celery import shared_task
 
+from trialflow.delivery.core import batches
+from trialflow.delivery.wiring import build_deliverer
+from trialflow.runtime import Runtime
+from trialflow.services.sweep import sweep as run_sweep
+from workers.celery_app import get_app
+
 log = logging.getLogger("trialflow.worker")
 
 
 @lru_cache
 def _runtime():
-    from trialflow.runtime import Runtime
     return Runtime()
 
 
 @lru_cache
 def _deliverer():
-    from trialflow.delivery.wiring import build_deliverer
     rt = _runtime()
     rt.wake = dispatch
     return build_deliverer(rt)
@@ -47,7 +51,6 @@ def relay(limit: int = 1000) -> int:
 
 @shared_task(name="trialflow.sweep")
 def sweep() -> int:
-    from trialflow.services.sweep import sweep as run_sweep
     report = run_sweep(_runtime())
     if report.actions:
         log.info("sweep: %s", "; ".join(report.actions))
@@ -56,8 +59,6 @@ def sweep() -> int:
 
 def dispatch(ids, batch_size: int | None = None) -> None:
     """One task per ``batch_size`` effects (default: the setting ``delivery_batch_size``)."""
-    from trialflow.delivery.core import batches
-    from workers.celery_app import get_app
     app = get_app()
     for batch in batches(ids, batch_size or _runtime().settings.delivery_batch_size):
         app.send_task("trialflow.deliver", (batch,), queue="trialflow")

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
+from typing import Callable
 
+from trialflow.delivery.coalesce import Coalescer
 from trialflow.delivery.core import Deliverer
+from trialflow.delivery.relay import InProcessRelay
 from trialflow.delivery.transports import build_transports
+from trialflow.services.sweep import sweep
 
 log = logging.getLogger("trialflow.delivery")
 SWEEP_EVERY_SECONDS = 60.0
@@ -16,20 +21,20 @@ def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> 
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 
 
-def start_delivery(rt, with_scheduler: bool = True):
-    """Start delivery for ``trialflow serve``; returns a function that stops it."""
-    if rt.settings.broker_url:
-        from functools import partial
+def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..., None] | None = None):
+    """Start delivery for ``trialflow serve``; returns a function that stops it.
 
-        from trialflow.delivery.coalesce import Coalescer
-        from workers.tasks import dispatch
+    With a broker, ``send_to_workers(ids, batch_size=n)`` sends the Celery tasks
+    (``workers.tasks.dispatch``, handed in by the caller: the workers import this module).
+    """
+    if rt.settings.broker_url:
+        if send_to_workers is None:
+            raise ValueError("TRIALFLOW_BROKER_URL is set: start_delivery needs send_to_workers (workers.tasks.dispatch)")
         # The API sends Celery tasks for committed effects (many commits' effects per task when
         # they come fast); beat relays the rest.
         size = rt.settings.delivery_batch_size
-        rt.wake = sender = Coalescer(partial(dispatch, batch_size=size), size)
+        rt.wake = sender = Coalescer(partial(send_to_workers, batch_size=size), size)
         return sender.stop
-    from trialflow.delivery.relay import InProcessRelay
-    from trialflow.services.sweep import sweep
 
     last = {"at": 0.0}
 
