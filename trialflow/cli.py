@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.errors import ConfigError, TrialflowError
+from trialflow.timeline import print_timeline
 
 
 def _runtime(args=None, **kw):
@@ -175,20 +176,6 @@ def cmd_trials(args) -> int:
     for t in trials:
         print(f"{t['trial_id']:<20} {t['state']:<20} {t['case'] or '-':<22} {t['email']}")
     return 0
-
-
-def print_timeline(detail: dict, out=None) -> None:
-    out = out or sys.stdout
-    a = detail["assignees"]
-    print(f"{detail['trial_id']}  {detail['email']}  [{detail['case']}]  now: {detail['state']}", file=out)
-    if detail.get("instance_url"):
-        print(f"  instance {detail['instance_url']}", file=out)
-    print(f"  SDR {a['sdr'] or '-'} · AE {a['ae'] or '-'} · CE {a['ce'] or '-'}", file=out)
-    for h in detail["history"]:
-        arrow = f"{h['from_state']} → {h['to_state']}" if h["from_state"] != h["to_state"] else f"({h['to_state']})"
-        print(f"  {h['at'][:16].replace('T', ' ')}  {h['trigger']:<24} {arrow:<40} by {h['actor']}", file=out)
-    for kind, due in detail.get("deadlines", {}).items():
-        print(f"  next: {kind} at {due[:16].replace('T', ' ')}", file=out)
 
 
 def cmd_demo(args) -> int:

@@ -1,12 +1,26 @@
 """``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run."""
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+from trialflow.api.serialize import trial_detail
 from trialflow.clock import ManualClock
+from trialflow.db.migrate import upgrade
+from trialflow.delivery.dryrun import DryRunTransport
+from trialflow.delivery.wiring import build_deliverer
+from trialflow.domain.trial import Trial
+from trialflow.runtime import Runtime
+from trialflow.services.directory import Directory
+from trialflow.services.reference import load_reference_data
+from trialflow.services.signups import SignupInput, submit_signup
+from trialflow.services.sweep import sweep
+from trialflow.services.trials import Command, run
+from trialflow.settings import Settings
+from trialflow.timeline import print_timeline
 
 STORY = [
     ("bob@acme-corp.com", "Bob", "Acme Corp", "2.1: Acme Corp is a pre-qualified named account"),
@@ -26,21 +40,6 @@ def _config_dir() -> Path:
 
 
 def run_demo(keep: bool = False) -> int:
-    from trialflow.cli import print_timeline
-    from trialflow.api.serialize import trial_detail
-    from trialflow.db.migrate import upgrade
-    from trialflow.delivery.wiring import build_deliverer
-    from trialflow.delivery.dryrun import DryRunTransport
-    from trialflow.domain.trial import Trial
-    from trialflow.runtime import Runtime
-    from trialflow.services.reference import load_reference_data
-    from trialflow.services.signups import SignupInput, submit_signup
-    from trialflow.services.sweep import sweep
-    from trialflow.services.trials import Command, run
-    from trialflow.services.directory import Directory
-    from trialflow.settings import Settings
-
-    import logging
     logging.getLogger("trialflow").setLevel(logging.WARNING)  # the story is the output; dry-run lines would drown it
     tmp = Path(tempfile.mkdtemp(prefix="trialflow-demo-"))
     settings = Settings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=_config_dir(), broker_url=None,
@@ -122,7 +121,6 @@ def run_demo(keep: bool = False) -> int:
 
 def _day(clock, rt, ids) -> int:
     """Days since the story's first trial started (Bob's)."""
-    from trialflow.domain.trial import Trial
     with rt.session_factory() as s:
         start = s.get(Trial, ids["bob@acme-corp.com"]).started_at
     return (clock.now() - start).days
