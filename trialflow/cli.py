@@ -11,12 +11,28 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
+from trialflow.api.app import create_app
+from trialflow.api.serialize import trial_detail, trial_summary
+from trialflow.db import tables
+from trialflow.db.migrate import upgrade
+from trialflow.delivery.core import retry
+from trialflow.delivery.wiring import build_deliverer, start_delivery
+from trialflow.demo import run_demo
+from trialflow.domain.trial import Trial
 from trialflow.errors import ConfigError, TrialflowError
+from trialflow.funnel import cli_report
+from trialflow.graph import cli_graph
+from trialflow.logs import configure_logging
+from trialflow.runtime import Runtime
+from trialflow.services.outbox import redact
+from trialflow.services.reference import load_reference_data
+from trialflow.services.sweep import sweep
 from trialflow.timeline import print_timeline
+from workers.celery_app import make_celery_app
+from workers.tasks import dispatch
 
 
 def _runtime(args=None, **kw):
-    from trialflow.runtime import Runtime
     return Runtime(**kw)
 
 
@@ -40,8 +56,6 @@ def _progress(label: str, done: int, total: int) -> None:
 
 def prepare_database(rt, load_config: bool = True) -> None:
     """Migrations first, then the reference data from TRIALFLOW_CONFIG_DIR (if it is there)."""
-    from trialflow.db.migrate import upgrade
-    from trialflow.services.reference import load_reference_data
     upgrade(rt.settings.database_url)
     config_dir = Path(rt.settings.config_dir)
     if load_config and not (config_dir / "accounts.csv").exists():
@@ -59,9 +73,6 @@ def prepare_database(rt, load_config: bool = True) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from trialflow.api.app import create_app
-    from trialflow.delivery.wiring import start_delivery
-    from workers.tasks import dispatch
 
     rt = _runtime()
     prepare_database(rt)
@@ -86,8 +97,6 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_config_load(args) -> int:
-    from trialflow.db.migrate import upgrade
-    from trialflow.services.reference import load_reference_data
     rt = _runtime()
     upgrade(rt.settings.database_url)
     directory = Path(args.dir or rt.settings.config_dir)
@@ -104,7 +113,6 @@ def cmd_config_load(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from trialflow.services.sweep import sweep
     rt = _runtime()
     prepare_database(rt, load_config=False)
     report = sweep(rt, at=_parse_when(args.at) if args.at else None, dry_run=args.dry_run)
@@ -117,9 +125,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_outbox(args) -> int:
-    from trialflow.db import tables
-    from trialflow.delivery.core import retry
-    from trialflow.services.outbox import redact
     rt = _runtime()
     if args.action == "retry":
         if args.id is None:
@@ -131,7 +136,6 @@ def cmd_outbox(args) -> int:
         print(f"effect {args.id} re-queued")
         return 0
     if args.action == "drain":
-        from trialflow.delivery.wiring import build_deliverer
         print(json.dumps(build_deliverer(rt).drain_all()))
         return 0
     statuses = ("pending", "delivering", "failed") if args.status == "open" else (args.status,)
@@ -150,9 +154,6 @@ def cmd_outbox(args) -> int:
 
 
 def cmd_trials(args) -> int:
-    from trialflow.api.serialize import trial_detail, trial_summary
-    from trialflow.db import tables
-    from trialflow.domain.trial import Trial
     rt = _runtime()
     with rt.session_factory() as s:
         if args.action == "show":
@@ -179,12 +180,10 @@ def cmd_trials(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from trialflow.demo import run_demo
     return run_demo(keep=args.keep)
 
 
 def cmd_worker(args) -> int:
-    from workers.celery_app import make_celery_app
     app = make_celery_app()
     # No gossip, mingle or heartbeat: trialflow's workers never talk to each other (the database
     # coordinates them), and each is one more thing to re-establish when Redis restarts.
@@ -197,24 +196,20 @@ def cmd_worker(args) -> int:
 
 
 def cmd_beat(args) -> int:
-    from workers.celery_app import make_celery_app
     app = make_celery_app()
     app.start(["beat", "--loglevel=INFO", "--schedule=/tmp/trialflow-celerybeat-schedule"])
     return 0
 
 
 def cmd_report(args) -> int:
-    from trialflow.funnel import cli_report
     return cli_report(_runtime(), args)
 
 
 def cmd_graph(args) -> int:
-    from trialflow.graph import cli_graph
     return cli_graph(args)
 
 
 def cmd_license(args) -> int:
-    from trialflow.db import tables
     rt = _runtime()
     now = rt.clock.now().isoformat()
     with rt.session_factory() as s, s.begin():
@@ -289,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trialflow.logs import configure_logging
     configure_logging(json_lines=args.log_json)
     try:
         return args.func(args) or 0

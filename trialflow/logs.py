@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
+from trialflow.settings import get_settings
+
 REDACTED = "[redacted]"
 _TOKEN = re.compile(
     r"(xox[abeprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]+"
@@ -149,7 +151,6 @@ def configure_logging(json_lines: bool | None = None, level: str | None = None, 
         json_lines = os.environ.get("TRIALFLOW_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     if settings is None:
         try:
-            from trialflow.settings import get_settings
             settings = get_settings()
         except Exception:  # noqa: BLE001 - bad settings are reported by the command that needs them
             settings = None

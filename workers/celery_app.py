@@ -8,6 +8,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import setup_logging
 
+from trialflow.logs import configure_logging
 from trialflow.settings import get_settings
 
 
@@ -15,7 +16,6 @@ from trialflow.settings import get_settings
 def _use_trialflow_logging(**_kwargs) -> None:
     # Our handler, not Celery's: one line per event, JSON when asked, trial id on every line,
     # and the secret-scrubbing filter applies to worker output too.
-    from trialflow.logs import configure_logging
     configure_logging()
 
 
