@@ -1,5 +1,7 @@
 """Shared fixtures. Database-backed tests run on SQLite and on PostgreSQL (``db_url`` is
-parametrised); PostgreSQL is migrated once per session and truncated between tests."""
+parametrised). PostgreSQL: each run (pytest session) creates a database of its own, migrates it
+once, truncates it between tests and drops it at the end, so two runs on one machine never meet;
+Redis likewise hands each run a database number of its own (``redis_url``)."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +15,7 @@ from tests.support.config import write_config
 from tests.support.fake_github import fake_github  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
 from tests.support.smtp import smtp_server  # noqa: F401
-from tests.support.services import POSTGRES_URL, ensure_postgres_database
+from tests.support.services import claim_redis_db, create_run_database, drop_run_database, release_redis_db
 from trialflow.clock import ManualClock
 from trialflow.db.engine import make_engine
 from trialflow.db.migrate import upgrade
@@ -39,14 +41,23 @@ def sqlite_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated() -> str:
-    url = ensure_postgres_database(POSTGRES_URL)
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    upgrade(url)
-    return url
+def postgres_migrated():
+    """This run's own PostgreSQL database, migrated; dropped (with whatever is still connected to
+    it) when the run ends."""
+    url = create_run_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_run_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis database number no other run holds, empty; emptied and given back at the end."""
+    url = claim_redis_db()
+    yield url
+    release_redis_db(url)
 
 
 def truncate_all(url: str) -> None:

@@ -56,10 +56,21 @@ class RedisServer:
         wait_for(self._ping, 10, "redis-server to answer")
 
     def _ping(self) -> bool:
+        """Our redis-server answers. Another test run's may hold the port (the port is free between
+        free_port() and its bind, and while a test restarts it): that one answers with its own pid."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on port {self.port} exited with {self.proc.returncode} "
+                                 f"(port taken by another process?)")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                s.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                return f"process_id:{self.proc.pid}\r\n".encode() in reply
         except OSError:
             return False
 
