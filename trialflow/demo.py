@@ -7,6 +7,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+from trialflow.domain import lifecycle as lc
 from trialflow.api.serialize import trial_detail
 from trialflow.clock import ManualClock
 from trialflow.db.migrate import upgrade
@@ -67,22 +68,22 @@ def run_demo(keep: bool = False) -> int:
         clock.advance(minutes=7)
 
     print("\npeople act in Slack and GitHub:")
-    act(ids["alice@acme-corp.com"], "confirm_user_added", "U0AE00001")
+    act(ids["alice@acme-corp.com"], lc.CONFIRM_USER_ADDED, "U0AE00001")
     print("  Alice AE clicks 'User added' for alice@acme-corp.com")
-    act(ids["tom@tinytown.dev"], "disqualify", "U0SDR0001", reason="student project, no team")
+    act(ids["tom@tinytown.dev"], lc.DISQUALIFY, "U0SDR0001", reason="student project, no team")
     print("  Ivy (inbound SDR) disqualifies tom@tinytown.dev → self-hosting email")
-    act(ids["sam@stark-industries.com"], "qualify", "U0SDR0001", opportunity_id="006DEMO0001")
+    act(ids["sam@stark-industries.com"], lc.QUALIFY, "U0SDR0001", opportunity_id="006DEMO0001")
     print("  Ivy qualifies sam@stark-industries.com → channel, instance-request issue with the CE's email, welcome email")
-    act(ids["gina@globex.com"], "convert_to_opportunity", "U0SDR0001", opportunity_id="006DEMO0002")
-    act(ids["bob@acme-corp.com"], "convert_to_opportunity", "U0SDR0002", opportunity_id="006DEMO0003")
+    act(ids["gina@globex.com"], lc.CONVERT_TO_OPPORTUNITY, "U0SDR0001", opportunity_id="006DEMO0002")
+    act(ids["bob@acme-corp.com"], lc.CONVERT_TO_OPPORTUNITY, "U0SDR0002", opportunity_id="006DEMO0003")
     clock.advance(hours=20)
-    act(ids["sam@stark-industries.com"], "mark_instance_ready", "cody-cloud", github=True, host="https://stark-industries.sourcegraph.com")
+    act(ids["sam@stark-industries.com"], lc.MARK_INSTANCE_READY, "cody-cloud", github=True, host="https://stark-industries.sourcegraph.com")
     print("  the cloud team labels the issue instance-ready")
     with rt.session_factory() as s:
         sam_ce = s.get(Trial, ids["sam@stark-industries.com"]).ce
         ce_slack = Directory(s).by_email(sam_ce).slack_user_id
     clock.advance(hours=2)
-    act(ids["sam@stark-industries.com"], "hand_off", ce_slack)
+    act(ids["sam@stark-industries.com"], lc.HAND_OFF, ce_slack)
     print("  the CE clicks 'Handed off': Sam's trial starts")
 
     # Activity: Bob and Sam use their instances; Gina never does.
@@ -97,10 +98,10 @@ def run_demo(keep: bool = False) -> int:
         print(f"\nday {day}: sweep ({len(report.actions)} action(s))")
         for a in report.actions:
             print(f"  {a}")
-    act(ids["bob@acme-corp.com"], "convert", "U0CE00001")
+    act(ids["bob@acme-corp.com"], lc.CONVERT, "U0CE00001")
     print("\n  Carol CE converts Acme Corp")
-    act(ids["sam@stark-industries.com"], "terminate", ce_slack, reason="chose self-hosted")
-    act(ids["sam@stark-industries.com"], "request_feedback", ce_slack)
+    act(ids["sam@stark-industries.com"], lc.TERMINATE, ce_slack, reason="chose self-hosted")
+    act(ids["sam@stark-industries.com"], lc.REQUEST_FEEDBACK, ce_slack)
     print("  Sam's CE terminates (went self-hosted) and asks for the feedback email")
     outcome = deliverer.drain_all()
     print(f"\neffects delivered (dry-run): {outcome.get('delivered', 0)} — "

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from trialflow.domain.trial import Trial
-from trialflow.services import policies
+from trialflow.services import timers
 
 
 def trial_summary(trial: Trial) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def trial_detail(session, trial: Trial) -> dict[str, Any]:
         "name": trial.name, "company": trial.company, "source": trial.source,
         "opportunity_id": trial.opportunity_id, "kept": trial.kept,
         "lead_score": {"mql_points": trial.mql_points or 0, "pql_grade": trial.pql_grade},
-        "deadlines": policies.deadlines(session, trial.id),
+        "deadlines": timers.deadlines(session, trial.id),
         "history": [
             {"from_state": h.from_state, "to_state": h.to_state, "trigger": h.trigger, "actor": h.actor,
              "at": h.at.isoformat(), **({"detail": h.detail} if h.detail else {})}

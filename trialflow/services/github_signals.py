@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain.normalize import normalize_domain
@@ -172,9 +173,9 @@ def _mark_ready(rt, uow, signal: ReadySignal, sources: list[tuple[str, str]], de
                             extra={"trial_id": trial.id})
                 return {"status": "ignored", "trial_id": trial.id,
                         "reason": f"issue #{signal.issue_number} is not the instance request trialflow filed for this trial"}
-            authorize(trial, "mark_instance_ready", person, signal.login or "unknown")
-            if not trial.can("mark_instance_ready"):
-                raise TransitionRefused("mark_instance_ready", trial.state)
+            authorize(trial, lc.MARK_INSTANCE_READY, person, signal.login or "unknown")
+            if not trial.can(lc.MARK_INSTANCE_READY):
+                raise TransitionRefused(lc.MARK_INSTANCE_READY, trial.state)
             url = next((u for author, text in sources
                         if _may_signal(person if author == signal.login else people.by_github_login(author))
                         for u in [url_in_comment(text)] if u), None)
@@ -185,7 +186,7 @@ def _mark_ready(rt, uow, signal: ReadySignal, sources: list[tuple[str, str]], de
                 return {"status": "needs_url", "trial_id": trial.id,
                         "reason": "no instance URL: comment /ready <url>"}
             host = instance_host(url)
-            handle(uow, rt.settings, now, Command(trial.id, "mark_instance_ready", signal.login or "unknown", person,
+            handle(uow, rt.settings, now, Command(trial.id, lc.MARK_INSTANCE_READY, signal.login or "unknown", person,
                                                   {"host": host}))
     except NotFound:
         return {"status": "ignored", "reason": f"no trial {signal.trial_id}"}

@@ -19,7 +19,6 @@ from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
 from trialflow.services import slack_blocks as sb
 from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
                                          lead, score, who)
-from trialflow.services.timers import deadlines  # noqa: F401  (read by callers not yet moved to services.timers)
 from trialflow.services.timers import (DECISION_DAYS, ESCALATION_GRACE_DAYS, EXTENSION_DAYS, HEADS_UP_DAYS,
                                        REVIEW_DAYS, TIMER_KINDS, USER_ADDED_REMINDER_DAYS)
 from trialflow.settings import Settings
@@ -112,7 +111,7 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
         sb.section(who(ctx.people, trial)),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
-        sb.buttons(trial.id, "convert_to_opportunity", "reassign"),
+        sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
     fx.email("reset-link", "password_reset", trial.email, instance_url=trial.instance_url,
              reset_link=f"{trial.instance_url}/password-reset?code={secrets.token_urlsafe(24)}", name=trial.name or "")
@@ -170,7 +169,7 @@ def _on_wait(fx, ctx, trial, event):
 
 def _on_triage(fx, ctx, trial, event):
     fx.alert(f":mag: New cloud trial request from {lead(trial)} ({trial.domain}): inbound SDR, please triage.",
-             sb.context(score(trial)), sb.buttons(trial.id, "qualify", "disqualify"))
+             sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
 
 
 def _on_user_added(fx, ctx, trial, event):
@@ -205,7 +204,7 @@ def _on_ready(fx, ctx, trial, event):
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
     fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
             f"CE {ctx.people.mention(trial.ce)}: log in with `?sourcegraph-operator`, create the password-reset link and send it.",
-            sb.buttons(trial.id, "hand_off"))
+            sb.buttons(trial.id, lc.HAND_OFF))
     fx.add("issue-comment", "github.comment", {
         "ref": f"instance-request:{trial.id}",
         "body": f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off.",
@@ -238,7 +237,7 @@ def _on_domain_change(fx, ctx, trial, event):
 def _on_warn(fx, ctx, trial, event):
     fx.to_account_channel("heads-up", f":warning: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
                           f"{(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}. With no activity it will be terminated unless you keep it.",
-                          sb.buttons(trial.id, "keep", "terminate"))
+                          sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
 
 
 def _on_keep(fx, ctx, trial, event):
@@ -264,14 +263,14 @@ def _on_extend(fx, ctx, trial, event):
 
 def _on_remind_decision(fx, ctx, trial, event):
     fx.to_account_channel("decision", f":alarm_clock: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} has reached the end of its trial. Extend, convert or terminate.",
-                          sb.buttons(trial.id, "extend", "convert", "terminate"))
+                          sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
 def _on_escalate(fx, ctx, trial, event):
     fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({account_of(trial)}) "
             f"after day 30. AE {ctx.people.mention(trial.ae)}, CE {ctx.people.mention(trial.ce)}: extend, convert or terminate.",
-            sb.buttons(trial.id, "extend", "convert", "terminate"))
+            sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
@@ -299,7 +298,7 @@ def _on_terminate(fx, ctx, trial, event):
         done = f"The instance request for {account_of(trial)} is cancelled"
     else:
         done = f"{trial.email} left the capacity queue"
-    fx.to_account_channel("terminated", f":wastebasket: {done} ({why}).", sb.buttons(trial.id, "request_feedback"))
+    fx.to_account_channel("terminated", f":wastebasket: {done} ({why}).", sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
     fx.update_alert(f":wastebasket: {lead(trial)}: terminated.")
     fx.out.cancel(trial.id, *TIMER_KINDS)
     if trial.instance_host:

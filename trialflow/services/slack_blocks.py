@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from trialflow.domain import lifecycle as lc
+
 ACTIONS = {
-    "qualify": ("Qualify", "primary"),
-    "disqualify": ("Disqualify", "danger"),
-    "convert_to_opportunity": ("Converted to Opp", None),
-    "reassign": ("Reassign AE/CE", None),
+    lc.QUALIFY: ("Qualify", "primary"),
+    lc.DISQUALIFY: ("Disqualify", "danger"),
+    lc.CONVERT_TO_OPPORTUNITY: ("Converted to Opp", None),
+    lc.REASSIGN: ("Reassign AE/CE", None),
     "user_added": ("User added", "primary"),
-    "hand_off": ("Handed off", "primary"),
-    "keep": ("Keep", "primary"),
-    "extend": ("Extend", None),
-    "convert": ("Convert", "primary"),
-    "terminate": ("Terminate", "danger"),
-    "request_feedback": ("Request feedback email", None),
+    lc.HAND_OFF: ("Handed off", "primary"),
+    lc.KEEP: ("Keep", "primary"),
+    lc.EXTEND: ("Extend", None),
+    lc.CONVERT: ("Convert", "primary"),
+    lc.TERMINATE: ("Terminate", "danger"),
+    lc.REQUEST_FEEDBACK: ("Request feedback email", None),
 }
 
 

@@ -158,7 +158,7 @@ def _domain_change(rt, form: dict[str, str], user_id: str, target: str, subdomai
             if trial_id is None:
                 return f"No trial for `{esc(address)}`."
     outcome = run_command(rt, key=f"command:{form.get('trigger_id') or ''}:{trial_id}" if form.get("trigger_id") else None,
-                          trial_id=trial_id, action="request_domain_change", actor=user_id,
+                          trial_id=trial_id, action=lc.REQUEST_DOMAIN_CHANGE, actor=user_id,
                           detail={"subdomain": subdomain}, person_of=lambda people: people.by_slack_id(user_id),
                           keep_key_on_invalid=False)
     if outcome.status == "duplicate":

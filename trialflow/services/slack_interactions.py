@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from trialflow.domain import lifecycle as lc
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, SlackCallFailed
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
@@ -108,7 +109,7 @@ def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: 
             text = explain_refusal(session, trial, trigger, name)
             uow.commit()
             return ephemeral(text, response_url)
-        if name == "qualify" and not trial.ce and not has_active(session, "ce"):
+        if name == lc.QUALIFY and not trial.ce and not has_active(session, "ce"):
             log.warning("cannot qualify trial %s: %s", trial_id, NO_CE, extra={"trial_id": trial_id})
             uow.commit()
             return ephemeral(f":warning: Cannot qualify {esc(trial.email)}: {NO_CE}. Add one (role `ce`, active "

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
@@ -21,7 +22,7 @@ from trialflow.services.timers import EXTENSION_DAYS
 from trialflow.services.trials import current_end
 
 # The buttons that open a form instead of running their step at once.
-MODAL_ACTIONS = ("qualify", "disqualify", "reassign", "extend")
+MODAL_ACTIONS = (lc.QUALIFY, lc.DISQUALIFY, lc.REASSIGN, lc.EXTEND)
 
 # The seed asks SDRs to disqualify "against the qualification criteria"; these are the reasons
 # the Disqualify modal offers (value → what the history and the alert say).
@@ -67,19 +68,19 @@ def build_modal(session, name: str, trial: Trial, response_url: str | None) -> d
     lead = f"*{esc(trial.name or trial.email)}* {esc(trial.email)} · {esc(trial.account_name or trial.domain)}"
     score = f"MQL {trial.mql_points or 0} pts · PQL grade {trial.pql_grade or '-'}"
     blocks: list[dict] = [sb.section(lead), sb.context(score)]
-    if name == "qualify":
+    if name == lc.QUALIFY:
         title, submit = "Qualify lead", "Qualify"
         blocks.append(_input("opportunity_id", "Salesforce opportunity id", {"type": "plain_text_input", "max_length": 64},
                              optional=True, hint="Converting to Opp is part of qualifying; leave empty if it is not created yet."))
         blocks.append(sb.context("Qualifying assigns an AE and a CE by round robin, creates the account channel, "
                                  "raises the instance request with the CE's email, and sends the welcome email."))
-    elif name == "disqualify":
+    elif name == lc.DISQUALIFY:
         title, submit = "Disqualify lead", "Disqualify"
         blocks.append(_input("reason", "Reason (qualification criteria)",
                              _select([_option(text, value) for value, text in DISQUALIFICATION_REASONS.items()])))
         blocks.append(_input("note", "Note", {"type": "plain_text_input", "multiline": True, "max_length": 500}, optional=True))
         blocks.append(sb.context("The lead gets an email recommending a self-hosted Sourcegraph instance."))
-    elif name == "reassign":
+    elif name == lc.REASSIGN:
         title, submit = "Reassign AE / CE", "Reassign"
         people = Directory(session)
         for role in ("ae", "ce"):
@@ -90,7 +91,7 @@ def build_modal(session, name: str, trial: Trial, response_url: str | None) -> d
             person = people.by_email(current)
             blocks.append(_input(role, role.upper(), _select(options, current), optional=True,
                                  hint=f"Now: {person.name if person else current or 'nobody'}"))
-    elif name == "extend":
+    elif name == lc.EXTEND:
         title, submit = "Extend trial", "Extend"
         end = _trial_end(trial)
         blocks.append(_input("days", "Extend by", _select([_option(f"{d} days", str(d)) for d in EXTENSION_CHOICES],
@@ -119,9 +120,9 @@ def _value(values: dict, block_id: str) -> str | None:
 
 
 def detail_from_view(name: str, values: dict) -> dict[str, Any]:
-    if name == "qualify":
+    if name == lc.QUALIFY:
         return {"opportunity_id": _value(values, "opportunity_id") or ""}
-    if name == "disqualify":
+    if name == lc.DISQUALIFY:
         reason = _value(values, "reason")
         note = _value(values, "note")
         if reason not in DISQUALIFICATION_REASONS:
@@ -130,9 +131,9 @@ def detail_from_view(name: str, values: dict) -> dict[str, Any]:
             raise InvalidSignup("Say why in the note.", "note")
         text = DISQUALIFICATION_REASONS[reason] if reason != "other" else "Other"
         return {"reason": f"{text}: {note}" if note else text}
-    if name == "reassign":
+    if name == lc.REASSIGN:
         return {role: _value(values, role) for role in ("ae", "ce") if _value(values, role)}
-    if name == "extend":
+    if name == lc.EXTEND:
         detail = {"days": _value(values, "days") or str(EXTENSION_DAYS)}
         reason = _value(values, "reason")
         if reason:

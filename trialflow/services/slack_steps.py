@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
+from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain.trial import SYSTEM, Trial
@@ -27,9 +28,9 @@ from trialflow.services.trials import Command, get_trial, handle
 log = logging.getLogger("trialflow.interactions")
 
 # Button name (``trial:<name>``) → lifecycle trigger, where they differ.
-TRIGGER_OF = {"user_added": "confirm_user_added"}
+TRIGGER_OF = {"user_added": lc.CONFIRM_USER_ADDED}
 # Steps that leave the state as it is but make sense only once: a second press is "already done".
-ONCE_ONLY = frozenset({"keep", "request_feedback", "convert_to_opportunity"})
+ONCE_ONLY = lc.ONCE_ONLY
 
 esc = sb.escape
 
