@@ -1,136 +1,17 @@
-"""The world every fuzz test sends its requests into: trialflow over HTTP with Slack, GitHub and
-activity signing on, slack_sdk and PyGithub pointed at local fakes, and trials in several states
-(so a generated button press or "instance ready" signal can reach deep into the services).
-
-``world.send(...)`` makes one request and checks what every answer must satisfy: no 5xx, no
-traceback or error in the logs, and a 4xx is a JSON ``{"error": <sentence>}`` that changed nothing.
-"""
+"""The fuzz suites' settings and world (``tests.support.world``)."""
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
-import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
-from sqlalchemy import func, literal, select, union_all
 
-from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
-from tests.support.signed import FIXTURE_REPO, interactive_fake_slack, signing_settings
-from trialflow.api.app import create_app
-from trialflow.db.tables import metadata
-from trialflow.delivery.core import Deliverer
-from trialflow.delivery.dryrun import DryRunTransport
-from trialflow.delivery.github import GitHubTransport
-from trialflow.runtime import Runtime
-from trialflow.services.directory import Directory
-from trialflow.services.reference import load_reference_data
-from trialflow.services.trials import Command, run
+from tests.support.world import World  # noqa: F401 - what the fixture ``world`` (tests/conftest.py) gives
 
 # Bounded so the whole fuzz suite stays well under a minute in CI; raise it locally to hunt:
 # TRIALFLOW_FUZZ_EXAMPLES=2000 pytest tests/fuzz
 EXAMPLES = int(os.environ.get("TRIALFLOW_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("TRIALFLOW_FUZZ_RANDOM"), database=None, print_blob=True,
+# Derandomized, so CI runs the same examples every time; TRIALFLOW_FUZZ_RANDOM=1 draws new ones.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("TRIALFLOW_FUZZ_RANDOM"),
+                database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@dataclass
-class World:
-    runtime: Runtime
-    client: TestClient
-    slack: Any
-    github: FakeGitHub
-    records: _Records
-    trials: dict[str, str] = field(default_factory=dict)     # what each trial is for → its id
-    issues: dict[str, tuple[int, str]] = field(default_factory=dict)  # trial id → (number, body)
-
-    @property
-    def now(self):
-        return self.runtime.clock.now()
-
-    def fingerprint(self) -> dict[str, int]:
-        """How many rows each table holds: a refused request must leave every count as it was."""
-        counts = union_all(*(select(literal(t.name).label("name"), func.count().label("rows")).select_from(t)
-                             for t in metadata.sorted_tables))
-        with self.runtime.engine.connect() as conn:
-            return {name: rows for name, rows in conn.execute(counts)}
-
-    def send(self, method: str, url: str, **kwargs: Any):
-        before = self.fingerprint()
-        self.records.records.clear()
-        response = self.client.request(method, url, **kwargs)
-        status = response.status_code
-        bad = [r for r in self.records.records if r.exc_info or r.levelno >= logging.ERROR]
-        assert not bad, f"{method} {url} answered {status} and logged " + "; ".join(
-            f"{r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else r.getMessage() for r in bad)
-        assert status < 500, f"{method} {url} answered {status}: {response.text[:500]}"
-        if 400 <= status < 500:
-            body = response.json()
-            assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip(), \
-                f"{method} {url} answered {status} without a message: {response.text[:300]}"
-            assert self.fingerprint() == before, f"{method} {url} answered {status} but changed something"
-        return response
-
-
-def _person(runtime: Runtime, slack_id: str):
-    with runtime.session_factory() as s:
-        return Directory(s).by_slack_id(slack_id)
-
-
-@pytest.fixture
-def world(db_url, config_dir, clock):
-    records = _Records()
-    root = logging.getLogger()
-    root.addHandler(records)
-    with interactive_fake_slack() as slack, FakeGitHub(repo=FIXTURE_REPO) as github:
-        settings_ = make_settings(db_url, config_dir, **signing_settings(), **slack.settings(), **github.settings())
-        runtime = Runtime(settings_, clock=clock)
-        load_reference_data(runtime.session_factory, config_dir, clock.now())
-        try:
-            with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
-                world = World(runtime, client, slack, github, records)
-                _populate(world)
-                yield world
-        finally:
-            runtime.close()
-            root.removeHandler(records)
-
-
-def _signup(world: World, email: str, **extra: str) -> str:
-    response = world.client.post("/api/signups", json={"email": email, **extra})
-    assert response.status_code == 201, response.text
-    return response.json()["trial_id"]
-
-
-def _populate(world: World) -> None:
-    rt = world.runtime
-    world.trials["triage"] = _signup(world, "sam@stark-industries.com", name="Sam", company="Stark Industries")
-    world.trials["active"] = _signup(world, "bob@acme-corp.com", name="Bob")
-    requested = _signup(world, "pat@wayne-enterprises.com", name="Pat")
-    run(rt, Command(requested, "qualify", "U0SDR0001", _person(rt, "U0SDR0001"), {"opportunity_id": "006Q"}))
-    world.trials["requested"] = requested
-    ready = _signup(world, "lee@umbrella-corp.com", name="Lee")
-    run(rt, Command(ready, "qualify", "U0SDR0001", _person(rt, "U0SDR0001"), {"opportunity_id": "006R"}))
-    transports = {"github": GitHubTransport(rt.settings, seconds_between_writes=0),
-                  "slack": DryRunTransport("slack"), "email": DryRunTransport("email")}
-    Deliverer(rt, transports).drain_all()
-    run(rt, Command(ready, "mark_instance_ready", "cody-cloud", _person(rt, "U0CLOUD01"),
-                    {"host": "umbrella-corp.sourcegraph.com"}))
-    world.trials["ready"] = ready
-    for trial_id in (requested, ready):
-        [issue] = [i for i in world.github.issues if f"trialflow:{trial_id}:instance-request" in (i["body"] or "")
-                   and "instance-request" in [label["name"] for label in i["labels"]]]
-        world.issues[trial_id] = (issue["number"], issue["body"])

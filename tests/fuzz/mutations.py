@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from hypothesis import strategies as st
 
@@ -98,3 +99,18 @@ def dumps(document: Any) -> bytes:
 
 raw_bytes = st.one_of(st.binary(max_size=200), st.sampled_from((b"", b"\xff\xfe", b"null", b"[]", b"{", b"NaN",
                                                                   b'"text"', b"payload=", b"payload=%ff", b"a=b&c")))
+
+
+def quoted(value: str) -> str:
+    return quote_from_bytes(value.encode("utf-8", "surrogatepass"), safe="")
+
+
+def form_body(fields: list[tuple[str, str]]) -> bytes:
+    """A form body as Slack encodes it; strings that are not valid UTF-8 stay percent-escaped bytes."""
+    return "&".join(f"{quoted(k)}={quoted(v)}" for k, v in fields).encode()
+
+
+def header_value(value: str) -> bytes:
+    """What can travel in an HTTP header: printable Latin-1 (a server refuses CR, LF and NUL)."""
+    encoded = value.encode("utf-8", "surrogatepass").decode("latin-1")
+    return "".join(c for c in encoded if c == "\t" or " " <= c <= "~" or c >= "\xa0").encode("latin-1")

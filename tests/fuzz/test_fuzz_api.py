@@ -10,15 +10,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import EVENTS_TOKEN
 from tests.fuzz.conftest import FUZZ
-from tests.fuzz.mutations import BIG_INTS, dumps, mutated, raw_bytes, text
-from tests.fuzz.test_fuzz_slack import _q, header_value
+from tests.fuzz.mutations import BIG_INTS, dumps, header_value, mutated, quoted, raw_bytes, text
 from tests.support.signed import ACTIVITY_SECRET, activity_signature
 
 CONTENT_TYPES = ("application/json", "application/json", "application/json", "text/plain", "", "application/x-www-form-urlencoded")
 
 
 def query(params: list[tuple[str, str]]) -> str:
-    return "&".join(f"{_q(k)}={_q(v)}" for k, v in params)
+    return "&".join(f"{quoted(k)}={quoted(v)}" for k, v in params)
 
 
 @FUZZ
@@ -39,7 +38,7 @@ def test_reading_trials_with_any_query_is_answered_without_a_server_error(world,
     path = data.draw(st.sampled_from(("/api/trials", "/api/trials", "/api/trials/{id}", "/api/funnel", "/dashboard",
                                       "/api/events", "/healthz", "/metrics")))
     if path == "/api/trials/{id}":
-        path = "/api/trials/" + _q(data.draw(st.one_of(st.sampled_from(sorted(world.trials.values())), text())))
+        path = "/api/trials/" + quoted(data.draw(st.one_of(st.sampled_from(sorted(world.trials.values())), text())))
     headers = {"authorization": f"Bearer {EVENTS_TOKEN}"} if path == "/api/events" else {}
     world.send("GET", f"{path}?{query(params)}", headers=headers)
 
@@ -70,6 +69,6 @@ def test_signed_activity_reports_of_any_shape_are_answered_without_a_server_erro
     except UnicodeEncodeError:   # a host with a lone surrogate cannot be signed as text; send any signature
         signature = "sha256=00"
     signature = data.draw(st.one_of(st.just(signature), st.just(signature), st.just(signature), text()))
-    world.send("POST", f"/api/instances/{_q(host)}/activity", content=body, headers={
+    world.send("POST", f"/api/instances/{quoted(host)}/activity", content=body, headers={
         "content-type": "application/json", "x-trialflow-timestamp": header_value(signed_ts),
         "x-trialflow-signature": header_value(signature)})

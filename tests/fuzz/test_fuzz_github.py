@@ -9,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.conftest import FUZZ, World
-from tests.fuzz.mutations import dumps, mutated, raw_bytes, text
-from tests.fuzz.test_fuzz_slack import header_value
+from tests.fuzz.mutations import dumps, header_value, mutated, raw_bytes, text
 from tests.support.signed import GITHUB_SECRET, fixture_json, github_signature, issue_comment, issue_labeled
 
 LOGINS = ("cody-cloud", "ada-admin", "carol-ce", "octocat")

@@ -4,13 +4,13 @@ trials, broken in one to three places. Whatever the shape, the answer is never a
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, quote_from_bytes
+from urllib.parse import parse_qsl
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.conftest import FUZZ, World
-from tests.fuzz.mutations import NASTY_STRINGS, dumps, mutated, raw_bytes, text
+from tests.fuzz.mutations import NASTY_STRINGS, dumps, form_body, header_value, mutated, raw_bytes, text
 from tests.support.config import STAFF
 from tests.support.signed import FIXTURES, SLACK_SECRET, block_action, fixture_json, slack_signature, view_submission
 from trialflow.services import slack_blocks as sb
@@ -23,21 +23,6 @@ FORM_VALUES = {
     "reassign": {"ae": ("select", "andy.ae@example.com"), "ce": ("select", "next")},
     "extend": {"days": ("select", "30"), "reason": "Evaluating SSO"},
 }
-
-
-def _q(value: str) -> str:
-    return quote_from_bytes(value.encode("utf-8", "surrogatepass"), safe="")
-
-
-def form_body(fields: list[tuple[str, str]]) -> bytes:
-    """A form body as Slack encodes it; strings that are not valid UTF-8 stay percent-escaped bytes."""
-    return "&".join(f"{_q(k)}={_q(v)}" for k, v in fields).encode()
-
-
-def header_value(value: str) -> bytes:
-    """What can travel in an HTTP header: printable Latin-1 (a server refuses CR, LF and NUL)."""
-    encoded = value.encode("utf-8", "surrogatepass").decode("latin-1")
-    return "".join(c for c in encoded if c == "\t" or " " <= c <= "~" or c >= "\xa0").encode("latin-1")
 
 
 @st.composite

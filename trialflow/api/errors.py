@@ -62,6 +62,15 @@ def validation_message(errors: Sequence[Any], what: str | None = None) -> tuple[
     return "; ".join(sentences) + ".", first
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes at this path (asked of the router, which nests included routers)."""
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)]
+
+
 def install_error_answers(app: FastAPI, max_body_bytes: int) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _body_too_large(_request: Request, _exc: BodyTooLarge) -> JSONResponse:
@@ -101,9 +110,7 @@ def install_error_answers(app: FastAPI, max_body_bytes: int) -> None:
         if exc.status_code == 405:
             # Starlette names only the first route's methods; a path served by two routes
             # (GET and POST /api/events) takes both, and Allow must say so (RFC 9110).
-            allowed = {method for route in request.app.router.routes
-                       if route.matches(request.scope)[0] == Match.PARTIAL for method in getattr(route, "methods", ())}
-            headers["Allow"] = ", ".join(sorted(allowed))
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -93,7 +93,10 @@ class SlackView(_Slack):
         if not isinstance(trial_id, (str, type(None))) or not isinstance(response_url, (str, type(None))):
             raise ValueError("private_metadata's trial_id and response_url must be strings")
         self._trial_id = trial_id or ""
-        self._response_url = check_url(response_url) if response_url else None
+        try:
+            self._response_url = check_url(response_url) if response_url else None
+        except ValueError as exc:
+            raise ValueError(f"private_metadata's response_url {exc}") from None
         return self
 
     @property
