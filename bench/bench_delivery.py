@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_seconds, describe, postgres_cpu_seconds, tree_cpu_seconds  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from tests.support.config import write_config  # noqa: E402
@@ -49,14 +50,13 @@ from tests.support.fake_slack import FakeSlack  # noqa: E402
 from tests.support.processes import RedisServer, TrialflowProcess, trialflow_env, wait_for  # noqa: E402
 from tests.support.services import ensure_postgres_database  # noqa: E402
 from trialflow.db import tables  # noqa: E402
-from trialflow.delivery.coalesce import Coalescer  # noqa: E402
-from trialflow.delivery.core import batches  # noqa: E402
 from trialflow.db.engine import make_engine  # noqa: E402
 from trialflow.db.migrate import upgrade  # noqa: E402
+from trialflow.delivery.coalesce import Coalescer  # noqa: E402
+from trialflow.delivery.core import batches  # noqa: E402
 from trialflow.runtime import Runtime  # noqa: E402
 from trialflow.services import outbox  # noqa: E402
 from trialflow.settings import Settings  # noqa: E402
-from machine import cpu_seconds, describe, postgres_cpu_seconds, tree_cpu_seconds  # noqa: E402
 
 DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/trialflow_bench_delivery"
 TARGET_BACKLOG = 1000.0
@@ -206,7 +206,7 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         cpu_after = (sum(tree_cpu_seconds(w.proc.pid) for w in workers), cpu_seconds(os.getpid()),
                      postgres_cpu_seconds("trialflow_bench_delivery"), tree_cpu_seconds(redis.proc.pid))
-        per_effect = [1000 * (b - a) / args.effects for a, b in zip(cpu_before, cpu_after)]
+        per_effect = [1000 * (b - a) / args.effects for a, b in zip(cpu_before, cpu_after, strict=True)]
         throughput = args.effects / elapsed
         say(f"backlog: {args.effects} effects in {elapsed:.2f} s = {throughput:,.0f}/s; CPU per effect: workers "
             f"{per_effect[0]:.2f} ms, Slack server and this process {per_effect[1]:.2f} ms, PostgreSQL "

@@ -55,8 +55,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
 from machine import describe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ class FloorApp:
         email = data["email"].strip().lower()
         domain = email.rpartition("@")[2]
         trial_id = "tr_" + os.urandom(8).hex()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         conn = await self.acquire()
         try:
             cursor = await conn.execute(_FLOOR_INSERT, (trial_id, email, domain, data.get("name"),
@@ -668,7 +669,7 @@ def main(argv=None) -> int:
             for name in names:
                 port = free_port()
                 servers[name] = (start_server(port, args.workers, config_dir, FACTORIES[name]), port)
-            for name, (process, port) in servers.items():
+            for process, port in servers.values():
                 wait_healthy(process, port)
             native = {name: [loaded_natively(pid) for pid in workers_of(process.pid)]
                       for name, (process, _port) in servers.items()}
@@ -802,7 +803,7 @@ def write_results(report: Report) -> None:
         marker,
         "## Signups over HTTP (`bench/bench_signups.py`)",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `.venv/bin/python {command}`",
         *(f"- {line}" for line in notes),
         f"- mix: 70 % new company domains, 10 % public mailboxes, 10 % colleagues at {SIGNING_UP_ACCOUNTS} of the "

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.config import write_config
+
 # The local servers that answer like Slack, GitHub and an SMTP relay, as fixtures for every test.
 from tests.support.fake_github import fake_github  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
-from tests.support.smtp import smtp_server  # noqa: F401
 from tests.support.services import claim_redis_db, create_run_database, drop_run_database, release_redis_db
+from tests.support.smtp import smtp_server  # noqa: F401
 from trialflow.clock import ManualClock
 from trialflow.db.engine import make_engine
 from trialflow.db.migrate import upgrade
@@ -126,6 +127,7 @@ def runtime(settings, clock):
 @pytest.fixture
 def client(runtime):
     from fastapi.testclient import TestClient
+
     from trialflow.api.app import create_app
     with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
         yield c

@@ -5,7 +5,7 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -41,7 +41,7 @@ def _parse_when(text: str) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise SystemExit(f"--at: {text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _progress(label: str, done: int, total: int) -> None:

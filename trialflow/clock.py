@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class ManualClock:
     def __init__(self, start: datetime | None = None):
-        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:

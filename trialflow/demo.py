@@ -7,12 +7,12 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from trialflow.domain import lifecycle as lc
 from trialflow.api.serialize import trial_detail
 from trialflow.clock import ManualClock
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.wiring import build_deliverer
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory

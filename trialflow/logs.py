@@ -13,15 +13,16 @@ covers lines from libraries and exception text.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 from trialflow.settings import get_settings
 
@@ -54,14 +55,13 @@ def register_secrets(settings) -> None:
     from pydantic import SecretStr
     from sqlalchemy.engine import make_url
 
-    for name, value in settings:
+    for _name, value in settings:
         if isinstance(value, SecretStr):
             register_secret(value.get_secret_value())
         elif isinstance(value, str) and "://" in value and "@" in value:
-            try:
+            # Not a URL SQLAlchemy knows: the regex still masks user:pass@.
+            with contextlib.suppress(Exception):
                 register_secret(make_url(value).password, MIN_URL_PASSWORD_LENGTH)
-            except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: the regex still masks user:pass@
-                pass
 
 
 def scrub(text: str) -> str:
@@ -111,7 +111,7 @@ class _Scrub(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"at": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        doc = {"at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
                "trial_id": getattr(record, "trial_id", None)}
         kind = getattr(record, "effect_kind", None)

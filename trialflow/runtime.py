@@ -1,7 +1,7 @@
 """The wiring: settings, database, clock and how committed effects get delivered."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 

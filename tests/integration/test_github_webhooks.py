@@ -10,8 +10,16 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.signed import (FIXTURE_REPO, comment_as, fixture_json, github_headers, issue_comment, issue_labeled,
-                                  post_webhook, signing_settings)
+from tests.support.signed import (
+    FIXTURE_REPO,
+    comment_as,
+    fixture_json,
+    github_headers,
+    issue_comment,
+    issue_labeled,
+    post_webhook,
+    signing_settings,
+)
 from trialflow.api.app import create_app
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer

@@ -3,7 +3,7 @@ slash-command request, fixtures/slack/slash_command.txt, with the command's fiel
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -46,7 +46,7 @@ def set_score(runtime, trial_id: str, mql: int, grade: str | None) -> None:
 def test_slacks_documented_signed_request_is_verified_against_the_runtime_clock(db_url, config_dir):
     vector = next(v for v in json.loads((FIXTURES / "signatures.json").read_text()) if v["name"] == "slack_request_signing_v0")
     body = (FIXTURES / "slack" / "slash_command.txt").read_bytes()
-    signed_at = datetime.fromtimestamp(int(vector["timestamp"]), timezone.utc)
+    signed_at = datetime.fromtimestamp(int(vector["timestamp"]), UTC)
     headers = {"content-type": "application/x-www-form-urlencoded", "x-slack-request-timestamp": vector["timestamp"],
                "x-slack-signature": vector["expected_signature"]}
     clock = ManualClock(signed_at + timedelta(minutes=4))

@@ -12,8 +12,14 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_settings
 from tests.support.config import STAFF
-from tests.support.signed import (SLACK_SECRET, block_action, interactive_fake_slack, post_interaction,
-                                  signing_settings, view_submission)
+from tests.support.signed import (
+    SLACK_SECRET,
+    block_action,
+    interactive_fake_slack,
+    post_interaction,
+    signing_settings,
+    view_submission,
+)
 from trialflow.db import tables
 from trialflow.services.trials import Command, run
 

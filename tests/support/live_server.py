@@ -31,7 +31,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         # The socket is bound here and handed to uvicorn, so no other process can take the
         # port between choosing it and serving on it.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 class _Recorder:
-    def __init__(self, server: "SmtpServer"):
+    def __init__(self, server: SmtpServer):
         self.server = server
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -112,14 +112,14 @@ class SmtpServer:
         with self.lock:
             return [m for m in self.messages if address in (m["To"] or "")]
 
-    def start(self) -> "SmtpServer":
+    def start(self) -> SmtpServer:
         self.controller.start()
         return self
 
     def stop(self) -> None:
         self.controller.stop()
 
-    def __enter__(self) -> "SmtpServer":
+    def __enter__(self) -> SmtpServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -139,7 +139,7 @@ def _self_signed_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trialflow test SMTP")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))

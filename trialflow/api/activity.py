@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -66,7 +66,7 @@ async def instance_activity(host: str, request: Request, rt: RT):
     except ValueError:
         return error(400, "The body must be JSON.")
     try:
-        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), timezone.utc), now)
+        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), UTC), now)
     except InvalidSignup as exc:
         return error(422, exc.message, field=exc.field)
     try:

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.requests import ClientDisconnect
 from sqlalchemy import select
+from starlette.requests import ClientDisconnect
 
 from trialflow.api import activity, dashboard, events, github, slack
 from trialflow.api.common import RT, BodyTooLarge, collect_body, error, read_body

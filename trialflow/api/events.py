@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -64,7 +64,7 @@ def parse_event(data: Any, now: datetime) -> tuple[str, str, datetime]:
         if at is None:
             raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r}.", "at")
         # A time without an offset is taken as UTC, the zone everything here is stored in.
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
         if at > now + FUTURE_TOLERANCE:
             raise BadEvent(f"at ({at.isoformat()}) is in the future; send when the action happened.", "at")
     return email, kind, at

@@ -145,7 +145,7 @@ class EmailTransport:
             raise PermanentFailure(f"SMTP server {self.server}: its TLS certificate is not trusted: {exc.verify_message}") from None
         except smtplib.SMTPServerDisconnected as exc:
             raise RetryLater(f"SMTP server {self.server} hung up: {exc}") from None
-        except (ConnectionError, socket.timeout, TimeoutError, socket.gaierror, OSError) as exc:
+        except (ConnectionError, TimeoutError, socket.gaierror, OSError) as exc:
             raise RetryLater(f"SMTP server {self.server} unreachable: {type(exc).__name__}: {exc}") from None
         if refused:
             log.warning("email %s: the server refused some recipients: %s", effect.key,

@@ -8,7 +8,7 @@ is not activity. One report per instance per moment: a replayed report is a no-o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -17,8 +17,8 @@ from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
-from trialflow.scoring import grade_trials
 from trialflow.errors import InvalidSignup, NotFound
+from trialflow.scoring import grade_trials
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
 # Counters that mean someone used the instance; repositories alone (a sync) does not.
@@ -61,10 +61,10 @@ def parse_report(data: Any, default_at: datetime, now: datetime) -> ActivityRepo
             at = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
         except ValueError:
             raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at") from None
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
     if at > now + MAX_FUTURE:
         raise InvalidSignup("at is in the future.", "at")
-    return ActivityReport(at=at.astimezone(timezone.utc), **counts)
+    return ActivityReport(at=at.astimezone(UTC), **counts)
 
 
 def trial_for_host(session, host: str) -> tuple[bool, str | None]:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import outbox

@@ -9,18 +9,33 @@ event (a retried request, a second worker) can never enqueue it twice.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
 from trialflow.services import slack_blocks as sb
-from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
-                                         lead, score, who)
-from trialflow.services.timers import (DECISION_DAYS, ESCALATION_GRACE_DAYS, EXTENSION_DAYS, HEADS_UP_DAYS,
-                                       REVIEW_DAYS, TIMER_KINDS, USER_ADDED_REMINDER_DAYS)
+from trialflow.services.messages import (
+    account_of,
+    channel_name,
+    domain_change_body,
+    instance_request_body,
+    lead,
+    score,
+    who,
+)
+from trialflow.services.timers import (
+    DECISION_DAYS,
+    ESCALATION_GRACE_DAYS,
+    EXTENSION_DAYS,
+    HEADS_UP_DAYS,
+    REVIEW_DAYS,
+    TIMER_KINDS,
+    USER_ADDED_REMINDER_DAYS,
+)
 from trialflow.settings import Settings
 
 __all__ = ["Context", "decide", "DECISION_DAYS", "EXTENSION_DAYS", "REVIEW_DAYS"]

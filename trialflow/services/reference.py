@@ -7,9 +7,9 @@ is the truth); instances are merged, because a pool instance claimed at run time
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sqlalchemy import delete, insert, select, update
 

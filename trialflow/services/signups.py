@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import String, bindparam, select, text
 from sqlalchemy.orm import Session
@@ -72,7 +73,7 @@ class SignupResult:
     created: bool
 
     @classmethod
-    def of(cls, trial: PlainTrial, created: bool) -> "SignupResult":
+    def of(cls, trial: PlainTrial, created: bool) -> SignupResult:
         return cls(trial.id, trial.case, trial.state, trial.domain, trial.email, trial.instance_url, created)
 
     @property
@@ -209,7 +210,7 @@ def _look_up(session: Session, email: Email) -> Known:
 
 def _known(email: Email, rows) -> Known:
     known = Known()
-    for kind, k, a, b, c, d, e, f, g in rows:
+    for kind, k, a, b, c, d, e, f, _g in rows:
         if kind == "trial":
             known.existing = _result(k, a, b, c, email.address, d)
         elif kind == "claim":

@@ -19,8 +19,17 @@ from trialflow.errors import InvalidSignup, NotAllowed, NotFound, SlackCallFaile
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.slack_modals import FIELD_BLOCK, MODAL_ACTIONS, build_modal, detail_from_view
-from trialflow.services.slack_steps import (claim_request, esc, explain_refusal, label_of, log_refusal, no_trial_text,
-                                            refused_text, run_command, trigger_of)
+from trialflow.services.slack_steps import (
+    claim_request,
+    esc,
+    explain_refusal,
+    label_of,
+    log_refusal,
+    no_trial_text,
+    refused_text,
+    run_command,
+    trigger_of,
+)
 from trialflow.services.trials import NO_CE, authorize, get_trial, has_active
 
 log = logging.getLogger("trialflow.interactions")

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
 from trialflow.services import slack_blocks as sb

@@ -12,13 +12,14 @@ the answer goes back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import slack_blocks as sb

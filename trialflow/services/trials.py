@@ -3,9 +3,10 @@ transaction: load the trial with a row lock, check who may act, take the lifecyc
 its effects to the outbox, commit."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 

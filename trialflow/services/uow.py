@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +27,7 @@ class UnitOfWork:
         self.session: Session
         self.new_effect_ids: list[int] = []
 
-    def __enter__(self) -> "UnitOfWork":
+    def __enter__(self) -> UnitOfWork:
         self.session = self._factory()
         self.new_effect_ids = []
         return self
