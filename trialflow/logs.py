@@ -109,6 +109,14 @@ class _Scrub(logging.Filter):
         return True
 
 
+def _error_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    if record.exc_text:
+        return scrub(record.exc_text)
+    if record.exc_info:
+        return scrub(formatter.formatException(record.exc_info))
+    return None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -117,8 +125,9 @@ class JsonFormatter(logging.Formatter):
         kind = getattr(record, "effect_kind", None)
         if kind:
             doc["effect_kind"] = kind
-        if record.exc_info or record.exc_text:
-            doc["error"] = scrub(record.exc_text or self.formatException(record.exc_info))
+        error = _error_text(self, record)
+        if error is not None:
+            doc["error"] = error
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
@@ -132,9 +141,9 @@ class TextFormatter(logging.Formatter):
         base = self.formatMessage(record)
         trial = getattr(record, "trial_id", None)
         line = f"{base} trial={trial}" if trial else base
-        if record.exc_info or record.exc_text:
-            line += " error=" + json.dumps(scrub(record.exc_text or self.formatException(record.exc_info)),
-                                           ensure_ascii=False)
+        error = _error_text(self, record)
+        if error is not None:
+            line += " error=" + json.dumps(error, ensure_ascii=False)
         return line.replace("\r", "\\r").replace("\n", "\\n")
 
 

@@ -117,7 +117,7 @@ def record_marketing_event(session: Session, email: str, kind: str, at: datetime
         session.execute(update(t).where(t.c.id == trial_id).values(mql_points=t.c.mql_points + points))
     total = session.scalar(select(func.coalesce(func.sum(me.c.points), 0)).where(me.c.email == email))
     return MarketingEventResult(email=email, kind=kind, points=points, at=at, trial_id=trial_id,
-                                mql_points=int(total))
+                                mql_points=int(total or 0))
 
 
 @dataclass(frozen=True)

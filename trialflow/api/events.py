@@ -57,14 +57,15 @@ def parse_event(data: Any, now: datetime) -> tuple[str, str, datetime]:
     at = now
     if data.get("at") is not None:
         raw = data["at"]
+        parsed: datetime | None
         try:
-            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+            parsed = datetime.fromisoformat(raw) if isinstance(raw, str) else None
         except ValueError:
-            at = None
-        if at is None:
+            parsed = None
+        if parsed is None:
             raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r}.", "at")
         # A time without an offset is taken as UTC, the zone everything here is stored in.
-        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         if at > now + FUTURE_TOLERANCE:
             raise BadEvent(f"at ({at.isoformat()}) is in the future; send when the action happened.", "at")
     return email, kind, at

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from slack_sdk.signature import SignatureVerifier
+from slack_sdk.signature import Clock, SignatureVerifier
 
 from trialflow.api.common import RT, error, read_body
 from trialflow.delivery.slack import slack_web
@@ -27,7 +27,7 @@ router = APIRouter(tags=["slack"])
 SLACK_MAX_BODY = 512 * 1024
 
 
-class _RuntimeClock:
+class _RuntimeClock(Clock):
     """slack_sdk's clock interface (epoch seconds) over trialflow's injected clock."""
 
     def __init__(self, clock):

@@ -18,7 +18,7 @@ from sqlalchemy.types import JSON
 
 from trialflow.db import tables
 
-_PG = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+_PG = postgresql.psycopg.dialect()
 
 
 def pg_cast(column: Column) -> str:

@@ -101,20 +101,6 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
     return value or None
 
 
-
-def _clean(value: Any, field: str, limit: int = 200) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidSignup(f"{field} must be text.", field)
-    value = value.strip()
-    if len(value) > limit:
-        raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
-    if _FORBIDDEN_IN_TEXT.search(value):
-        raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
-    return value or None
-
-
 @dataclass(frozen=True)
 class _Cleaned:
     """The signup's fields, normalised and checked."""
