@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -13,6 +13,8 @@ from trialflow.db.mapping import start_mappers
 
 if TYPE_CHECKING:
     import asyncio
+
+    import psycopg
 
 RECYCLE_SECONDS = 300.0          # a PostgreSQL connection older than this is closed, not reused
 CONNECT_TIMEOUT_SECONDS = 10
@@ -92,7 +94,7 @@ class LoopConnections:
         self.size = size
         self.recycle_seconds = recycle_seconds
         self._born: dict[int, float] = {}   # id(connection) -> when it was made
-        self._idle: list = []
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid: int | None = None
@@ -111,7 +113,7 @@ class LoopConnections:
         self._loop, self._pid = loop, os.getpid()
         return self._slots
 
-    async def acquire(self):
+    async def acquire(self) -> psycopg.AsyncConnection[Any]:
         slots = self._here()
         await slots.acquire()
         try:
@@ -125,7 +127,7 @@ class LoopConnections:
             slots.release()
             raise
 
-    def release(self, conn) -> None:
+    def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
         from psycopg.pq import TransactionStatus
         try:
             if conn.broken:
@@ -142,7 +144,7 @@ class LoopConnections:
             assert self._slots is not None  # acquire() made it before handing out a connection
             self._slots.release()
 
-    def _finish(self, conn) -> None:
+    def _finish(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._born.pop(id(conn), None)
         conn.pgconn.finish()
 

@@ -17,9 +17,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
@@ -29,6 +31,7 @@ from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefu
 from trialflow.services import outbox
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
+from trialflow.services.uow import App, UnitOfWork
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -51,7 +54,7 @@ class ReadySignal:
     comment_body: str | None    # the /ready comment itself (written by ``login``)
 
 
-def ready_signal(event: str, payload: dict) -> ReadySignal | str:
+def ready_signal(event: str, payload: dict[str, Any]) -> ReadySignal | str:
     """The signal in a delivery, or why the delivery is not one."""
     issue = payload.get("issue") or {}
     body = issue.get("body") or ""
@@ -106,7 +109,7 @@ def instance_host(url: str) -> str:
     return host
 
 
-def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comments: IssueComments) -> dict:
+def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
     """One webhook delivery, processed once. Returns what the answer says.
 
     ``comments(repo, number)`` reads an issue's comments (``trialflow.delivery.github.issue_comments``)."""
@@ -140,7 +143,7 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
         return result
 
 
-def recorded_request_issues(session, trial_id: str) -> set[int]:
+def recorded_request_issues(session: Session, trial_id: str) -> set[int]:
     """The numbers of the instance-request issues trialflow filed for this trial (delivered effects)."""
     o = tables.outbox
     rows = session.execute(select(o.c.payload, o.c.result).where(
@@ -154,12 +157,12 @@ def _may_signal(person: Person | None) -> bool:
     return person is not None and person.active and person.role in CLOUD_ROLES
 
 
-def _comment(uow, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
+def _comment(uow: UnitOfWork, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
     outbox.enqueue(uow, key=f"github-{slot}:{delivery_id}", kind="github.comment", now=now, trial_id=signal.trial_id,
                    payload={"ref": f"instance-request:{signal.trial_id}", "body": body})
 
 
-def _mark_ready(rt, uow, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict:
+def _mark_ready(rt: App, uow: UnitOfWork, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict[str, Any]:
     session = uow.session
     people = Directory(session)
     person = people.by_github_login(signal.login) if signal.login else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Protocol
+from typing import Any, Protocol
 
 from trialflow.domain.trial import PlainTrial
 from trialflow.scoring import is_mql
@@ -79,7 +79,7 @@ def domain_change_body(trial: PlainTrial, new_host: str, actor: str, position: i
     ])
 
 
-def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict:
+def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict[str, Any]:
     return {
         "issue_kind": "pool-replenish", "ref": f"pool-replenish:{episode}",
         "title": f"Pre-provision more cloud trial instances ({free} left in the pool)",

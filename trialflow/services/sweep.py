@@ -43,7 +43,7 @@ from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.timers import step_for
 from trialflow.services.trials import Command, promote_waiting, step
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.uow import App, UnitOfWork
 from trialflow.services.writer import among
 
 log = logging.getLogger("trialflow.sweep")
@@ -65,7 +65,7 @@ class SweepReport:
         self.actions.append(text)
 
 
-def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
+def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
     started = time.perf_counter()
     now = at or rt.clock.now()
     report = SweepReport(at=now, dry_run=dry_run)
@@ -99,7 +99,7 @@ def _more(claimed: int, settled: int, batch: int) -> bool:
     return claimed == batch and settled > 0
 
 
-def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int,
+def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int,
                   lock: bool) -> tuple[int, int]:
     """Claim up to ``batch`` due timers and take the step each one causes. Returns (claimed, settled):
     settled leaves out timers left due because their step failed.
@@ -120,7 +120,7 @@ def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch
     return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
 
 
-def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int, lock: bool,
+def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int, lock: bool,
                     careful: bool) -> int:
     t = tables.timers
     session = uow.session
@@ -194,7 +194,7 @@ def _waiting(uow: UnitOfWork, lock: bool, ids: list[str] | None = None) -> list[
     return list(uow.session.scalars(stmt).all())
 
 
-def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
+def _promote(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
     """Try to move one waiting trial on. True: moved; False: not now; None: the cap is reached."""
     with uow.session.begin_nested():
         moved = promote_waiting(uow, rt.settings, now, trial)
@@ -207,7 +207,7 @@ def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Tri
     return None if not capacity.has_capacity(uow.session, rt.settings) else False
 
 
-def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
+def _sweep_queue(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, lock: bool) -> None:
     """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
     waiting = _waiting(uow, lock)
     # Nobody can move while the cap is reached: one count instead of one attempt per waiting trial.
@@ -218,7 +218,7 @@ def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: 
             break
 
 
-def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
+def _sweep_queue_durably(rt: App, now: datetime, report: SweepReport) -> None:
     """As ``_sweep_queue``, one transaction per trial.
 
     A promotion takes its domain's claim row and then the capacity lock, as a signup does; holding
@@ -240,7 +240,7 @@ def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
             break
 
 
-def _sweep_program(uow: UnitOfWork, rt, now: datetime, report: SweepReport) -> None:
+def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport) -> None:
     """Program-wide chores: license rotation reminders and the pool's low-water mark."""
     last = uow.session.scalar(select(tables.kv.c.value).where(tables.kv.c.key == "license_rotated_at"))
     if last is None:

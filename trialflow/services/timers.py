@@ -3,6 +3,8 @@ deadlines a trial has. Timers are rows (``tables.timers``) swept on a schedule; 
 declared in the lifecycle table (``lifecycle.TIMERS``) with the steps it may cause."""
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,7 +22,7 @@ EXTENSION_DAYS = 15
 TIMER_KINDS: tuple[str, ...] = tuple(timer.kind for timer in lc.TIMERS)
 
 
-def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict] | None:
+def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:
     """Which step a due timer causes now, if any (a timer left behind by a later change does nothing)."""
     if kind == lc.USER_ADDED_REMINDER and trial.state == lc.JOINING_EXISTING:
         return lc.REMIND_USER_ADDED, {}
