@@ -35,6 +35,7 @@ from trialflow.services.timers import (
     REVIEW_DAYS,
     TIMER_KINDS,
     USER_ADDED_REMINDER_DAYS,
+    review_at,
 )
 from trialflow.settings import Settings
 
@@ -107,7 +108,7 @@ class _Effects:
             "topic": f"Cloud trial for {self.trial.account_name} ({self.trial.domain})",
         })
 
-    def email(self, slot: str, template: str, to: str, *, cc: list[str] | None = None,
+    def email(self, slot: str, template: str, to: str, *, cc: list[str | None] | None = None,
               sender: str | None = None, **context: Any) -> None:
         self.add(slot, "email", {"template": template, "to": to, "cc": [c for c in (cc or []) if c],
                                  "from": sender, "context": context})
@@ -215,6 +216,8 @@ def _on_request_instance(fx: _Effects, ctx: Context, trial: PlainTrial, event: E
 def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     # The instance is live and, unless the domain is a public mailbox's (shared by strangers:
     # claiming it would send every later @hotmail.fr signup to this one person), its domain leads there.
+    if trial.instance_host is None:  # the step that marks it ready records the host first
+        raise ValueError(f"trial {trial.id} was marked ready without an instance")
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
     fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
@@ -227,7 +230,7 @@ def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> No
 
 
 def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}.")
+    fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {review_at(trial).date()}.")
     _start_clock(fx, trial, event.at)
 
 
@@ -251,7 +254,7 @@ def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Even
 
 def _on_warn(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("heads-up", f":warning: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
-                          f"{(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}. With no activity it will be terminated unless you keep it.",
+                          f"{review_at(trial).date()}. With no activity it will be terminated unless you keep it.",
                           sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
 
 

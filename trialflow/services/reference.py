@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -76,6 +76,10 @@ def _text(value: str, column: str, limit: int, path: str, line: int) -> str:
     return value
 
 
+@overload
+def _email(value: str, column: str, path: str, line: int, required: Literal[True]) -> str: ...
+@overload
+def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None: ...
 def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None:
     if not value:
         if required:

@@ -115,7 +115,7 @@ def _mine(session: Session, person: Person) -> str:
                              .order_by(t.c.created_at.desc()).limit(LIST_LIMIT)).all()
     if not trials:
         return f"No open trials where you ({esc(person.name)}) are the SDR, AE or CE."
-    total = session.scalar(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states)))
+    total = session.execute(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states))).scalar_one()
     head = f"*Your open trials* ({total}{f', newest {LIST_LIMIT} shown' if total > LIST_LIMIT else ''}):"
     return "\n".join([head, *(_trial_line(session, trial) for trial in trials)])
 
@@ -157,9 +157,10 @@ def _domain_change(rt: App, form: dict[str, str], user_id: str, target: str, sub
                 address = normalize_email(target.strip("<>").removeprefix("mailto:").split("|", 1)[0]).address
             except InvalidSignup as exc:
                 return f":warning: {esc(exc.message)}"
-            trial_id = session.scalar(select(tables.trials.c.id).where(tables.trials.c.email == address))
-            if trial_id is None:
+            found: str | None = session.scalar(select(tables.trials.c.id).where(tables.trials.c.email == address))
+            if found is None:
                 return f"No trial for `{esc(address)}`."
+            trial_id = found
     outcome = run_command(rt, key=f"command:{form.get('trigger_id') or ''}:{trial_id}" if form.get("trigger_id") else None,
                           trial_id=trial_id, action=lc.REQUEST_DOMAIN_CHANGE, actor=user_id,
                           detail={"subdomain": subdomain}, person_of=lambda people: people.by_slack_id(user_id),

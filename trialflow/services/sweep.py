@@ -121,7 +121,7 @@ def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, 
 
 
 def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int, lock: bool,
-                    careful: bool) -> int:
+                    careful: bool) -> tuple[int, int]:
     t = tables.timers
     session = uow.session
     # Ordered by due_at alone: exactly the partial index's order, so a batch reads only its own rows
@@ -137,7 +137,8 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport
 
     trial_ids = sorted({row.trial_id for row in due if row.trial_id is not None})
     trials_stmt = (select(Trial).where(among(session, tables.trials.c.id, trial_ids)).order_by(tables.trials.c.id)
-                   .options(selectinload(Trial.history)))
+                   # Trial is mapped imperatively (db.mapping): mypy sees the plain list, not the relationship.
+                   .options(selectinload(Trial.history)))  # type: ignore[misc, arg-type]
     if lock:
         trials_stmt = trials_stmt.with_for_update(of=tables.trials)
     trials = {trial.id: trial for trial in session.scalars(trials_stmt)} if trial_ids else {}
@@ -148,7 +149,9 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport
     left_due = 0
     for row in due:
         trial = trials.get(row.trial_id)
-        decision = step_for(trial, row.kind) if trial is not None else None
+        if trial is None:
+            continue
+        decision = step_for(trial, row.kind)
         if decision is None:
             continue
         trigger, detail = decision

@@ -3,6 +3,7 @@ deadlines a trial has. Timers are rows (``tables.timers``) swept on a schedule; 
 declared in the lifecycle table (``lifecycle.TIMERS``) with the steps it may cause."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +21,13 @@ USER_ADDED_REMINDER_DAYS = 2
 EXTENSION_DAYS = 15
 
 TIMER_KINDS: tuple[str, ...] = tuple(timer.kind for timer in lc.TIMERS)
+
+
+def review_at(trial: PlainTrial) -> datetime:
+    """Day 15 of a started trial. Every step that asks is one the table allows only after the start."""
+    if trial.started_at is None:
+        raise ValueError(f"trial {trial.id} has not started, so it has no day-15 review")
+    return trial.started_at + timedelta(days=REVIEW_DAYS)
 
 
 def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:

@@ -19,7 +19,7 @@ from trialflow.domain.trial import CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import capacity, policies
 from trialflow.services.directory import Directory, Person, next_in_rotation
-from trialflow.services.timers import EXTENSION_DAYS, REVIEW_DAYS
+from trialflow.services.timers import EXTENSION_DAYS, review_at
 from trialflow.services.uow import App, UnitOfWork
 from trialflow.settings import Settings
 
@@ -193,7 +193,7 @@ def current_end(trial: Trial) -> datetime:
     for entry in reversed(trial.history):
         if entry.trigger == lc.EXTEND and entry.detail.get("until"):
             return datetime.fromisoformat(entry.detail["until"])
-    return trial.started_at + timedelta(days=REVIEW_DAYS)
+    return review_at(trial)
 
 
 def _extend(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
@@ -204,7 +204,7 @@ def _extend(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cm
     if not 1 <= days <= 90:
         raise InvalidSignup("an extension is between 1 and 90 days", "days")
     until = current_end(trial) + timedelta(days=days)
-    extra = until - (trial.started_at + timedelta(days=REVIEW_DAYS))
+    extra = until - review_at(trial)
     # The seed: a 15-day extension needs no license change; anything beyond 15 extra days does.
     license_change = extra > timedelta(days=EXTENSION_DAYS)
     trial.fire(lc.EXTEND, actor=cmd.actor, at=now, days=days, until=until.isoformat(), license_change=license_change,
