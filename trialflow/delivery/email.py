@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.inert import plain
 
 log = logging.getLogger("trialflow.delivery.email")
 
@@ -33,6 +34,9 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TIMEOUT_SECONDS = 20.0
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
+# Context values people typed (the failsafe's ``signup`` is the whole request they sent): made
+# inert for a mail client, which links whatever looks like an address or a URL.
+TYPED = frozenset({"name", "company", "source", "note", "reason", "signup"})
 # Values a template may use when the effect's context leaves them empty.
 _FALLBACKS: dict[str, dict[str, str]] = {
     "welcome": {"ce_name": "your customer engineer", "ae_name": "your account executive"},
@@ -75,6 +79,8 @@ def load_template(name: str) -> str:
 def render(name: str, context: dict[str, Any]) -> Rendered:
     """Fill the template's ``$placeholders`` from ``context``. The first line is ``Subject: ...``."""
     values = {k: "" if v is None else str(v) for k, v in (context or {}).items()}
+    for key in TYPED & values.keys():
+        values[key] = plain(values[key], one_line=key != "signup")
     for key, fallback in _FALLBACKS.get(name, {}).items():
         if not values.get(key):
             values[key] = fallback
