@@ -1,7 +1,8 @@
 """Email effects over SMTP (smtplib), rendered from the plain-text templates in trialflow/templates.
 
 ``TRIALFLOW_SMTP_URL`` is ``smtp://[user:pass@]host[:port]`` (STARTTLS whenever the server offers
-it) or ``smtps://[user:pass@]host[:port]`` (TLS from the first byte).
+it, and required when the URL has credentials: a password never goes out in clear) or
+``smtps://[user:pass@]host[:port]`` (TLS from the first byte).
 
 SMTP cannot be asked "did you already get this?", so exactly-once ends at the server: the
 Message-ID is derived from the effect's idempotency key, and a resend after a worker died
@@ -174,6 +175,11 @@ class EmailTransport:
             if not server.implicit_tls and smtp.has_extn("starttls"):
                 smtp.starttls(context=context)
                 smtp.ehlo()
+            elif not server.implicit_tls and server.username:
+                # The password would cross the network in clear (or the offer was stripped on the way).
+                raise PermanentFailure(f"SMTP server {server} offers no STARTTLS, and TRIALFLOW_SMTP_URL has "
+                                       "credentials: they are never sent in clear. Use a server that offers "
+                                       "STARTTLS, or smtps:// (TLS from the first byte)")
             if server.username:
                 smtp.login(server.username, server.password or "")
             return smtp.send_message(msg, from_addr=self.sender, to_addrs=recipients)
