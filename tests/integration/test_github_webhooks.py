@@ -297,3 +297,27 @@ def test_an_instance_for_a_public_mailbox_lead_does_not_claim_the_mailbox_domain
     with runtime.session_factory() as s:
         claims = s.scalars(select(tables.domain_claims.c.domain).where(tables.domain_claims.c.trial_id == marie)).all()
     assert claims == []
+
+
+def test_a_signed_body_replayed_under_a_fresh_delivery_id_changes_nothing(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    payload = issue_comment(number, body, "/ready https://stark-industries.sourcegraph.com", "cody-cloud")
+    assert post_webhook(client, "issue_comment", payload).json()["status"] == "instance_ready"
+    before = counts(runtime)
+    replayed = post_webhook(client, "issue_comment", payload)          # the same bytes, a new X-GitHub-Delivery
+    assert replayed.status_code == 200 and replayed.json()["status"] == "duplicate"
+    assert counts(runtime) == before
+
+
+def test_a_replayed_label_event_is_recognised_but_the_same_label_added_again_later_is_not(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    labelled = issue_labeled(number, body, "instance-ready", "cody-cloud")   # no URL yet: the issue is asked for one
+    assert post_webhook(client, "issues", labelled).json()["status"] == "needs_url"
+    before = counts(runtime)
+    assert post_webhook(client, "issues", labelled).json()["status"] == "duplicate"
+    assert counts(runtime) == before
+    comment_as(github, number, "cody-cloud", "Instance: https://stark-industries.sourcegraph.com")
+    again = issue_labeled(number, body, "instance-ready", "cody-cloud")      # removed and added again: a new time
+    assert post_webhook(client, "issues", again).json()["status"] == "instance_ready"

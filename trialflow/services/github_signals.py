@@ -7,11 +7,14 @@ filing (the delivered github.issue effect's number), and the instance URL comes 
 comment written by an authorised cloud/admin member (``/ready <url>`` or an ``Instance: <url>``
 line). No URL: nothing is guessed; the issue is asked for one.
 
-A delivery is processed once: its ``X-GitHub-Delivery`` id is recorded (``github_deliveries``) in
-the same transaction as what it causes, so a redelivered webhook changes nothing.
+A delivery is processed once: its ``X-GitHub-Delivery`` id and its content's ``fingerprint`` are
+recorded (``github_deliveries``) in the same transaction as what it causes, so a redelivered
+webhook, or a signed body replayed under a fresh delivery id, changes nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -106,6 +109,23 @@ def instance_host(url: str) -> str:
     return host
 
 
+def fingerprint(event: str, payload: dict) -> str | None:
+    """What a delivery is about, whatever its X-GitHub-Delivery: the event, the action, the comment
+    (or else the issue) it concerns, when that changed, and the label. A replay of a signed body
+    has the same one; a new comment, or the label added again later, has another."""
+    comment = payload.get("comment") if isinstance(payload.get("comment"), dict) else {}
+    issue = payload.get("issue") if isinstance(payload.get("issue"), dict) else {}
+    if comment.get("id") is not None:
+        subject, at = f"comment:{comment['id']}", comment.get("updated_at") or comment.get("created_at")
+    elif issue.get("id") is not None:
+        subject, at = f"issue:{issue['id']}", issue.get("updated_at")
+    else:
+        return None  # a ping, or nothing trialflow acts on: the delivery id alone
+    label = (payload.get("label") or {}).get("name") if isinstance(payload.get("label"), dict) else None
+    content = json.dumps([event, payload.get("action"), subject, at, label], default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comments: IssueComments) -> dict:
     """One webhook delivery, processed once. Returns what the answer says.
 
@@ -127,7 +147,8 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
     with rt.uow() as uow:
         session = uow.session
         if not insert_ignore(session, tables.github_deliveries,
-                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now}):
+                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now,
+                              "fingerprint": fingerprint(event, payload)}):
             return {"status": "duplicate", "delivery": delivery_id}
         if signal == "ping":
             uow.commit()
