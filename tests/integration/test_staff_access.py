@@ -10,6 +10,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
+from sqlalchemy import select
 
 from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.staff_site import (API_TOKEN, CLIENT_SECRET, FORMER_STAFF, SESSION_SECRET, STAFF, STRANGER,
@@ -228,3 +229,67 @@ def test_without_a_metrics_token_metrics_answer_this_machine_only(runtime):
     with local_app(runtime, "127.0.0.1") as here, local_app(runtime, "203.0.113.9") as away:
         assert here.get("/metrics").status_code == 200
         assert away.get("/metrics").status_code == 403
+
+
+# --- trialflow serve -------------------------------------------------------------------------------
+
+def serve(tmp_path, *args: str, **settings: str):
+    import subprocess
+    import sys
+    from tests.support.processes import ROOT, trialflow_env
+    return subprocess.run([sys.executable, "-m", "trialflow.cli", "serve", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env=trialflow_env(database_url=f"sqlite:///{tmp_path}/serve.db", **settings))
+
+
+def test_serve_on_a_public_address_without_authentication_refuses_to_start_and_names_the_settings(tmp_path):
+    refused = serve(tmp_path, "--host", "0.0.0.0", "--port", "1")
+    assert refused.returncode == 2
+    for setting in ("TRIALFLOW_OIDC_ISSUER", "TRIALFLOW_OIDC_CLIENT_ID", "TRIALFLOW_OIDC_CLIENT_SECRET",
+                    "TRIALFLOW_PUBLIC_URL", "TRIALFLOW_SESSION_SECRET", "TRIALFLOW_API_TOKENS"):
+        assert setting in refused.stderr
+    assert not (tmp_path / "serve.db").exists()       # refused before touching anything
+
+
+def test_a_short_api_token_stops_trialflow_at_start_without_printing_it(tmp_path):
+    refused = serve(tmp_path, "--host", "0.0.0.0", api_tokens="ci:too-short-a-token")
+    assert refused.returncode == 2
+    assert "TRIALFLOW_API_TOKENS: the token of 'ci' must be at least 32 characters" in refused.stderr
+    assert "too-short-a-token" not in refused.stderr
+
+
+def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_link(site):
+    import io
+    from trialflow.delivery.wiring import build_deliverer
+    from trialflow.logs import make_handler, register_secrets
+
+    stream = io.StringIO()
+    handler = make_handler(False, stream)
+    root = logging.getLogger()
+    level = root.level
+    register_secrets(site.settings)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        trial_id = a_trial(site)                                   # acme-corp: a pool instance and a reset link
+        with site.runtime.session_factory() as s:
+            [reset_link] = [p["context"]["reset_link"] for p in s.scalars(select(tables.outbox.c.payload))
+                            if (p.get("context") or {}).get("reset_link")]
+        build_deliverer(site.runtime).drain_all()                  # dry-run: every effect is logged
+        staff = site.signed_in(STAFF)
+        staff.get(f"/api/trials/{trial_id}")
+        site.client(authorization=f"Bearer {API_TOKEN}").get(f"/api/trials/{trial_id}")
+        site.client(authorization=f"Bearer {WRONG_TOKEN}").get(f"/api/trials/{trial_id}")
+        site.signed_in(STRANGER).get(f"/api/trials/{trial_id}")
+        cookie = staff.cookies.get(auth.SESSION_COOKIE)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    logged = stream.getvalue()
+    assert f"read trial {trial_id}: by {STAFF} (sign-in) from 127.0.0.1" in logged
+    assert f"read trial {trial_id}: by ci-reader (token) from 127.0.0.1" in logged
+    assert f"refused GET /api/trials/{trial_id}: wrong token; by anonymous from 127.0.0.1" in logged
+    assert f"not active staff; by {STRANGER} from 127.0.0.1" in logged
+    for secret in (API_TOKEN, WRONG_TOKEN, SESSION_SECRET, CLIENT_SECRET, cookie, reset_link,
+                   reset_link.split("code=")[1]):
+        assert secret and secret not in logged
