@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.signed import (FIXTURE_REPO, comment_as, fixture_json, github_headers, issue_comment, issue_labeled,
                                   post_webhook, signing_settings)
@@ -92,7 +92,7 @@ def test_unsigned_forged_or_tampered_deliveries_are_refused_and_change_nothing(c
 
 def test_without_a_webhook_secret_deliveries_are_refused_with_a_clear_message(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as c:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as c:
         response = post_webhook(c, "ping", fixture_json("github/webhooks/ping.json"))
     rt.close()
     assert response.status_code == 503 and "TRIALFLOW_GITHUB_WEBHOOK_SECRET" in response.json()["error"]

@@ -13,8 +13,16 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 
 from tests.conftest import LOOPBACK_CLIENT, make_settings
-from tests.support.staff_site import (API_TOKEN, CLIENT_SECRET, FORMER_STAFF, SESSION_SECRET, STAFF, STRANGER,
-                                      WRONG_TOKEN, StaffSite)
+from tests.support.staff_site import (
+    API_TOKEN,
+    CLIENT_SECRET,
+    FORMER_STAFF,
+    SESSION_SECRET,
+    STAFF,
+    STRANGER,
+    WRONG_TOKEN,
+    StaffSite,
+)
 from trialflow.api import auth
 from trialflow.api.app import create_app
 from trialflow.api.signin import identity_from_claims
@@ -236,8 +244,9 @@ def test_without_a_metrics_token_metrics_answer_this_machine_only(runtime):
 def serve(tmp_path, *args: str, **settings: str):
     import subprocess
     import sys
+
     from tests.support.processes import ROOT, trialflow_env
-    return subprocess.run([sys.executable, "-m", "trialflow.cli", "serve", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "trialflow.cli", "serve", *args], cwd=ROOT, capture_output=True, check=False,
                           text=True, timeout=60,
                           env=trialflow_env(database_url=f"sqlite:///{tmp_path}/serve.db", **settings))
 
@@ -260,6 +269,7 @@ def test_a_short_api_token_stops_trialflow_at_start_without_printing_it(tmp_path
 
 def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_link(site):
     import io
+
     from trialflow.delivery.wiring import build_deliverer
     from trialflow.logs import make_handler, register_secrets
 

@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl
 from authlib.common.security import generate_token
 from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Request
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oidc.core import AuthorizationCodeMixin, UserInfo
 from authlib.oidc.core.grants import OpenIDCode
@@ -247,7 +247,7 @@ class OidcProvider:
     async def token(self, request: Request) -> Response:
         return self.server.create_token_response(await self._incoming(request))
 
-    def __enter__(self) -> "OidcProvider":
+    def __enter__(self) -> OidcProvider:
         self._live.__enter__()
         return self
 

@@ -39,7 +39,7 @@ class StaffSite:
         self.db_url, self.config_dir, self.overrides = db_url, config_dir, overrides
         self.clients: list[httpx.Client] = []
 
-    def __enter__(self) -> "StaffSite":
+    def __enter__(self) -> StaffSite:
         self.provider.__enter__()
         values = {**self.provider.settings(self.url, SESSION_SECRET), "api_tokens": f"ci-reader:{API_TOKEN}",
                   **self.overrides}

@@ -8,6 +8,7 @@ entries are whatever the client chose to send, so they are never believed).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -41,16 +42,16 @@ def _trusted(address: Address | None, networks: tuple[Network, ...]) -> bool:
     return address is not None and any(address in network for network in networks)
 
 
-def _header_values(scope: dict[str, Any], name: bytes) -> list[str]:
+def _header_values(scope: Mapping[str, Any], name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers") or [] if key == name]
 
 
-def peer(scope: dict[str, Any]) -> str:
+def peer(scope: Mapping[str, Any]) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
 
 
-def client_address(scope: dict[str, Any], proxies: str) -> str:
+def client_address(scope: Mapping[str, Any], proxies: str) -> str:
     """The address the request came from, as text (the peer's when it is not a trusted proxy)."""
     direct = peer(scope)
     networks = trusted_networks(proxies) if proxies else ()
@@ -68,7 +69,7 @@ def client_address(scope: dict[str, Any], proxies: str) -> str:
     return current
 
 
-def is_local(scope: dict[str, Any], proxies: str) -> bool:
+def is_local(scope: Mapping[str, Any], proxies: str) -> bool:
     """The request was sent from this machine: a loopback client, and not relayed by a proxy
     we were not told to trust (a proxy on this machine would make every visitor look local)."""
     address = _address(client_address(scope, proxies))
