@@ -8,6 +8,7 @@ import unicodedata
 from typing import Any, Protocol
 
 from trialflow.domain.trial import PlainTrial
+from trialflow.inert import code_span
 from trialflow.scoring import is_mql
 from trialflow.services import slack_blocks as sb
 from trialflow.settings import Settings
@@ -50,11 +51,11 @@ def account_of(trial: PlainTrial) -> str:
 def instance_request_body(trial: PlainTrial, ce_email: str, settings: Settings) -> str:
     tags = ",".join(settings.license_tags)
     return "\n".join([
-        f"### Cloud trial instance request: {account_of(trial)}",
+        f"### Cloud trial instance request: {code_span(account_of(trial))}",
         "",
-        f"- Account: {account_of(trial)}",
-        f"- Domain: {trial.domain}",
-        f"- Requester: {trial.name or ''} <{trial.email}>",
+        f"- Account: {code_span(account_of(trial))}",
+        f"- Domain: {code_span(trial.domain)}",
+        f"- Requester: {code_span(trial.name)} {code_span(trial.email)}",
         f"- Assigned CE (needs operator access to create the password-reset link): {ce_email}",
         f"- Opportunity: {trial.opportunity_id or 'n/a'}",
         f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",

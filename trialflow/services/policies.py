@@ -17,6 +17,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
+from trialflow.inert import code_span
 from trialflow.services import slack_blocks as sb
 from trialflow.services.messages import (
     account_of,
@@ -304,14 +305,14 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
     why = f"{reason or 'no reason given'}; {event.actor}"
     if trial.instance_host:
         fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
-                 f"Terminate {trial.instance_url} ({account_of(trial)}). Reason: {reason}\nRequested by: {event.actor}\n\n"
+                 f"Terminate {trial.instance_url} ({code_span(account_of(trial))}). Reason: {code_span(reason)}\nRequested by: {event.actor}\n\n"
                  f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
         done = f"{trial.instance_url} is being terminated"
     elif event.from_state == lc.INSTANCE_REQUESTED:
         # Nothing to terminate yet: the cloud team must stop provisioning, on the request itself.
         fx.add("request-cancelled", "github.comment", {
             "ref": f"instance-request:{trial.id}",
-            "body": f"Request cancelled by {event.actor} ({reason or 'no reason given'}): please stop provisioning this instance.",
+            "body": f"Request cancelled by {event.actor} ({code_span(reason, 'no reason given')}): please stop provisioning this instance.",
         })
         done = f"The instance request for {account_of(trial)} is cancelled"
     else:

@@ -55,6 +55,10 @@ REDIRECTED = frozenset({lc.JOINING_EXISTING, lc.JOINED, lc.ACTIVE, lc.EXTENDED, 
 # Name, company and source end up in Slack messages and GitHub issues: one line of plain text,
 # nothing Slack or Markdown could read as a mention, a link or a hidden comment.
 _FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f<>]")
+# Characters that change how the text around them reads without being seen: bidirectional
+# embeddings, overrides and isolates (a name that displays reversed), and Unicode's own line and
+# paragraph separators (a second line that no control-character check sees).
+_INVISIBLE_LAYOUT = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029\x85]")
 
 
 @dataclass
@@ -102,6 +106,9 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
         raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
     if _FORBIDDEN_IN_TEXT.search(value):
         raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
+    if _INVISIBLE_LAYOUT.search(value):
+        raise InvalidSignup(f"{field} must be one line of plain text, without direction-changing "
+                            "or line-separator characters.", field)
     return value or None
 
 
