@@ -5,13 +5,15 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.api.app import create_app
+from trialflow.api.clients import is_loopback_host
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.db.migrate import upgrade
@@ -41,7 +43,7 @@ def _parse_when(text: str) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise SystemExit(f"--at: {text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -75,6 +77,15 @@ def cmd_serve(args) -> int:
 
 
     rt = _runtime()
+    if not is_loopback_host(args.host) and not rt.settings.staff_auth_configured:
+        print(f"error: refusing to serve on {args.host}: trial data would be open to anyone who can reach it. "
+              "Set staff sign-in (TRIALFLOW_OIDC_ISSUER, TRIALFLOW_OIDC_CLIENT_ID, TRIALFLOW_OIDC_CLIENT_SECRET, "
+              "TRIALFLOW_PUBLIC_URL, TRIALFLOW_SESSION_SECRET) and/or machine tokens (TRIALFLOW_API_TOKENS), "
+              "or serve on 127.0.0.1.", file=sys.stderr)
+        return 2
+    if not is_loopback_host(args.host) and rt.settings.metrics_token is None:
+        logging.getLogger("trialflow").warning("/metrics answers this machine only: set TRIALFLOW_METRICS_TOKEN "
+                                               "for a Prometheus elsewhere")
     prepare_database(rt)
     stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
     app = create_app(rt)
@@ -293,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrialflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # settings validation
+    except ValidationError as exc:  # settings: say what is wrong, never echo the values (tokens, secrets)
+        for problem in exc.errors(include_url=False, include_input=False):
+            print(f"error: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DBAPIError as exc:

@@ -7,12 +7,12 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from trialflow.domain import lifecycle as lc
 from trialflow.api.serialize import trial_detail
 from trialflow.clock import ManualClock
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.wiring import build_deliverer
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory
@@ -80,8 +80,10 @@ def run_demo(keep: bool = False) -> int:
     act(ids["sam@stark-industries.com"], lc.MARK_INSTANCE_READY, "cody-cloud", github=True, host="https://stark-industries.sourcegraph.com")
     print("  the cloud team labels the issue instance-ready")
     with rt.session_factory() as s:
-        sam_ce = s.get(Trial, ids["sam@stark-industries.com"]).ce
-        ce_slack = Directory(s).by_email(sam_ce).slack_user_id
+        sam_ce = Directory(s).by_email(s.get_one(Trial, ids["sam@stark-industries.com"]).ce)
+        if sam_ce is None:
+            raise RuntimeError("the demo's qualified trial has no CE from staff.csv")
+        ce_slack = sam_ce.slack_user_id
     clock.advance(hours=2)
     act(ids["sam@stark-industries.com"], lc.HAND_OFF, ce_slack)
     print("  the CE clicks 'Handed off': Sam's trial starts")
@@ -89,7 +91,7 @@ def run_demo(keep: bool = False) -> int:
     # Activity: Bob and Sam use their instances; Gina never does.
     with rt.uow() as uow:
         for email in ("bob@acme-corp.com", "sam@stark-industries.com"):
-            uow.session.get(Trial, ids[email]).last_activity_at = clock.now()
+            uow.session.get_one(Trial, ids[email]).last_activity_at = clock.now()
         uow.commit()
 
     for day in (13, 16, 31, 34):
@@ -111,7 +113,7 @@ def run_demo(keep: bool = False) -> int:
     with rt.session_factory() as s:
         for email in ids:
             print()
-            print_timeline(trial_detail(s, s.get(Trial, ids[email])))
+            print_timeline(trial_detail(s, s.get_one(Trial, ids[email])))
     rt.close()
     if keep:
         print(f"\ndemo database kept at {tmp / 'demo.db'}")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -106,7 +106,7 @@ def _attach_orphans(session: Session) -> int:
     return len(pairs)
 
 
-def record_marketing_event(session: Session, email: str, kind: str, at: datetime) -> "MarketingEventResult":
+def record_marketing_event(session: Session, email: str, kind: str, at: datetime) -> MarketingEventResult:
     """Store one scored action and add its points to the email's trial, if there is one yet."""
     points = mql_points(kind)
     t, me = tables.trials, tables.marketing_events
@@ -117,7 +117,7 @@ def record_marketing_event(session: Session, email: str, kind: str, at: datetime
         session.execute(update(t).where(t.c.id == trial_id).values(mql_points=t.c.mql_points + points))
     total = session.scalar(select(func.coalesce(func.sum(me.c.points), 0)).where(me.c.email == email))
     return MarketingEventResult(email=email, kind=kind, points=points, at=at, trial_id=trial_id,
-                                mql_points=int(total))
+                                mql_points=int(total or 0))
 
 
 @dataclass(frozen=True)

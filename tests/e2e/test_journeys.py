@@ -11,9 +11,19 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.signed import (FIXTURE_REPO, block_action, comment_as, interactive_fake_slack, issue_comment,
-                                  issue_labeled, post_activity, post_interaction, post_webhook, signing_settings,
-                                  view_submission)
+from tests.support.signed import (
+    FIXTURE_REPO,
+    block_action,
+    comment_as,
+    interactive_fake_slack,
+    issue_comment,
+    issue_labeled,
+    post_activity,
+    post_interaction,
+    post_webhook,
+    signing_settings,
+    view_submission,
+)
 from tests.support.smtp import SmtpServer
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.email import EmailTransport

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.signed import activity_signature, post_activity, signing_settings
 from trialflow.api.app import create_app
 from trialflow.db import tables
@@ -137,7 +137,7 @@ def test_a_bad_report_is_422_with_the_field(client, clock):
 
 def test_without_an_activity_secret_reports_are_refused_with_a_clear_message(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as client:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as client:
         response = post_activity(client, "pool-a.sourcegraph.com", USE, clock.now())
     rt.close()
     assert response.status_code == 503 and "TRIALFLOW_ACTIVITY_SECRET" in response.json()["error"]

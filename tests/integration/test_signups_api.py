@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from tests.conftest import EVENTS_AUTH, make_settings
+from tests.conftest import EVENTS_AUTH, LOOPBACK_CLIENT, make_settings
 from tests.support.config import ACCOUNTS, INSTANCES, STAFF, write_config
 from trialflow.api.app import create_app
 from trialflow.db import tables
@@ -30,7 +30,7 @@ def custom_client(db_url, tmp_path, clock):
         rt = Runtime(make_settings(db_url, config, **overrides), clock=clock)
         made.append(rt)
         load_reference_data(rt.session_factory, config, clock.now())
-        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+        with TestClient(create_app(rt), client=LOOPBACK_CLIENT, raise_server_exceptions=False) as c:
             c.runtime = rt
             yield c
 
@@ -317,7 +317,7 @@ def test_mounted_under_a_path_the_signup_route_answers_the_same_and_refuses_a_hu
     from fastapi import FastAPI
     site = FastAPI()
     site.mount("/trials", create_app(runtime))
-    with TestClient(site) as c:
+    with TestClient(site, client=LOOPBACK_CLIENT) as c:
         huge = json.dumps({"email": "bob@acme-corp.com", "name": "x" * 100_000})
         refused = c.post("/trials/api/signups", content=huge, headers={"content-type": "application/json"})
         created = c.post("/trials/api/signups", json={"email": "lee@tiny-startup.io"})
@@ -455,7 +455,7 @@ def test_after_the_database_drops_the_apis_connections_no_signup_is_lost_and_the
     rt = Runtime(make_settings(pg_url, config), clock=clock)
     load_reference_data(rt.session_factory, config, clock.now())
     try:
-        with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+        with TestClient(create_app(rt), client=LOOPBACK_CLIENT, raise_server_exceptions=False) as c:
             assert signup(c, "lee@tiny-startup.io").status_code == 201  # leaves its connections open
             with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -523,7 +523,7 @@ def test_a_signup_whose_write_committed_before_its_connection_failed_is_answered
     app = create_app(rt)
     app.loop_connections = DropsAfterTheWrite(app.loop_connections)
     try:
-        with TestClient(app, raise_server_exceptions=False) as c:
+        with TestClient(app, client=LOOPBACK_CLIENT, raise_server_exceptions=False) as c:
             first = signup(c, "lee@tiny-startup.io")
             # Routed again in a thread, it finds the trial its own write made: created (201), not
             # a repeat (200), and nothing written twice.

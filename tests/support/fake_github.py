@@ -21,6 +21,7 @@ Routes: ``GET /repos/{o}/{r}``, ``GET|POST /repos/{o}/{r}/issues``, ``GET /repos
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -30,7 +31,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class FakeGitHub:
         """Settings overrides pointing trialflow here: ``make_settings(..., **s)`` or ``trialflow_env(**s)``."""
         return {"github_token": self.token, "github_api_url": self.url, "github_repo": self.repo}
 
-    def start(self) -> "FakeGitHub":
+    def start(self) -> FakeGitHub:
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github",
                          daemon=True).start()
         return self
@@ -100,7 +101,7 @@ class FakeGitHub:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FakeGitHub":
+    def __enter__(self) -> FakeGitHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -234,7 +235,7 @@ class FakeGitHub:
                 "permissions": {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True}}
 
     def _now(self) -> str:
-        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _create_issue(self, body):
         if not isinstance(body, dict) or not body.get("title"):
@@ -303,9 +304,7 @@ class FakeGitHub:
                              "status": "422"}
         qualifiers = dict(t.split(":", 1) for t in terms if re.match(r"^(repo|in|type|is|state|label):", t))
         phrases = [t for t in terms if not re.match(r"^(repo|in|type|is|state|label):", t)]
-        if qualifiers.get("repo", self.repo) != self.repo:
-            items = []
-        elif not self.search_indexed:
+        if qualifiers.get("repo", self.repo) != self.repo or not self.search_indexed:
             items = []
         else:
             items = [i for i in self.issues if all(p in (i.get("body") or "") or p in i["title"] for p in phrases)]
@@ -373,7 +372,5 @@ if __name__ == "__main__":
     server = FakeGitHub(repo=cli.repo, port=cli.port)
     print(f"TRIALFLOW_GITHUB_API_URL={server.url} TRIALFLOW_GITHUB_REPO={server.repo} "
           f"TRIALFLOW_GITHUB_TOKEN={server.token}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass

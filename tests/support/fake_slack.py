@@ -20,6 +20,7 @@ or without pytest: ``with FakeSlack() as slack: ...``; or from a shell:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -91,7 +92,7 @@ class FakeSlack:
         """Settings overrides pointing trialflow here: ``make_settings(..., **s)`` or ``trialflow_env(**s)``."""
         return {"slack_bot_token": self.token, "slack_api_url": self.url}
 
-    def start(self) -> "FakeSlack":
+    def start(self) -> FakeSlack:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-slack", daemon=True)
         self._thread.start()
@@ -101,7 +102,7 @@ class FakeSlack:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FakeSlack":
+    def __enter__(self) -> FakeSlack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -458,7 +459,5 @@ if __name__ == "__main__":
     cli = parser.parse_args()
     server = add_test_staff(FakeSlack(token=cli.token, port=cli.port))
     print(f"TRIALFLOW_SLACK_API_URL={server.url} TRIALFLOW_SLACK_BOT_TOKEN={server.token}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass

@@ -2,6 +2,7 @@
 trialflow worker / beat processes started as a user would start them."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -94,8 +95,9 @@ class TrialflowProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "TrialflowProcess":
-        self._log = open(self.log_path, "ab")
+    def start(self) -> TrialflowProcess:
+        # Held open for the child's whole life: it writes its log there.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([TRIALFLOW, *self.args], env=self.env, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -112,10 +114,8 @@ class TrialflowProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             self.proc.wait(15)
 
     def stop(self) -> None:

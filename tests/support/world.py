@@ -81,7 +81,7 @@ class World:
 
     def _raw(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         async def request() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.client.app, raise_app_exceptions=False)
+            transport = httpx.ASGITransport(app=self.client.app, raise_app_exceptions=False, client=("127.0.0.1", 50000))
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 return await client.request(method, url, **kwargs)
         return asyncio.run(request())
@@ -94,7 +94,7 @@ def _person(runtime: Runtime, slack_id: str):
 
 @pytest.fixture
 def world(db_url, config_dir, clock):
-    from tests.conftest import make_settings  # (tests/conftest.py imports this module)
+    from tests.conftest import LOOPBACK_CLIENT, make_settings  # (tests/conftest.py imports this module)
     records = _Records()
     root = logging.getLogger()
     root.addHandler(records)
@@ -103,7 +103,7 @@ def world(db_url, config_dir, clock):
         runtime = Runtime(settings_, clock=clock)
         load_reference_data(runtime.session_factory, config_dir, clock.now())
         try:
-            with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
+            with TestClient(create_app(runtime), raise_server_exceptions=False, client=LOOPBACK_CLIENT) as client:
                 world = World(runtime, client, slack, github, records)
                 _populate(world)
                 yield world

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -73,7 +73,7 @@ async def instance_activity(host: str, request: Request, rt: RT):
         return error(401, "X-Trialflow-Signature is missing or does not match the timestamp, host and body.")
     data = parse_json(body)
     try:
-        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), timezone.utc), now)
+        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), UTC), now)
     except InvalidSignup as exc:
         return error(422, exc.message, field=exc.field)
     try:

@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
-from trialflow.api import activity, dashboard, docs, events, github, slack
+from trialflow.api import activity, auth, dashboard, docs, events, github, slack
+from trialflow.api.clients import client_address
 from trialflow.api.common import RT, BodyTooLarge, Unreadable, bad_text, collect_body, error, parse_json, read_body
 from trialflow.api.errors import UNEXPECTED, install_error_answers, too_large_message
+from trialflow.api.ratelimit import SignupLimiter
 from trialflow.api.schemas import Health, SignupAnswer, SignupRequest, TrialDetail, TrialList
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
@@ -73,8 +75,10 @@ def _error(status: int, message: str, **extra: Any) -> tuple[int, dict]:
     return status, {"error": message, **extra}
 
 
-async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None) -> tuple[int, dict]:
-    """POST /api/signups on a body already read: validate, route, answer (status, JSON content).
+async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None,
+                  limiter: SignupLimiter | None = None, address: str = "") -> tuple[int, dict]:
+    """POST /api/signups on a body already read: validate, count against the rate limits, route,
+    answer (status, JSON content; a 429's content carries its ``retry_after``).
 
     On PostgreSQL (``connections`` given) the signup is routed on the event loop when it can be
     (``submit_signup_on_loop``); the rest, and SQLite, go to a signup thread."""
@@ -94,6 +98,10 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None)
         problem = bad_text(value)
         if problem:
             return _error(422, f"{name}: {problem}.", field=name)
+    if limiter is not None:
+        over = await limiter.over_limit(address, data.get("email"))
+        if over is not None:
+            return _error(429, over.message, retry_after=over.retry_after)
     signup = signups.SignupInput(email=data.get("email"), name=data.get("name"),
                                  company=data.get("company"), source=data.get("source"))
     try:
@@ -137,8 +145,13 @@ async def signup_response(rt: Runtime, request: Request, connections: LoopConnec
     """The whole of POST /api/signups, through a Starlette request and response (a body too
     large is the app's BodyTooLarge handler's)."""
     body = await read_body(request, rt.settings.max_body_bytes)
-    status, content = await _signup(rt, body, connections)
-    return JSONResponse(content, status_code=status)
+    status, content = await _signup(rt, body, connections, request.app.signup_limiter,
+                                    client_address(request.scope, rt.settings.trusted_proxies))
+    return JSONResponse(content, status_code=status, headers=_retry_after(status, content))
+
+
+def _retry_after(status: int, content: dict) -> dict[str, str]:
+    return {"Retry-After": str(content["retry_after"])} if status == 429 else {}
 
 
 async def _read_asgi_body(scope, receive, limit: int) -> bytes:
@@ -162,8 +175,9 @@ async def _asgi_chunks(receive):
 async def _send_json(send, status: int, content: dict) -> None:
     """What ``JSONResponse(content, status)`` sends: the same body bytes and headers."""
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]})
+    headers = [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in _retry_after(status, content).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -180,6 +194,7 @@ class TrialflowApp(FastAPI):
     """
 
     loop_connections: LoopConnections | None = None
+    signup_limiter: SignupLimiter | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/api/signups" and scope["method"] == "POST":
@@ -190,7 +205,8 @@ class TrialflowApp(FastAPI):
                 except BodyTooLarge:
                     status, content = _too_large(rt)
                 else:
-                    status, content = await _signup(rt, body, self.loop_connections)
+                    status, content = await _signup(rt, body, self.loop_connections, self.signup_limiter,
+                                                    client_address(scope, rt.settings.trusted_proxies))
             except ClientDisconnect:
                 return  # the caller left before sending its body: nobody to answer, nothing routed
             except Exception:  # noqa: BLE001
@@ -212,6 +228,7 @@ def create_app(rt: Runtime) -> FastAPI:
                        description="Cloud-trial workflow orchestrator: every signup becomes a durable trial.")
     app.openapi = partial(docs.document, app)  # type: ignore[method-assign]
     app.state.runtime = rt
+    app.signup_limiter = SignupLimiter(rt.settings)
     if rt.engine.dialect.name == "postgresql":
         # As many as there are signup threads: the same bound on concurrent signups per process.
         app.loop_connections = LoopConnections(rt.engine, size=SIGNUP_THREADS)
@@ -240,12 +257,12 @@ def create_app(rt: Runtime) -> FastAPI:
             return trial_detail(session, trial)
 
     @app.get("/api/trials/{trial_id}", tags=["trials"],
-             responses=docs.answers({200: (TrialDetail, "The trial.")}, 404, 422))
+             responses=docs.answers({200: (TrialDetail, "The trial.")}, *docs.STAFF, 404, 422))
     def get_trial(trial_id: Annotated[str, Path(json_schema_extra={"pattern": TRIAL_ID.pattern})], rt: RT):
         """One trial with its people, deadlines and full history."""
         return _get(rt, trial_id)
 
-    @app.get("/api/trials", tags=["trials"], responses=docs.answers({200: (TrialList, "The trials.")}, 422))
+    @app.get("/api/trials", tags=["trials"], responses=docs.answers({200: (TrialList, "The trials.")}, *docs.STAFF, 422))
     def list_trials(rt: RT, state: Annotated[str | None, Query(
                         description="Only trials in this state (empty: any).",
                         json_schema_extra={"enum": ["", *lc.STATES]})] = None,
@@ -287,11 +304,12 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses={
         200: {"description": "Prometheus text exposition format 0.0.4.",
-              "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}})
+              "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}, **docs.answers({}, *docs.STAFF)})
     def metrics(rt: RT):
         """Prometheus text exposition."""
         return PlainTextResponse(render(rt), media_type="text/plain; version=0.0.4")
 
     for module in (slack, github, activity, events, dashboard, docs):
         app.include_router(module.router)
+    auth.install(app, rt)
     return app

@@ -32,14 +32,14 @@ RATE_SERIES = (("start_rate", "start / request", "#2f6fde", ""), ("activation_ra
                ("conversion_rate", "conversion", "#159c6a", "6 5"))
 
 
-@router.get("/api/funnel", responses=docs.answers({200: (FunnelAnswer, "The funnel.")}, 422))
+@router.get("/api/funnel", responses=docs.answers({200: (FunnelAnswer, "The funnel.")}, *docs.STAFF, 422))
 async def funnel_json(rt: RT, weeks: Weeks = 12):
     """The funnel by weekly cohort, as ``trialflow report --json`` prints it."""
     funnel = await run_in_threadpool(funnel_from_db, rt, weeks)
     return funnel.to_dict()
 
 
-@router.get("/dashboard", response_class=HTMLResponse, responses=docs.answers({}, 422))
+@router.get("/dashboard", response_class=HTMLResponse, responses=docs.answers({}, *docs.STAFF, 422))
 async def dashboard(rt: RT, weeks: Weeks = 12):
     """Trial requests, starts, activation, conversion and time in each step, with charts."""
     funnel = await run_in_threadpool(funnel_from_db, rt, weeks)

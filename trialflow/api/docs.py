@@ -34,12 +34,14 @@ OPENAPI_URL = "/openapi.json"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 EVENTS_SECURITY = "eventsToken"
+# What the staff gate (api/auth.py) answers in front of the staff surfaces and /metrics.
+STAFF = (401, 403)
 _documented: dict[str, type[BaseModel]] = {}
 
 REFUSALS = {
     400: "The body is not what the endpoint reads (not JSON or not a form, not UTF-8, the wrong shape).",
-    401: "A signature, timestamp or token is missing, wrong or stale. Nothing changed.",
-    403: "The person may not take this step.",
+    401: "A signature, timestamp, token or staff sign-in is missing, wrong or stale. Nothing changed.",
+    403: "Not allowed: not active staff, or not this machine while no sign-in or token is configured.",
     404: "There is no such trial or instance.",
     409: "The trial's state does not allow this step now.",
     413: "The body is larger than the endpoint takes.",

@@ -60,9 +60,10 @@ def parse_event(data: Any, now: datetime) -> tuple[str, str, datetime]:
     if data.get("at") is not None:
         raw = data["at"]
         # A time without an offset is taken as UTC, the zone everything here is stored in.
-        at = parse_instant(raw)
-        if at is None:
+        parsed = parse_instant(raw)
+        if parsed is None:
             raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r:.80}.", "at")
+        at = parsed
         if at > now + FUTURE_TOLERANCE:
             raise BadEvent(f"at ({at.isoformat()}) is in the future; send when the action happened.", "at")
     return email, kind, at

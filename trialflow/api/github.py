@@ -75,7 +75,7 @@ async def github_webhooks(request: Request, rt: RT):
         except ValidationError as exc:
             message, field = validation_message(exc.errors(), f"The {event} delivery")
             return error(400, message, field=field)
-    result = await run_in_threadpool(handle_github_delivery, rt, delivery, event, payload,
+    result = await run_in_threadpool(handle_github_delivery, rt, delivery, event, payload, document,
                                      partial(issue_comments, rt.settings))
     log.info("GitHub %s delivery %s: %s", event, delivery, result.get("status"), extra={"trial_id": result.get("trial_id")})
     return JSONResponse(result)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from slack_sdk.signature import SignatureVerifier
+from slack_sdk.signature import Clock, SignatureVerifier
 
 from trialflow.api import docs
 from trialflow.api.common import RT, error, parse_form, parse_json, read_body
@@ -30,7 +30,7 @@ router = APIRouter(tags=["slack"])
 SLACK_MAX_BODY = 512 * 1024
 
 
-class _RuntimeClock:
+class _RuntimeClock(Clock):
     """slack_sdk's clock interface (epoch seconds) over trialflow's injected clock."""
 
     def __init__(self, clock):

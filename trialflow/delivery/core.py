@@ -20,9 +20,10 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -49,7 +50,7 @@ class Effect:
     payload: dict[str, Any]
     trial_id: str | None
     attempt: int                      # 1 on the first try
-    results: "ResultLookup"           # results of earlier effects (a message's ts, an issue's number)
+    results: ResultLookup           # results of earlier effects (a message's ts, an issue's number)
 
     @property
     def maybe_delivered(self) -> bool:

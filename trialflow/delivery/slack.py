@@ -268,7 +268,8 @@ class LiveSlackWeb:
 
     def __init__(self, settings):
         self._client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
-                                 timeout=VIEWS_OPEN_TIMEOUT_SECONDS)
+                                 # slack_sdk annotates timeout as int; it goes to urllib, which takes seconds as a float.
+                                 timeout=VIEWS_OPEN_TIMEOUT_SECONDS)  # type: ignore[arg-type]
 
     def open_view(self, trigger_id: str, view: dict) -> None:
         try:

@@ -59,7 +59,7 @@ class Decisions:
     def instance_ready(self, ready: InstanceReady) -> None:
         self.ready_instances.append(ready)
 
-    def extend(self, other: "Decisions") -> None:
+    def extend(self, other: Decisions) -> None:
         self.effects.extend(other.effects)
         self.timers.update(other.timers)
         self.released_hosts.extend(other.released_hosts)

@@ -8,18 +8,20 @@ is not activity. One report per instance per moment: a replayed report is a no-o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from trialflow.clock import parse_instant
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
-from trialflow.scoring import grade_trials
 from trialflow.errors import InvalidSignup, NotFound
+from trialflow.scoring import grade_trials
+from trialflow.services.uow import App
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
 # Counters that mean someone used the instance; repositories alone (a sync) does not.
@@ -62,10 +64,10 @@ def parse_report(data: Any, default_at: datetime, now: datetime) -> ActivityRepo
         at = parsed
     if at > now + MAX_FUTURE:
         raise InvalidSignup("at is in the future.", "at")
-    return ActivityReport(at=at.astimezone(timezone.utc), **counts)
+    return ActivityReport(at=at.astimezone(UTC), **counts)
 
 
-def trial_for_host(session, host: str) -> tuple[bool, str | None]:
+def trial_for_host(session: Session, host: str) -> tuple[bool, str | None]:
     """(is the instance known, the trial it belongs to). The instance's own trial first; else the
     latest started trial on that host (an instance from instances.csv has no trial)."""
     owner = session.execute(select(tables.instances.c.trial_id).where(tables.instances.c.host == host)).first()
@@ -78,7 +80,7 @@ def trial_for_host(session, host: str) -> tuple[bool, str | None]:
     return owner is not None or trial_id is not None, trial_id
 
 
-def record_activity(rt, raw_host: str, report: ActivityReport) -> dict[str, Any]:
+def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str, Any]:
     try:
         host = normalize_domain(raw_host)
     except InvalidSignup:

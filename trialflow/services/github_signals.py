@@ -7,20 +7,25 @@ filing (the delivered github.issue effect's number), and the instance URL comes 
 comment written by an authorised cloud/admin member (``/ready <url>`` or an ``Instance: <url>``
 line). No URL: nothing is guessed; the issue is asked for one.
 
-A delivery is processed once: its ``X-GitHub-Delivery`` id is recorded (``github_deliveries``) in
-the same transaction as what it causes, so a redelivered webhook changes nothing.
+A delivery is processed once: its ``X-GitHub-Delivery`` id and its content's ``fingerprint`` are
+recorded (``github_deliveries``) in the same transaction as what it causes, so a redelivered
+webhook, or a signed body replayed under a fresh delivery id, changes nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
@@ -30,6 +35,7 @@ from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefu
 from trialflow.services import outbox
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
+from trialflow.services.uow import App, UnitOfWork
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -151,11 +157,31 @@ def instance_host(url: str) -> str:
     return host
 
 
-def handle_github_delivery(rt, delivery_id: str, event: str, payload: Delivery | None, comments: IssueComments) -> dict:
+def fingerprint(event: str, payload: dict[str, Any]) -> str | None:
+    """What a delivery is about, whatever its X-GitHub-Delivery: the event, the action, the comment
+    (or else the issue) it concerns, when that changed, and the label. A replay of a signed body
+    has the same one; a new comment, or the label added again later, has another."""
+    raw_comment, raw_issue = payload.get("comment"), payload.get("issue")
+    comment: dict[str, Any] = raw_comment if isinstance(raw_comment, dict) else {}
+    issue: dict[str, Any] = raw_issue if isinstance(raw_issue, dict) else {}
+    if comment.get("id") is not None:
+        subject, at = f"comment:{comment['id']}", comment.get("updated_at") or comment.get("created_at")
+    elif issue.get("id") is not None:
+        subject, at = f"issue:{issue['id']}", issue.get("updated_at")
+    else:
+        return None  # a ping, or nothing trialflow acts on: the delivery id alone
+    label = (payload.get("label") or {}).get("name") if isinstance(payload.get("label"), dict) else None
+    content = json.dumps([event, payload.get("action"), subject, at, label], default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: Delivery | None,
+                           document: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
     """One webhook delivery, processed once. Returns what the answer says.
 
-    ``payload`` is None for an event trialflow does not read (``READ_EVENTS``): it is recorded
-    and ignored. ``comments(repo, number)`` reads an issue's comments
+    ``payload`` is the delivery as typed (None for an event trialflow does not read,
+    ``READ_EVENTS``: it is recorded and ignored), ``document`` the JSON it came from (its
+    ``fingerprint`` recognises a replay). ``comments(repo, number)`` reads an issue's comments
     (``trialflow.delivery.github.issue_comments``)."""
     signal = ready_signal(event, payload) if event != "ping" else "ping"
     # (author login, comment) that may give the URL, newest first; authors are checked later.
@@ -174,7 +200,8 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: Delivery |
     with rt.uow() as uow:
         session = uow.session
         if not insert_ignore(session, tables.github_deliveries,
-                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now}):
+                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now,
+                              "fingerprint": fingerprint(event, document)}):
             return {"status": "duplicate", "delivery": delivery_id}
         if signal == "ping":
             uow.commit()
@@ -187,7 +214,7 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: Delivery |
         return result
 
 
-def recorded_request_issues(session, trial_id: str) -> set[int]:
+def recorded_request_issues(session: Session, trial_id: str) -> set[int]:
     """The numbers of the instance-request issues trialflow filed for this trial (delivered effects)."""
     o = tables.outbox
     rows = session.execute(select(o.c.payload, o.c.result).where(
@@ -201,12 +228,12 @@ def _may_signal(person: Person | None) -> bool:
     return person is not None and person.active and person.role in CLOUD_ROLES
 
 
-def _comment(uow, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
+def _comment(uow: UnitOfWork, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
     outbox.enqueue(uow, key=f"github-{slot}:{delivery_id}", kind="github.comment", now=now, trial_id=signal.trial_id,
                    payload={"ref": f"instance-request:{signal.trial_id}", "body": body})
 
 
-def _mark_ready(rt, uow, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict:
+def _mark_ready(rt: App, uow: UnitOfWork, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict[str, Any]:
     session = uow.session
     people = Directory(session)
     person = people.by_github_login(signal.login) if signal.login else None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Protocol
+from typing import Any, Protocol
 
 from trialflow.domain.trial import PlainTrial
+from trialflow.inert import code_span
 from trialflow.scoring import is_mql
 from trialflow.services import slack_blocks as sb
 from trialflow.settings import Settings
@@ -50,11 +51,11 @@ def account_of(trial: PlainTrial) -> str:
 def instance_request_body(trial: PlainTrial, ce_email: str, settings: Settings) -> str:
     tags = ",".join(settings.license_tags)
     return "\n".join([
-        f"### Cloud trial instance request: {account_of(trial)}",
+        f"### Cloud trial instance request: {code_span(account_of(trial))}",
         "",
-        f"- Account: {account_of(trial)}",
-        f"- Domain: {trial.domain}",
-        f"- Requester: {trial.name or ''} <{trial.email}>",
+        f"- Account: {code_span(account_of(trial))}",
+        f"- Domain: {code_span(trial.domain)}",
+        f"- Requester: {code_span(trial.name)} {code_span(trial.email)}",
         f"- Assigned CE (needs operator access to create the password-reset link): {ce_email}",
         f"- Opportunity: {trial.opportunity_id or 'n/a'}",
         f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",
@@ -79,7 +80,7 @@ def domain_change_body(trial: PlainTrial, new_host: str, actor: str, position: i
     ])
 
 
-def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict:
+def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict[str, Any]:
     return {
         "issue_kind": "pool-replenish", "ref": f"pool-replenish:{episode}",
         "title": f"Pre-provision more cloud trial instances ({free} left in the pool)",

@@ -9,18 +9,35 @@ event (a retried request, a second worker) can never enqueue it twice.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
+from trialflow.inert import code_span
 from trialflow.services import slack_blocks as sb
-from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
-                                         lead, score, who)
-from trialflow.services.timers import (DECISION_DAYS, ESCALATION_GRACE_DAYS, EXTENSION_DAYS, HEADS_UP_DAYS,
-                                       REVIEW_DAYS, TIMER_KINDS, USER_ADDED_REMINDER_DAYS)
+from trialflow.services.messages import (
+    account_of,
+    channel_name,
+    domain_change_body,
+    instance_request_body,
+    lead,
+    score,
+    who,
+)
+from trialflow.services.timers import (
+    DECISION_DAYS,
+    ESCALATION_GRACE_DAYS,
+    EXTENSION_DAYS,
+    HEADS_UP_DAYS,
+    REVIEW_DAYS,
+    TIMER_KINDS,
+    USER_ADDED_REMINDER_DAYS,
+    review_at,
+)
 from trialflow.settings import Settings
 
 __all__ = ["Context", "decide", "DECISION_DAYS", "EXTENSION_DAYS", "REVIEW_DAYS"]
@@ -58,7 +75,7 @@ class _Effects:
     def add(self, name: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.effect(f"{self.base}:{name}", kind, payload, self.event.at, self.trial.id)
 
-    def post(self, name: str, channel: str, text: str, *blocks: dict, ref: str | None = None,
+    def post(self, name: str, channel: str, text: str, *blocks: dict[str, Any], ref: str | None = None,
              thread_ref: str | None = None) -> None:
         payload = {"channel": channel, **sb.message(text, *blocks)}
         if ref:
@@ -67,7 +84,7 @@ class _Effects:
             payload["thread_ref"] = thread_ref
         self.add(name, "slack.message", payload)
 
-    def alert(self, text: str, *blocks: dict) -> None:
+    def alert(self, text: str, *blocks: dict[str, Any]) -> None:
         """The trial's one alert in #cloud-trial-alerts; later updates edit it in place."""
         self.post("alert", self.ctx.alerts, text, *blocks, ref=f"alert:{self.trial.id}")
 
@@ -77,7 +94,7 @@ class _Effects:
             "ref": f"alert:{self.trial.id}", **sb.message(text, sb.context(f"trial `{self.trial.id}`")),
         })
 
-    def to_account_channel(self, name: str, text: str, *blocks: dict) -> None:
+    def to_account_channel(self, name: str, text: str, *blocks: dict[str, Any]) -> None:
         if self.trial.account_name:
             self.post(name, "#" + channel_name(self.trial.account_name), text, *blocks)
         else:
@@ -92,7 +109,7 @@ class _Effects:
             "topic": f"Cloud trial for {self.trial.account_name} ({self.trial.domain})",
         })
 
-    def email(self, slot: str, template: str, to: str, *, cc: list[str] | None = None,
+    def email(self, slot: str, template: str, to: str, *, cc: list[str | None] | None = None,
               sender: str | None = None, **context: Any) -> None:
         self.add(slot, "email", {"template": template, "to": to, "cc": [c for c in (cc or []) if c],
                                  "from": sender, "context": context})
@@ -147,7 +164,7 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
     return out
 
 
-def _on_route_to_existing(fx, ctx, trial, event):
+def _on_route_to_existing(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.alert(f":house: {lead(trial)} signed up; *{trial.domain}* already has {trial.instance_url}: redirected there.",
              sb.section(f"AE {ctx.people.mention(trial.ae)}: make sure the admin adds them "
                         "(without SSO they cannot join without an invite)."),
@@ -155,11 +172,11 @@ def _on_route_to_existing(fx, ctx, trial, event):
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
-def _on_claim(fx, ctx, trial, event):
+def _on_claim(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _claimed(fx, ctx, trial)
 
 
-def _on_wait(fx, ctx, trial, event):
+def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     text = f":hourglass: {lead(trial)} is waiting for capacity (instance cap or empty pool); it proceeds by itself when an instance frees up."
     if event.from_state == lc.TRIAGE:
         fx.update_alert(f"{text} Qualified by {ctx.people.mention(trial.sdr)}.")
@@ -167,39 +184,41 @@ def _on_wait(fx, ctx, trial, event):
         fx.alert(text, sb.context(score(trial)))
 
 
-def _on_triage(fx, ctx, trial, event):
+def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.alert(f":mag: New cloud trial request from {lead(trial)} ({trial.domain}): inbound SDR, please triage.",
              sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
 
 
-def _on_user_added(fx, ctx, trial, event):
+def _on_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.update_alert(f":white_check_mark: {lead(trial)} was added to {trial.instance_url} (confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}).")
     fx.out.cancel(trial.id, lc.USER_ADDED_REMINDER)
 
 
-def _on_remind_user_added(fx, ctx, trial, event):
+def _on_remind_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.post("reminder", ctx.alerts, f":bell: {ctx.people.mention(trial.ae)}: {trial.email} is still waiting to be added to {trial.instance_url}.",
             sb.buttons(trial.id, "user_added"), thread_ref=f"alert:{trial.id}")
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
-def _on_disqualify(fx, ctx, trial, event):
+def _on_disqualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     reason = event.detail.get("reason", "")
     fx.update_alert(f":no_entry: {lead(trial)} disqualified by {ctx.people.mention(trial.sdr)}: {reason}. Self-hosting email sent.")
     fx.email("self-host", "self_host", trial.email, name=trial.name or "")
 
 
-def _on_qualify(fx, ctx, trial, event):
+def _on_qualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, ctx.people.mention(trial.sdr))
 
 
-def _on_request_instance(fx, ctx, trial, event):
+def _on_request_instance(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, "the capacity queue")
 
 
-def _on_ready(fx, ctx, trial, event):
+def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     # The instance is live and, unless the domain is a public mailbox's (shared by strangers:
     # claiming it would send every later @hotmail.fr signup to this one person), its domain leads there.
+    if trial.instance_host is None:  # the step that marks it ready records the host first
+        raise ValueError(f"trial {trial.id} was marked ready without an instance")
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
     fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
@@ -211,22 +230,22 @@ def _on_ready(fx, ctx, trial, event):
     })
 
 
-def _on_hand_off(fx, ctx, trial, event):
-    fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}.")
+def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {review_at(trial).date()}.")
     _start_clock(fx, trial, event.at)
 
 
-def _on_convert_to_opp(fx, ctx, trial, event):
+def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     opp = event.detail.get("opportunity_id") or trial.opportunity_id or "n/a"
     fx.to_account_channel("opp", f":briefcase: Opportunity {opp} created for {account_of(trial)}. {who(ctx.people, trial)}")
 
 
-def _on_reassign(fx, ctx, trial, event):
+def _on_reassign(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("reassigned", f":arrows_counterclockwise: {trial.email}'s trial reassigned: {who(ctx.people, trial)}")
     fx.channel()
 
 
-def _on_domain_change(fx, ctx, trial, event):
+def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     new = event.detail["new_host"]
     body = domain_change_body(trial, new, event.actor, len(trial.history))
     fx.issue("domain-change", "domain-change", f"Domain name change: {trial.instance_host} → {new}", body,
@@ -234,17 +253,17 @@ def _on_domain_change(fx, ctx, trial, event):
     fx.to_account_channel("domain-change-ae", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
 
 
-def _on_warn(fx, ctx, trial, event):
+def _on_warn(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("heads-up", f":warning: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
-                          f"{(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}. With no activity it will be terminated unless you keep it.",
+                          f"{review_at(trial).date()}. With no activity it will be terminated unless you keep it.",
                           sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
 
 
-def _on_keep(fx, ctx, trial, event):
+def _on_keep(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("kept", f":pushpin: {event.actor} kept {trial.instance_url}: it will be extended at day 15, not terminated.")
 
 
-def _on_extend(fx, ctx, trial, event):
+def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     days = int(event.detail.get("days", EXTENSION_DAYS))
     until = datetime.fromisoformat(event.detail["until"])
     fx.issue("trial-extend", "trial-extend", f"Trial extend: {trial.instance_host} until {until.date()}",
@@ -261,13 +280,13 @@ def _on_extend(fx, ctx, trial, event):
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
 
 
-def _on_remind_decision(fx, ctx, trial, event):
+def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("decision", f":alarm_clock: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} has reached the end of its trial. Extend, convert or terminate.",
                           sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
-def _on_escalate(fx, ctx, trial, event):
+def _on_escalate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({account_of(trial)}) "
             f"after day 30. AE {ctx.people.mention(trial.ae)}, CE {ctx.people.mention(trial.ce)}: extend, convert or terminate.",
             sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
@@ -275,25 +294,25 @@ def _on_escalate(fx, ctx, trial, event):
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
-def _on_convert(fx, ctx, trial, event):
+def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("converted", f":tada: {account_of(trial)} converted to paid ({event.actor}).")
     fx.update_alert(f":tada: {lead(trial)}: converted.")
     fx.out.cancel(trial.id, *TIMER_KINDS)
 
 
-def _on_terminate(fx, ctx, trial, event):
+def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     reason = event.detail.get("reason", "")
     why = f"{reason or 'no reason given'}; {event.actor}"
     if trial.instance_host:
         fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
-                 f"Terminate {trial.instance_url} ({account_of(trial)}). Reason: {reason}\nRequested by: {event.actor}\n\n"
+                 f"Terminate {trial.instance_url} ({code_span(account_of(trial))}). Reason: {code_span(reason)}\nRequested by: {event.actor}\n\n"
                  f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
         done = f"{trial.instance_url} is being terminated"
     elif event.from_state == lc.INSTANCE_REQUESTED:
         # Nothing to terminate yet: the cloud team must stop provisioning, on the request itself.
         fx.add("request-cancelled", "github.comment", {
             "ref": f"instance-request:{trial.id}",
-            "body": f"Request cancelled by {event.actor} ({reason or 'no reason given'}): please stop provisioning this instance.",
+            "body": f"Request cancelled by {event.actor} ({code_span(reason, 'no reason given')}): please stop provisioning this instance.",
         })
         done = f"The instance request for {account_of(trial)} is cancelled"
     else:
@@ -305,7 +324,7 @@ def _on_terminate(fx, ctx, trial, event):
         fx.out.release_instance(trial.instance_host)
 
 
-def _on_feedback(fx, ctx, trial, event):
+def _on_feedback(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.email("feedback", "feedback_request", trial.email, sender=ctx.settings.feedback_sender, name=trial.name or "",
              cc=[trial.ce])
 

@@ -10,6 +10,7 @@ email and domain (``Known``, read in one round trip by ``services.signups``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import Email
 from trialflow.domain.trial import CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, PlainTrial
 
+T = TypeVar("T")
 Owner = tuple[str | None, str | None, str | None]  # (account_name, ae, ce) of the trial that claimed a domain
 
 
@@ -49,7 +51,7 @@ class Known:
     accounts: dict[str, Account] = field(default_factory=dict)
     has_marketing_events: bool = False
 
-    def first(self, found: dict, candidates: list[str]):
+    def first(self, found: dict[str, T], candidates: list[str]) -> T | None:
         for domain in candidates:  # most specific first
             if domain in found:
                 return found[domain]
@@ -100,7 +102,20 @@ def needs_claim(email: Email, known: Known) -> bool:
     return account is not None and account.prequalified
 
 
-def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account) -> None:
+class AccountOwners(Protocol):
+    """An account's name and owners: an ``Account``, or a row of the accounts table."""
+
+    @property
+    def account_name(self) -> str | None: ...
+
+    @property
+    def owner_ae(self) -> str | None: ...
+
+    @property
+    def owner_ce(self) -> str | None: ...
+
+
+def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account: AccountOwners | None) -> None:
     """Case 1: the domain's people are the ones who own its instance (its first trial's, or the account's)."""
     owner_name, owner_ae, owner_ce = owner or (None, None, None)
     trial.case = CASE_EXISTING
@@ -118,4 +133,4 @@ def join_claimed(session: Session, trial: PlainTrial, domain: str, host: str, ow
     owner = session.execute(select(t.account_name, t.ae, t.ce).where(t.id == owner_trial_id)).first() \
         if owner_trial_id else None
     account = session.execute(select(a.account_name, a.owner_ae, a.owner_ce).where(a.domain == domain)).first()
-    join_existing(trial, domain, host, tuple(owner) if owner else None, account)  # type: ignore[arg-type]
+    join_existing(trial, domain, host, tuple(owner) if owner else None, account)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, SlackCallFailed
@@ -31,6 +31,7 @@ from trialflow.services.slack_steps import (
     trigger_of,
 )
 from trialflow.services.trials import NO_CE, authorize, get_trial, has_active
+from trialflow.services.uow import App
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -38,7 +39,7 @@ log = logging.getLogger("trialflow.interactions")
 class SlackWeb(Protocol):
     """The two calls made while the person waits (``trialflow.delivery.slack.slack_web``)."""
 
-    def open_view(self, trigger_id: str, view: dict) -> None:
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         """Show a form; SlackCallFailed when Slack will not."""
 
     def respond(self, response_url: str, text: str) -> None:
@@ -50,7 +51,7 @@ class SlackReply:
     """What goes back: ``body`` is the HTTP answer (None: an empty 200, which closes a modal);
     ``notify`` is an ephemeral text also sent on ``response_url`` (Slack ignores the body of a
     block_actions answer, so the body alone would never be seen)."""
-    body: dict | None = None
+    body: dict[str, Any] | None = None
     notify: str | None = None
     response_url: str | None = None
 
@@ -60,7 +61,7 @@ def ephemeral(text: str, response_url: str | None = None) -> SlackReply:
                       notify=text, response_url=response_url)
 
 
-def handle_interaction(rt, payload: Interaction, web: SlackWeb) -> SlackReply:
+def handle_interaction(rt: App, payload: Interaction, web: SlackWeb) -> SlackReply:
     if payload.type == "block_actions":
         return _on_block_action(rt, payload, web)
     if payload.type == "view_submission":
@@ -68,7 +69,7 @@ def handle_interaction(rt, payload: Interaction, web: SlackWeb) -> SlackReply:
     return SlackReply()  # view_closed, shortcuts, ...: acknowledged, nothing to do
 
 
-def _on_block_action(rt, payload: Interaction, web: SlackWeb) -> SlackReply:
+def _on_block_action(rt: App, payload: Interaction, web: SlackWeb) -> SlackReply:
     if not payload.actions:
         return SlackReply()
     action = payload.actions[0]
@@ -91,7 +92,7 @@ def _on_block_action(rt, payload: Interaction, web: SlackWeb) -> SlackReply:
     return ephemeral(outcome.text, response_url)
 
 
-def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: str, trigger_id: str | None,
+def _open_modal(rt: App, web: SlackWeb, name: str, trial_id: str, user_id: str, key: str, trigger_id: str | None,
                 response_url: str | None) -> SlackReply:
     """Check who and when *before* showing a form, so nobody fills in a modal that will be refused."""
     trigger = trigger_of(name)
@@ -132,7 +133,7 @@ def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: 
     return SlackReply()
 
 
-def _on_view_submission(rt, payload: Interaction) -> SlackReply:
+def _on_view_submission(rt: App, payload: Interaction) -> SlackReply:
     view = payload.view
     callback = (view.callback_id if view else None) or ""
     if view is None or not callback.startswith("trial:"):

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
@@ -44,11 +45,11 @@ FIELD_BLOCK = {"opportunity_id": "opportunity_id", "reason": "reason", "note": "
 esc = sb.escape
 
 
-def _option(text: str, value: str) -> dict:
+def _option(text: str, value: str) -> dict[str, Any]:
     return {"text": {"type": "plain_text", "text": text[:75]}, "value": value}
 
 
-def _input(block_id: str, label: str, element: dict, optional: bool = False, hint: str | None = None) -> dict:
+def _input(block_id: str, label: str, element: dict[str, Any], optional: bool = False, hint: str | None = None) -> dict[str, Any]:
     block = {"type": "input", "block_id": block_id, "optional": optional,
              "label": {"type": "plain_text", "text": label}, "element": {"action_id": "value", **element}}
     if hint:
@@ -56,7 +57,7 @@ def _input(block_id: str, label: str, element: dict, optional: bool = False, hin
     return block
 
 
-def _select(options: list[dict], initial: str | None = None, placeholder: str = "Choose") -> dict:
+def _select(options: list[dict[str, Any]], initial: str | None = None, placeholder: str = "Choose") -> dict[str, Any]:
     element = {"type": "static_select", "options": options, "placeholder": {"type": "plain_text", "text": placeholder}}
     chosen = next((o for o in options if o["value"] == initial), None)
     if chosen:
@@ -64,11 +65,11 @@ def _select(options: list[dict], initial: str | None = None, placeholder: str = 
     return element
 
 
-def build_modal(session, name: str, trial: Trial, response_url: str | None) -> dict:
+def build_modal(session: Session, name: str, trial: Trial, response_url: str | None) -> dict[str, Any]:
     """The form behind a button. ``callback_id`` says which step; ``private_metadata`` which trial."""
     lead = f"*{esc(trial.name or trial.email)}* {esc(trial.email)} · {esc(trial.account_name or trial.domain)}"
     score = f"MQL {trial.mql_points or 0} pts · PQL grade {trial.pql_grade or '-'}"
-    blocks: list[dict] = [sb.section(lead), sb.context(score)]
+    blocks: list[dict[str, Any]] = [sb.section(lead), sb.context(score)]
     if name == lc.QUALIFY:
         title, submit = "Qualify lead", "Qualify"
         blocks.append(_input("opportunity_id", "Salesforce opportunity id", {"type": "plain_text_input", "max_length": 64},

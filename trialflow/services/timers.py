@@ -3,6 +3,9 @@ deadlines a trial has. Timers are rows (``tables.timers``) swept on a schedule; 
 declared in the lifecycle table (``lifecycle.TIMERS``) with the steps it may cause."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,7 +23,14 @@ EXTENSION_DAYS = 15
 TIMER_KINDS: tuple[str, ...] = tuple(timer.kind for timer in lc.TIMERS)
 
 
-def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict] | None:
+def review_at(trial: PlainTrial) -> datetime:
+    """Day 15 of a started trial. Every step that asks is one the table allows only after the start."""
+    if trial.started_at is None:
+        raise ValueError(f"trial {trial.id} has not started, so it has no day-15 review")
+    return trial.started_at + timedelta(days=REVIEW_DAYS)
+
+
+def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:
     """Which step a due timer causes now, if any (a timer left behind by a later change does nothing)."""
     if kind == lc.USER_ADDED_REMINDER and trial.state == lc.JOINING_EXISTING:
         return lc.REMIND_USER_ADDED, {}
