@@ -107,3 +107,23 @@ def test_every_operation_answers_as_its_openapi_document_says(app, caplog):
     assert documented <= tested, documented - tested
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
     assert not tracebacks, tracebacks
+
+
+def test_a_rate_limited_signup_answers_as_documented(sqlite_template, tmp_path, config_dir, clock):
+    """schemathesis never reaches the signup limit (tests run unlimited): one 429, checked by hand
+    against the document with schemathesis's own response validation."""
+    db = tmp_path / "trialflow.db"
+    db.write_bytes(sqlite_template.read_bytes())
+    runtime = Runtime(make_settings(f"sqlite:///{db}", config_dir, signup_rate_per_ip="1/minute"), clock=clock)
+    load_reference_data(runtime.session_factory, config_dir, clock.now())
+    app = create_app(runtime)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", from_this_machine(app))
+    operation = schema["/api/signups"]["POST"]
+    try:
+        with TestClient(app, client=LOOPBACK_CLIENT) as client:
+            client.post("/api/signups", json={"email": "kim@globex.com"})
+            response = client.post("/api/signups", json={"email": "lee@globex.com"})
+    finally:
+        runtime.close()
+    assert response.status_code == 429 and response.headers["retry-after"].isdigit()
+    operation.validate_response(response)

@@ -240,7 +240,7 @@ def create_app(rt: Runtime) -> FastAPI:
             201: (SignupAnswer, "A new trial, routed."),
             200: (SignupAnswer, "This email signed up before: the same trial."),
             202: (SignupAnswer, "Routing failed: the signup is kept for support (state received, trial_id null)."),
-        }, 400, 413, 422, 503))
+        }, 400, 413, 422, 429, 503))
     async def create_signup(request: Request):
         """Sign up for a cloud trial: routed and answered in this request."""
         # (TrialflowApp answers POST /api/signups before reaching here; this route is what the

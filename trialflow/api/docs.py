@@ -46,6 +46,7 @@ REFUSALS = {
     409: "The trial's state does not allow this step now.",
     413: "The body is larger than the endpoint takes.",
     422: "A field or parameter has a value trialflow cannot use; `field` names it.",
+    429: "Too many signups from this address or for this domain; try again after Retry-After seconds.",
     503: "Not configured (a secret or token is unset), or the database cannot be reached.",
 }
 
@@ -82,6 +83,9 @@ def answers(ok: dict[int, tuple[type[BaseModel] | None, str]], *refusals: int) -
         # Content given, not a model: a route whose own answers are HTML or text refuses in JSON.
         documented[status] = {"description": REFUSALS[status],
                               "content": {"application/json": {"schema": _ref(ErrorAnswer)}}}
+        if status == 429:
+            documented[status]["headers"] = {"Retry-After": {"description": "Seconds to wait.", "required": True,
+                                                              "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
     return documented
 
 
