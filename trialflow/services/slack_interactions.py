@@ -58,6 +58,7 @@ class SlackReply:
 
 
 def ephemeral(text: str, response_url: str | None = None) -> SlackReply:
+    text = limits.clip(text, limits.SLACK_MESSAGE_TEXT)
     return SlackReply(body={"response_type": "ephemeral", "replace_original": False, "text": text},
                       notify=text, response_url=response_url)
 
