@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import make_settings
@@ -21,13 +20,10 @@ from tests.support.signed import (
     signing_settings,
     view_submission,
 )
-from trialflow.api.app import create_app
 from trialflow.db import tables
 from trialflow.delivery.core import retry
 from trialflow.delivery.wiring import build_deliverer
-from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory
-from trialflow.services.reference import load_reference_data
 from trialflow.services.sweep import sweep
 from trialflow.services.trials import Command, run
 
@@ -56,19 +52,14 @@ def slack():
 
 
 @pytest.fixture
-def runtime(db_url, tmp_path, clock, slack, fake_github):
-    config = write_config(tmp_path / "config", ACCOUNTS, STAFF + MANY_AES, INSTANCES)
-    rt = Runtime(make_settings(db_url, config, **signing_settings(), **slack.settings(), **fake_github.settings(),
-                               github_seconds_between_writes=0), clock=clock)
-    load_reference_data(rt.session_factory, config, clock.now())
-    yield rt
-    rt.close()
+def config_dir(tmp_path):
+    return write_config(tmp_path / "config", ACCOUNTS, STAFF + MANY_AES, INSTANCES)
 
 
 @pytest.fixture
-def client(runtime):
-    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
-        yield c
+def settings(db_url, config_dir, slack, fake_github):
+    return make_settings(db_url, config_dir, **signing_settings(), **slack.settings(), **fake_github.settings(),
+                         github_seconds_between_writes=0)
 
 
 @pytest.fixture
