@@ -118,7 +118,7 @@ class PostgresServer:
         if done.returncode:
             raise AssertionError(f"{tool} {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if not self.data.exists():
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         # Durability is the spool's business in these tests, not this throw-away server's.

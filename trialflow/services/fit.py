@@ -72,7 +72,7 @@ def _same(text: str) -> str:
     return text
 
 
-def fit(limit: int, template: str, /, escape: Escape = _same, **fields: Field) -> str:
+def fit(limit: int, template: str, escape: Escape = _same, /, **fields: Field) -> str:
     """``template.format(**fields)`` in at most ``limit`` characters: ``Data`` fields are escaped
     with ``escape`` and, when the whole is too long, shortened (longest first); ``str`` fields and
     the template's own words are kept as they are."""

@@ -20,31 +20,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from sqlalchemy import exc as sa_exc
 
 from trialflow.services.signups import SignupInput, keep_failed_signup, submit_signup
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.uow import App
 from trialflow.settings import Settings
 from trialflow.spool import DamagedRecord, Spool, SpooledSignup, spool_dir
 
 log = logging.getLogger("trialflow.spool")
 
 MAX_REPLAY_BACKOFF_SECONDS = 30.0
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class App(Protocol):
-    """What the spool needs of ``trialflow.runtime.Runtime``."""
-    settings: Settings
-    clock: Clock
-
-    def uow(self) -> UnitOfWork: ...
 
 
 class SpoolRecordDamaged(Exception):
