@@ -28,6 +28,15 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path, monkeypatch) -> Path:
+    """Each test spools signups into a directory of its own (subprocesses too: ``trialflow_env``),
+    never into the user's data directory, where another run's server could replay them."""
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("TRIALFLOW_SPOOL_DIR", str(spool))
+    return spool
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.exists():

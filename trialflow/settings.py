@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     trial_license_seats: int = 1000
     license_rotation_days: int = 7
 
+    # Signups kept on local disk while the database cannot be reached (``trialflow.spool``);
+    # unset: ``<data dir>/spool``. Put it on a persistent volume.
+    spool_dir: Path | None = None
+    spool_replay_seconds: float = Field(1.0, gt=0)  # serve: how often it looks for spooled signups to route
+
     max_body_bytes: int = 16 * 1024
     delivery_max_attempts: int = 8
     # How long a worker may hold an effect before another may assume it died and take over. A
@@ -105,6 +110,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"TRIALFLOW_TRUSTED_PROXIES: {part!r} is not an address or a CIDR "
                                  "like 10.0.0.0/8") from None
         return value
+
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value):
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self):

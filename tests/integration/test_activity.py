@@ -154,3 +154,17 @@ def test_day_15_extends_the_trial_that_reported_use_and_terminates_the_one_that_
     states = {t: client.get(f"/api/trials/{t}").json()["state"] for t in (used["trial_id"], idle["trial_id"])}
     assert states == {used["trial_id"]: "extended", idle["trial_id"]: "terminated"}
     assert report.trials_touched == 3   # the idle one also got its day-12 heads-up
+
+
+def test_a_report_sent_in_the_same_second_as_the_trial_started_counts_as_activity(client, runtime, clock):
+    clock.set(clock.now().replace(microsecond=600_000))  # the trial starts mid-second (claimed at signup)
+    bob = claim(client, "bob@acme-corp.com")
+    # Signed with the same second, so the report is timed 600 ms before the start: it still counts.
+    assert post_activity(client, bob["host"], USE, clock.now()).status_code == 201
+    with runtime.session_factory() as s:
+        started, grade = s.execute(select(tables.trials.c.started_at, tables.trials.c.pql_grade)
+                                   .where(tables.trials.c.id == bob["trial_id"])).one()
+    assert last_activity(runtime, bob["trial_id"]) < started and grade == "B"
+    clock.advance(days=15, hours=1)
+    sweep(runtime)
+    assert client.get(f"/api/trials/{bob['trial_id']}").json()["state"] == "extended"

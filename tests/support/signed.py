@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from tests.support.fake_slack import FakeSlack, _json_arg, add_test_staff
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.views import View
+
+from tests.support.fake_slack import FakeSlack, _json_arg, _refused_content, add_test_staff
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 SLACK_SECRET = "tests-slack-signing-secret-0a1b2c3d"
@@ -136,9 +139,21 @@ class InteractiveFakeSlack(FakeSlack):
         view = _json_arg(args.get("view"))
         if not args.get("trigger_id") or not isinstance(view, dict):
             return self._error(error="invalid_arguments")
+        refused = _refused_view(view)
+        if refused:
+            return refused
         opened = {"id": f"V{next(self._ids):08d}", "hash": f"{next(self._ts)}.abc", **view}
         self.views.append(opened)
         return {"ok": True, "view": opened}
+
+
+def _refused_view(view: dict[str, Any]) -> dict[str, Any] | None:
+    """Slack's answer to a modal past Block Kit's limits (checked with slack_sdk's models)."""
+    try:
+        View(**view).to_dict()
+    except (SlackObjectFormationError, TypeError) as exc:
+        return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": [f"[ERROR] {exc}"]}}
+    return _refused_content({"blocks": view.get("blocks") or []})
 
 
 def interactive_fake_slack() -> InteractiveFakeSlack:

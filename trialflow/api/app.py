@@ -32,7 +32,7 @@ from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.metrics import render
 from trialflow.runtime import Runtime
-from trialflow.services import signups
+from trialflow.services import signups, spooled_signups
 
 log = logging.getLogger("trialflow.api")
 
@@ -113,7 +113,8 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None,
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. a connection the server closed: the thread path tries
                 in_doubt = exc.trial_id if isinstance(exc, signups.WriteInDoubt) else None
-                log.warning("routing the signup on the event loop failed; routing it in a thread", exc_info=True)
+                log.warning("routing the signup on the event loop failed (%s); routing it in a thread",
+                            type(exc).__name__, exc_info=not spooled_signups.is_unreachable(exc))
         if result is None:
             result = await _in_signup_thread(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
             if in_doubt is not None and result.trial_id == in_doubt:
@@ -123,12 +124,12 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None,
                 result = replace(result, created=True)
     except InvalidSignup as exc:
         return _error(422, exc.message, field=exc.field)
-    except Exception as exc:  # noqa: BLE001 - the failsafe: never lose a signup, never a 500 page
-        log.exception("routing the signup failed")
-        try:
-            await _in_signup_thread(signups.keep_failed_signup, rt.uow, rt.settings, rt.clock, body, exc)
-        except Exception:  # noqa: BLE001
-            log.exception("could not keep the failed signup either")
+    except Exception as exc:  # noqa: BLE001 - never lose a signup, never a 500 page
+        if not spooled_signups.is_unreachable(exc):
+            log.exception("routing the signup failed")
+        fields = {name: data[name] for name in _SIGNUP_FIELDS if name in data}
+        # The failsafe, or the spool on local disk while the database cannot be reached.
+        if not await _in_signup_thread(spooled_signups.keep_unrouted, rt, body, fields, exc):
             return _error(503, "We could not take your request right now. Please try again in a minute.")
         return 202, _RECEIVED
     return 201 if result.created else 200, {

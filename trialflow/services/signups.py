@@ -391,22 +391,28 @@ async def submit_signup_on_loop(connections: LoopConnections, settings: Settings
 
 # --- the failsafe --------------------------------------------------------------------------
 
-def keep_failed_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, body: bytes, error: BaseException) -> None:
+def keep_failed_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, body: bytes,
+                       error: BaseException, key: str | None = None) -> None:
     """The failsafe: routing failed, so keep the raw signup and queue an email to support.
 
     ``uow_factory`` is the same one the signup used (``Runtime.uow``), so the support email is
-    woken for delivery as soon as it is committed, like any other effect.
+    woken for delivery as soon as it is committed, like any other effect. ``key`` names a signup
+    that may be handed over more than once (a spooled one, whose replay may be interrupted after
+    this commits): it is then kept, and support emailed, only the first time.
     """
     now = clock.now()
     raw = body.decode("utf-8", "replace")
     with uow_factory() as uow:
+        if key is not None and uow.session.execute(
+                select(tables.outbox.c.id).where(tables.outbox.c.key == f"failed-signup:{key}")).first():
+            return
         row_id = uow.session.execute(tables.failed_signups.insert().values(
             received_at=now, body=raw, error=f"{type(error).__name__}: {error}").returning(tables.failed_signups.c.id)).scalar_one()
         try:
             submitted = json.loads(raw)
         except ValueError:
             submitted = {"raw": raw[:2000]}
-        outbox.enqueue(uow, key=f"failed-signup:{row_id}", kind="email", now=now, payload={
+        outbox.enqueue(uow, key=f"failed-signup:{key or row_id}", kind="email", now=now, payload={
             "template": "support_failsafe", "to": settings.support_email, "cc": [], "from": None,
             "context": {"signup": json.dumps(submitted, indent=2, default=str)[:4000], "error": type(error).__name__,
                         "failed_signup_id": row_id},
