@@ -17,6 +17,7 @@ from tests.support.fake_github import fake_github  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
 from tests.support.services import claim_redis_db, create_run_database, drop_run_database, release_redis_db
 from tests.support.smtp import smtp_server  # noqa: F401
+from tests.support.world import world  # noqa: F401
 from trialflow.clock import ManualClock
 from trialflow.db.engine import make_engine
 from trialflow.db.migrate import upgrade

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from trialflow.clock import parse_instant
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
@@ -57,13 +58,10 @@ def parse_report(data: Any, default_at: datetime, now: datetime) -> ActivityRepo
         counts[name] = value
     at = default_at
     if data.get("at") is not None:
-        if not isinstance(data["at"], str):
+        parsed = parse_instant(data["at"])
+        if parsed is None:
             raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at")
-        try:
-            at = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at") from None
-        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at = parsed
     if at > now + MAX_FUTURE:
         raise InvalidSignup("at is in the future.", "at")
     return ActivityReport(at=at.astimezone(UTC), **counts)

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,6 +49,48 @@ _INSTANCE_LINE = re.compile(r"^[ \t>*_-]*instance[*_]*[ \t]*:[ \t]*<?(\S+?)>?[ \
 _NOT_INSTANCES = ("github.com", "githubusercontent.com", "github.io", "githubassets.com", "ghe.com")
 
 
+# Events whose payloads trialflow reads; any other event is recorded and ignored, its body unread.
+READ_EVENTS = ("issues", "issue_comment", "ping")
+
+
+class _GitHub(BaseModel):
+    """The fields of a webhook payload trialflow reads, typed as GitHub documents them; the rest is kept, unread."""
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class GitHubUser(_GitHub):
+    login: str | None = None
+
+
+class GitHubIssue(_GitHub):
+    number: int | None = Field(default=None, ge=1)
+    body: str | None = None
+
+
+class GitHubRepository(_GitHub):
+    full_name: str | None = None
+
+
+class GitHubLabel(_GitHub):
+    name: str | None = None
+
+
+class GitHubComment(_GitHub):
+    body: str | None = None
+    user: GitHubUser | None = None
+
+
+class Delivery(_GitHub):
+    """An ``issues``, ``issue_comment`` or ``ping`` delivery (docs.github.com, "Webhook events and payloads")."""
+    action: str | None = None
+    issue: GitHubIssue | None = None
+    comment: GitHubComment | None = None
+    label: GitHubLabel | None = None
+    sender: GitHubUser | None = None
+    repository: GitHubRepository | None = None
+    zen: str | None = None
+
+
 @dataclass
 class ReadySignal:
     trial_id: str
@@ -57,30 +100,32 @@ class ReadySignal:
     comment_body: str | None    # the /ready comment itself (written by ``login``)
 
 
-def ready_signal(event: str, payload: dict[str, Any]) -> ReadySignal | str:
-    """The signal in a delivery, or why the delivery is not one."""
-    issue = payload.get("issue") or {}
-    body = issue.get("body") or ""
-    login = str((payload.get("sender") or {}).get("login") or "")
-    repo = (payload.get("repository") or {}).get("full_name")
+def ready_signal(event: str, payload: Delivery | None) -> ReadySignal | str:
+    """The signal in a delivery, or why the delivery is not one (``payload`` None: an event trialflow does not read)."""
+    if payload is None:
+        return f"{event} events are not instance-ready signals"
+    issue = payload.issue or GitHubIssue()
+    body = issue.body or ""
+    login = (payload.sender.login if payload.sender else None) or ""
+    repo = payload.repository.full_name if payload.repository else None
     comment_body = None
-    if event == "issues" and payload.get("action") == "labeled":
-        if ((payload.get("label") or {}).get("name") or "").lower() != READY_LABEL:
-            return f"label {((payload.get('label') or {}).get('name'))!r} is not {READY_LABEL!r}"
-    elif event == "issue_comment" and payload.get("action") == "created":
-        comment = payload.get("comment") or {}
-        comment_body = comment.get("body") or ""
+    if event == "issues" and payload.action == "labeled":
+        label = payload.label.name if payload.label else None
+        if (label or "").lower() != READY_LABEL:
+            return f"label {label!r} is not {READY_LABEL!r}"
+    elif event == "issue_comment" and payload.action == "created":
+        comment = payload.comment or GitHubComment()
+        comment_body = comment.body or ""
         if not _READY_COMMAND.search(comment_body):
             return "the comment is not a /ready command"
-        login = str((comment.get("user") or {}).get("login") or "")
+        login = (comment.user.login if comment.user else None) or ""
     else:
-        return f"{event}.{payload.get('action')} is not an instance-ready signal"
+        return f"{event}.{payload.action} is not an instance-ready signal"
     # trialflow appends its marker at the very end; an earlier one is someone's text (a name).
     markers = _MARKER.findall(body)
     if not markers:
         return "the issue is not a trialflow instance request"
-    number = issue.get("number")
-    return ReadySignal(markers[-1], login, number if isinstance(number, int) else None, repo, comment_body)
+    return ReadySignal(markers[-1], login, issue.number, repo, comment_body)
 
 
 def url_in_comment(text: str) -> str | None:
@@ -130,10 +175,14 @@ def fingerprint(event: str, payload: dict[str, Any]) -> str | None:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
+def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: Delivery | None,
+                           document: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
     """One webhook delivery, processed once. Returns what the answer says.
 
-    ``comments(repo, number)`` reads an issue's comments (``trialflow.delivery.github.issue_comments``)."""
+    ``payload`` is the delivery as typed (None for an event trialflow does not read,
+    ``READ_EVENTS``: it is recorded and ignored), ``document`` the JSON it came from (its
+    ``fingerprint`` recognises a replay). ``comments(repo, number)`` reads an issue's comments
+    (``trialflow.delivery.github.issue_comments``)."""
     signal = ready_signal(event, payload) if event != "ping" else "ping"
     # (author login, comment) that may give the URL, newest first; authors are checked later.
     sources: list[tuple[str, str]] = []
@@ -152,11 +201,11 @@ def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: dict[
         session = uow.session
         if not insert_ignore(session, tables.github_deliveries,
                              {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now,
-                              "fingerprint": fingerprint(event, payload)}):
+                              "fingerprint": fingerprint(event, document)}):
             return {"status": "duplicate", "delivery": delivery_id}
         if signal == "ping":
             uow.commit()
-            return {"status": "pong", "zen": payload.get("zen")}
+            return {"status": "pong", "zen": payload.zen if payload else None}
         if not isinstance(signal, ReadySignal):
             uow.commit()
             return {"status": "ignored", "reason": signal}

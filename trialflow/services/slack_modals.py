@@ -21,6 +21,7 @@ from trialflow.services import fit as limits
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.fit import Data
+from trialflow.services.slack_payloads import StateValue
 from trialflow.services.timers import EXTENSION_DAYS
 from trialflow.services.trials import current_end
 
@@ -125,15 +126,17 @@ def _trial_end(trial: Trial) -> datetime | None:
     return current_end(trial) if trial.started_at else None
 
 
-def _value(values: dict[str, Any], block_id: str) -> str | None:
-    element = (values.get(block_id) or {}).get("value") or {}
-    if element.get("type") == "static_select":
-        return (element.get("selected_option") or {}).get("value")
-    value = element.get("value")
-    return value.strip() if isinstance(value, str) and value.strip() else None
+def _value(values: dict[str, dict[str, StateValue]], block_id: str) -> str | None:
+    element = (values.get(block_id) or {}).get("value")
+    if element is None:
+        return None
+    if element.type == "static_select":
+        return element.selected_option.value if element.selected_option else None
+    value = element.value
+    return value.strip() if value and value.strip() else None
 
 
-def detail_from_view(name: str, values: dict[str, Any]) -> dict[str, Any]:
+def detail_from_view(name: str, values: dict[str, dict[str, StateValue]]) -> dict[str, Any]:
     if name == lc.QUALIFY:
         opportunity = _value(values, "opportunity_id") or ""
         if len(opportunity) > OPPORTUNITY_MAX:
