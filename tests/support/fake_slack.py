@@ -344,6 +344,9 @@ class FakeSlack:
         return shown
 
     def _paged(self, messages: list[dict], args) -> dict:
+        """One page, as Slack pages history: ``oldest``/``latest`` bound the window (exclusive
+        unless ``inclusive``), ``limit`` sizes the page, ``next_cursor`` leads to the next one."""
+        messages = [m for m in messages if _in_window(m["ts"], args)]
         start = int(args.get("cursor") or 0)
         limit = int(args.get("limit") or 100)
         page = messages[start:start + limit]
@@ -371,6 +374,14 @@ class FakeSlack:
         if not thread:
             return self._error(error="thread_not_found")
         return self._paged(thread, args)  # oldest first, the parent leading
+
+
+def _in_window(ts: str, args: dict[str, Any]) -> bool:
+    at, inclusive = float(ts), _truthy(args.get("inclusive"))
+    oldest, latest = args.get("oldest"), args.get("latest")
+    if oldest not in (None, "") and (at < float(oldest) or at == float(oldest) and not inclusive):
+        return False
+    return latest in (None, "") or at < float(latest) or at == float(latest) and inclusive
 
 
 def _truthy(value: Any) -> bool:
