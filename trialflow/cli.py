@@ -5,7 +5,9 @@ import argparse
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from trialflow.api.app import create_app
 from trialflow.api.serialize import trial_detail, trial_summary
+from trialflow.datadir import data_dir
 from trialflow.db import tables
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.core import retry
@@ -27,9 +30,13 @@ from trialflow.runtime import Runtime
 from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
 from trialflow.services.sweep import sweep
+from trialflow.settings import get_settings
 from trialflow.timeline import print_timeline
+from workers import liveness, supervisor
 from workers.celery_app import make_celery_app
 from workers.tasks import dispatch
+
+BEAT_STALE_SECONDS = 300
 
 
 def _runtime(args=None, **kw):
@@ -184,7 +191,19 @@ def cmd_demo(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    settings = get_settings()
+    if args.check:
+        alive, why = liveness.check(settings, args.name)
+        print(f"worker {args.name}: {'alive' if alive else 'NOT ALIVE'}: {why}")
+        return 0 if alive else 1
+    if args.no_supervisor:
+        return _celery_worker(settings, args)
+    return supervisor.Supervisor(settings, args.name, partial(_celery_worker, settings, args)).run()
+
+
+def _celery_worker(settings, args) -> int:
     app = make_celery_app()
+    app.conf.trialflow_heartbeat_file = str(liveness.worker_files(settings, args.name).heartbeat)
     # No gossip, mingle or heartbeat: trialflow's workers never talk to each other (the database
     # coordinates them), and each is one more thing to re-establish when Redis restarts.
     argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1",
@@ -196,9 +215,23 @@ def cmd_worker(args) -> int:
 
 
 def cmd_beat(args) -> int:
+    settings = get_settings()
+    schedule = beat_schedule(settings)
+    if args.check:
+        # Beat saves its schedule at least every 3 minutes while it is ticking; a stale file is a stuck beat.
+        saved = [p.stat().st_mtime for p in schedule.parent.glob(schedule.name + "*")]
+        fresh = bool(saved) and time.time() - max(saved) < BEAT_STALE_SECONDS
+        print(f"beat: {'alive' if fresh else 'NOT ALIVE'}: schedule {schedule} "
+              + (f"saved {time.time() - max(saved):.0f}s ago" if saved else "never saved"))
+        return 0 if fresh else 1
     app = make_celery_app()
-    app.start(["beat", "--loglevel=INFO", "--schedule=/tmp/trialflow-celerybeat-schedule"])
+    app.start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
     return 0
+
+
+def beat_schedule(settings) -> Path:
+    """Beat's schedule file: in trialflow's private data directory, never at a fixed shared path."""
+    return data_dir(settings) / "celerybeat-schedule"
 
 
 def cmd_report(args) -> int:
@@ -260,11 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
     d.set_defaults(func=cmd_demo)
 
-    k = sub.add_parser("worker", help="Celery worker (needs TRIALFLOW_BROKER_URL)")
+    k = sub.add_parser("worker", help="Celery worker, supervised: replaced when it dies or hangs (needs TRIALFLOW_BROKER_URL)")
     k.add_argument("--concurrency", type=int, default=2)
     k.add_argument("--queues")
+    k.add_argument("--name", default="worker", help="this worker's name on the machine (its liveness files)")
+    k.add_argument("--check", action="store_true",
+                   help="exit 0 if the worker of this --name is alive, 1 if not (a health check)")
+    k.add_argument("--no-supervisor", action="store_true",
+                   help="run the Celery worker in this process; nothing replaces it if it dies")
     k.set_defaults(func=cmd_worker)
-    sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule").set_defaults(func=cmd_beat)
+    b = sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule")
+    b.add_argument("--check", action="store_true", help="exit 0 if beat saved its schedule lately, 1 if not")
+    b.set_defaults(func=cmd_beat)
 
     r = sub.add_parser("report", help="the funnel: requests, starts, activation, conversion, time in each step")
     r.add_argument("--json", action="store_true")
