@@ -125,6 +125,18 @@ class FakeSlack:
             self.channels[channel.id] = channel
             return channel.id
 
+    def add_message(self, channel: str, text: str, at: float | None = None) -> str:
+        """A message someone posted to ``channel`` (a name or id) at unix time ``at`` (default now),
+        not through trialflow; its ts."""
+        with self.lock:
+            target = self._channel(channel)
+            if target is None:
+                raise KeyError(channel)
+            ts = f"{int(at if at is not None else time.time())}.{next(self._ts):06d}"
+            self.messages.append({"type": "message", "user": "U0SOMEONE", "channel": target.id, "ts": ts,
+                                  "text": text, "blocks": []})
+            return ts
+
     def rate_limit(self, method: str, retry_after: float = 30, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer 429 ``ratelimited`` with this Retry-After."""
         with self.lock:
