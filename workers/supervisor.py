@@ -17,6 +17,7 @@ shutdown, waiting for the running tasks, after which the supervisor exits with t
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -187,10 +188,8 @@ class Supervisor:
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
         if self.child is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.child, signal.SIGTERM)  # a warm shutdown, whichever signal asked for the stop
-            except ProcessLookupError:
-                pass
 
     # --- files ---------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ like GitHub's REST API (shapes from ../shared/fixtures/github/rest)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -196,7 +196,7 @@ class DiesAfterTheCall:
 
 def test_a_retry_finds_its_issue_among_every_issue_opened_since_its_first_attempt_when_search_is_down(
         runtime, settings, fake_github, clock):
-    clock.set(datetime.now(timezone.utc))
+    clock.set(datetime.now(UTC))
     effect_id = enqueue(runtime, "k:issue", "github.issue", issue_payload())
     with pytest.raises(SystemExit):
         Deliverer(runtime, {"github": DiesAfterTheCall(GitHubTransport(settings, seconds_between_writes=None))}

@@ -2,7 +2,7 @@
 that answers like Slack's Web API (shapes from ../shared/fixtures/slack/web_api)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -240,7 +240,7 @@ class DiesAfterTheCall:
 
 def test_a_retry_reads_the_channel_back_to_its_first_attempt_however_many_messages_came_since(
         runtime, settings, fake_slack, clock):
-    clock.set(datetime.now(timezone.utc))   # in step with the timestamps Slack gives messages
+    clock.set(datetime.now(UTC))   # in step with the timestamps Slack gives messages
     first_attempt = clock.now().timestamp()
     for i in range(1000):                   # the channel's past: older than the first attempt
         fake_slack.add_message("cloud-trial-alerts", f"last month {i}", at=first_attempt - 7 * 86400)

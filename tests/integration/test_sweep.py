@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, update
@@ -307,10 +307,10 @@ def test_a_sweep_for_a_future_time_decides_as_of_then_and_has_its_effects_delive
                                                                                        runtime):
     idle = signup(runtime, "gina@globex.com")
     sweep(runtime)
-    future = datetime.now(timezone.utc) + timedelta(days=400)
+    future = datetime.now(UTC) + timedelta(days=400)
 
     swept = run_cli(db_url, config_dir, "--at", future.isoformat())
-    sent_by = datetime.now(timezone.utc)
+    sent_by = datetime.now(UTC)
 
     assert swept.returncode == 0, swept.stderr
     assert f"{idle} gina@globex.com: day15_review → terminate (now terminated)" in swept.stdout

@@ -114,15 +114,14 @@ class SlackTransport:
         """The message an earlier attempt posted for ``key``, read back from Slack: every message
         of the channel (or thread) from ``since`` on, one page after another."""
         oldest = f"{since.timestamp() - CLOCK_SKEW_SECONDS:.6f}" if since is not None else None
-        window = {"oldest": oldest} if oldest else {}
         cursor = None
         while True:
             if thread_ts:
                 page = self.client.conversations_replies(channel=channel_id, ts=thread_ts, include_all_metadata=True,
-                                                         limit=HISTORY_PAGE, cursor=cursor, **window)
+                                                         limit=HISTORY_PAGE, cursor=cursor, oldest=oldest)
             else:
                 page = self.client.conversations_history(channel=channel_id, include_all_metadata=True,
-                                                         limit=HISTORY_PAGE, cursor=cursor, **window)
+                                                         limit=HISTORY_PAGE, cursor=cursor, oldest=oldest)
             for msg in page.get("messages") or []:
                 meta = msg.get("metadata") or {}
                 if meta.get("event_type") == EFFECT_EVENT_TYPE and (meta.get("event_payload") or {}).get("key") == key:

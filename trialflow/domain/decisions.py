@@ -65,7 +65,7 @@ class Decisions:
         self.released_hosts.extend(other.released_hosts)
         self.ready_instances.extend(other.ready_instances)
 
-    def due(self, at: datetime) -> "Decisions":
+    def due(self, at: datetime) -> Decisions:
         """These decisions with their effects due at ``at``: a step decided as of another time
         (``trialflow sweep --at``) still causes what it causes when it is taken."""
         return Decisions([replace(e, at=at) for e in self.effects], dict(self.timers), list(self.released_hosts),
