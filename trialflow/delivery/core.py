@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select, update
 
 from trialflow.db import tables
+from trialflow.delivery.record import Outcome, ResultWriter
 from trialflow.errors import PermanentFailure, RetryLater
 from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
@@ -40,7 +40,6 @@ from trialflow.services.uow import wake_safely
 log = logging.getLogger("trialflow.delivery")
 
 LEASE_SECONDS = 120.0
-WRITE_ATTEMPTS = 3
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 15 * 60.0
 
@@ -142,14 +141,6 @@ class _BatchResults:
         return max(found, key=lambda r: r[0])[1] if found else None
 
 
-@dataclass
-class _Outcome:
-    effect_id: int
-    outcome: str                      # delivered | retry | failed | released (| superseded, once written)
-    values: dict[str, Any]            # the columns to write
-    undo_attempt: bool = False        # the attempt certainly did not reach the provider
-
-
 class Deliverer:
     def __init__(self, rt, transports: dict[str, Transport], lease_seconds: float = LEASE_SECONDS,
                  monotonic: Callable[[], float] = time.monotonic):
@@ -231,8 +222,9 @@ class Deliverer:
         stop_calling_at = self.monotonic() + self.lease.total_seconds() / 2
         held_back: dict[str, datetime] = {}  # transport -> when its provider said to come back
         done: dict[int, str] = {}
-        released: list[_Outcome] = []
+        released: list[Outcome] = []
         in_flight: Effect | None = None
+        writer = ResultWriter(self.rt.engine, lease_end)
         try:
             for effect in effects:
                 transport_name = effect.kind.split(".", 1)[0]
@@ -244,7 +236,7 @@ class Deliverer:
                     in_flight = effect
                     with bind_trial(effect.trial_id):
                         outcome = self._attempt(effect, results)
-                    done[effect.id] = self._record(effect, lease_end, outcome)
+                    done[effect.id] = self._record(writer, effect, outcome)
                     in_flight = None
                     if outcome.outcome == "retry" and outcome.undo_attempt:  # the provider said when
                         held_back[transport_name] = outcome.values["next_attempt_at"]
@@ -256,10 +248,13 @@ class Deliverer:
             released.extend(self._release(e, self.rt.clock.now()) for e in effects if e.id not in handled)
             raise
         finally:
-            done.update(self._hand_back(lease_end, released))
+            try:
+                done.update(self._hand_back(writer, released))
+            finally:
+                writer.close()
         return done
 
-    def _attempt(self, effect: Effect, results: _BatchResults) -> _Outcome:
+    def _attempt(self, effect: Effect, results: _BatchResults) -> Outcome:
         transport = self.transports.get(effect.kind.split(".", 1)[0])
         try:
             if transport is None:
@@ -279,9 +274,9 @@ class Deliverer:
             # A password-reset link is for its recipient only: once sent, it is not kept.
             done["payload"] = outbox.redact(effect.payload)
         log.info("effect %s delivered", effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
-        return _Outcome(effect.id, "delivered", done)
+        return Outcome(effect.id, "delivered", done)
 
-    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> _Outcome:
+    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> Outcome:
         why = scrub(why)
         if retry_after is None and effect.attempt >= self.rt.settings.delivery_max_attempts:
             return self._park(effect, why)
@@ -293,24 +288,24 @@ class Deliverer:
                                   "next_attempt_at": self.rt.clock.now() + timedelta(seconds=delay)}
         if retry_after is not None:
             values["first_attempt_at"] = effect.first_attempt_at
-        return _Outcome(effect.id, "retry", values, undo_attempt=retry_after is not None)
+        return Outcome(effect.id, "retry", values, undo_attempt=retry_after is not None)
 
-    def _release(self, effect: Effect, until: datetime) -> _Outcome:
+    def _release(self, effect: Effect, until: datetime) -> Outcome:
         """Back to the queue, not attempted, due again at ``until``: the attempt the lease
         counted is given back, and so is the first-attempt time it may have stamped."""
-        return _Outcome(effect.id, "released", {"status": "pending", "next_attempt_at": until,
+        return Outcome(effect.id, "released", {"status": "pending", "next_attempt_at": until,
                                                 "first_attempt_at": effect.first_attempt_at}, undo_attempt=True)
 
-    def _park(self, effect: Effect, why: str) -> _Outcome:
+    def _park(self, effect: Effect, why: str) -> Outcome:
         why = scrub(why)  # a provider's error may quote what it was sent (a reset link, a token)
         log.error("effect %s parked as failed after %s attempt(s): %s", effect.key, effect.attempt, why,
                   extra={"trial_id": effect.trial_id})
-        return _Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
+        return Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
 
-    def _record(self, effect: Effect, lease_end: datetime, outcome: _Outcome) -> str:
+    def _record(self, writer: ResultWriter, effect: Effect, outcome: Outcome) -> str:
         """Write one call's outcome on the row this lease still holds; tell #cloud-trial-alerts
         if it parked the effect. Returns the outcome, ``superseded`` where the lease was lost."""
-        if outcome.effect_id not in self._write(lease_end, [outcome]):
+        if outcome.effect_id not in writer.write([outcome]):
             log.warning("effect %s: its lease passed to another worker before the result was written; "
                         "that worker's result stands", outcome.effect_id)
             return "superseded"
@@ -318,47 +313,17 @@ class Deliverer:
             self._tell_alerts_channel([(effect, outcome.values["last_error"])])
         return outcome.outcome
 
-    def _hand_back(self, lease_end: datetime, released: list[_Outcome]) -> dict[int, str]:
-        """Give the effects this batch did not call back to the queue, in one statement, and wake
-        delivery for those due at once."""
+    def _hand_back(self, writer: ResultWriter, released: list[Outcome]) -> dict[int, str]:
+        """Give the effects this batch did not call back to the queue, in one transaction, and
+        wake delivery for those due at once."""
         if not released:
             return {}
-        ours = self._write(lease_end, released)
+        ours = writer.write(released)
         now = self.rt.clock.now()
         due_now = [x.effect_id for x in released if x.effect_id in ours and x.values["next_attempt_at"] <= now]
         if due_now and self.rt.wake:
             wake_safely(self.rt.wake, due_now)  # the relay sends them anyway, if the broker is down now
         return {x.effect_id: "released" if x.effect_id in ours else "superseded" for x in released}
-
-    def _write(self, lease_end: datetime, outcomes: list[_Outcome]) -> set[int]:
-        """Write the outcomes on the rows this lease still holds, in one transaction; returns
-        the ids written (the others passed to another worker)."""
-        o = tables.outbox
-        held = (o.c.status == "delivering", o.c.next_attempt_at == lease_end)
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                with self.rt.session_factory() as session, session.begin():
-                    if session.get_bind().dialect.name == "postgresql":
-                        # Not waiting for the flush to disk: a worker that dies loses nothing once the
-                        # server has the commit. A database crash may lose the last few results;
-                        # those effects are then retried (and the provider asked first, where it can be).
-                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    ours: set[int] = set()
-                    for outcome in outcomes:
-                        values: dict[str, Any] = dict(outcome.values)
-                        if outcome.undo_attempt:
-                            values["attempts"] = o.c.attempts - 1
-                        ours.update(session.scalars(update(o).where(o.c.id == outcome.effect_id, *held)
-                                                    .values(values).returning(o.c.id)))
-                return ours
-            except OperationalError:
-                # A database blip must not leave a delivered effect to be sent again (email cannot
-                # be asked whether it already arrived).
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                log.warning("writing delivery results failed (attempt %s); trying again", attempt, exc_info=True)
-                time.sleep(0.5 * attempt)
-        return set()
 
     def _tell_alerts_channel(self, parked: list[tuple[Effect, str]]) -> None:
         with self.rt.uow() as uow:
