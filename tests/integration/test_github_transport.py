@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.outbox import enqueue_effect, outbox_row
+from tests.support.outbox import DiesAfterTheCall, WorkerKilled, enqueue_effect, outbox_row
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
@@ -183,22 +183,12 @@ def test_a_bad_token_is_reported_as_such(runtime, fake_github):
     assert "ghp_wrong" not in parked.last_error
 
 
-class DiesAfterTheCall:
-    """The worker dies once GitHub has the issue, before anything is recorded."""
-
-    def __init__(self, transport):
-        self.transport = transport
-
-    def deliver(self, effect):
-        self.transport.deliver(effect)
-        raise SystemExit("killed")
-
 
 def test_a_retry_finds_its_issue_among_every_issue_opened_since_its_first_attempt_when_search_is_down(
         runtime, settings, fake_github, clock):
     clock.set(datetime.now(UTC))
     effect_id = enqueue(runtime, "k:issue", "github.issue", issue_payload())
-    with pytest.raises(SystemExit):
+    with pytest.raises(WorkerKilled):
         Deliverer(runtime, {"github": DiesAfterTheCall(GitHubTransport(settings, seconds_between_writes=None))}
                   ).deliver(effect_id)
     for i in range(150):                    # more than one look at the newest 100 would see

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.outbox import enqueue_effect, outbox_row
+from tests.support.outbox import DiesAfterTheCall, WorkerKilled, enqueue_effect, outbox_row
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.slack import CLOCK_SKEW_SECONDS, SlackTransport
@@ -227,16 +227,6 @@ def test_a_bad_token_parks_the_effect_with_slack_s_reason(runtime, fake_slack):
     assert f"trialflow outbox retry {effect_id}" in notice.payload["text"]
 
 
-class DiesAfterTheCall:
-    """The worker dies once the provider has the message, before anything is recorded."""
-
-    def __init__(self, transport):
-        self.transport = transport
-
-    def deliver(self, effect):
-        self.transport.deliver(effect)
-        raise SystemExit("killed")
-
 
 def test_a_retry_reads_the_channel_back_to_its_first_attempt_however_many_messages_came_since(
         runtime, settings, fake_slack, clock):
@@ -245,7 +235,7 @@ def test_a_retry_reads_the_channel_back_to_its_first_attempt_however_many_messag
     for i in range(1000):                   # the channel's past: older than the first attempt
         fake_slack.add_message("cloud-trial-alerts", f"last month {i}", at=first_attempt - 7 * 86400)
     effect_id = enqueue(runtime, "k:alert", "slack.message", message("cloud-trial-alerts", "bob signed up"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(WorkerKilled):
         Deliverer(runtime, {"slack": DiesAfterTheCall(SlackTransport(settings))}).deliver(effect_id)
     for i in range(650):                    # alerts posted before its lease expired
         fake_slack.add_message("cloud-trial-alerts", f"meanwhile {i}")
