@@ -27,6 +27,15 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path, monkeypatch) -> Path:
+    """Each test spools signups into a directory of its own (subprocesses too: ``trialflow_env``),
+    never into the user's data directory, where another run's server could replay them."""
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("TRIALFLOW_SPOOL_DIR", str(spool))
+    return spool
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.exists():
@@ -97,6 +106,12 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+# The TestClient's own default peer ("testclient") is no address at all; the embedded default's
+# staff surfaces answer loopback clients, as a person on the machine would be.
+LOOPBACK_CLIENT = ("127.0.0.1", 50000)
+# Tests of other things send many signups from one address; the limits' own tests set real ones.
+UNLIMITED = "1000000/second"
+
 EVENTS_TOKEN = "events-token-for-tests"
 EVENTS_AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
 
@@ -104,7 +119,8 @@ EVENTS_AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
 def make_settings(db_url: str, config_dir: Path, **overrides) -> Settings:
     values = dict(database_url=db_url, config_dir=config_dir, broker_url=None, slack_bot_token=None,
                   slack_signing_secret=None, github_token=None, github_webhook_secret=None, smtp_url=None,
-                  activity_secret=None, events_token=EVENTS_TOKEN, _env_file=None)
+                  activity_secret=None, events_token=EVENTS_TOKEN, signup_rate_per_ip=UNLIMITED,
+                  signup_rate_per_domain=UNLIMITED, _env_file=None)
     values.update(overrides)
     return Settings(**values)
 
@@ -129,5 +145,5 @@ def client(runtime):
     from fastapi.testclient import TestClient
 
     from trialflow.api.app import create_app
-    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
+    with TestClient(create_app(runtime), raise_server_exceptions=False, client=LOOPBACK_CLIENT) as c:
         yield c

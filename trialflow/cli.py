@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.api.app import create_app
+from trialflow.api.clients import is_loopback_host
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.datadir import data_dir
 from trialflow.db import tables
@@ -29,8 +31,10 @@ from trialflow.logs import configure_logging
 from trialflow.runtime import Runtime
 from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
+from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
 from trialflow.services.sweep import sweep
 from trialflow.settings import get_settings
+from trialflow.spool import SpooledSignup
 from trialflow.timeline import print_timeline
 from workers import liveness, supervisor
 from workers.celery_app import make_celery_app
@@ -82,8 +86,18 @@ def cmd_serve(args) -> int:
 
 
     rt = _runtime()
+    if not is_loopback_host(args.host) and not rt.settings.staff_auth_configured:
+        print(f"error: refusing to serve on {args.host}: trial data would be open to anyone who can reach it. "
+              "Set staff sign-in (TRIALFLOW_OIDC_ISSUER, TRIALFLOW_OIDC_CLIENT_ID, TRIALFLOW_OIDC_CLIENT_SECRET, "
+              "TRIALFLOW_PUBLIC_URL, TRIALFLOW_SESSION_SECRET) and/or machine tokens (TRIALFLOW_API_TOKENS), "
+              "or serve on 127.0.0.1.", file=sys.stderr)
+        return 2
+    if not is_loopback_host(args.host) and rt.settings.metrics_token is None:
+        logging.getLogger("trialflow").warning("/metrics answers this machine only: set TRIALFLOW_METRICS_TOKEN "
+                                               "for a Prometheus elsewhere")
     prepare_database(rt)
     stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
+    stop_spool = SpoolReplayer(rt).start()  # signups kept on disk while the database was away
     app = create_app(rt)
     mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
     logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
@@ -92,6 +106,7 @@ def cmd_serve(args) -> int:
         # log_config=None: uvicorn's lines go through our handler (JSON when asked, secrets masked).
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=None)
     finally:
+        stop_spool()
         stop()
     return 0
 
@@ -131,8 +146,44 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _print_spooled(rt, limit: int = 100) -> None:
+    """The signups waiting in the spool for the database (read from disk: shown even while it is down)."""
+    spool = spool_of(rt.settings)
+    waiting = spool.count()
+    if not waiting:
+        return
+    print(f"spooled signups: {waiting} kept in {spool.directory} while the database was unreachable; "
+          "routed when it is back (or `trialflow spool replay`)")
+    for n, record in enumerate(spool.records()):
+        if n >= limit:
+            print(f"  ... and {waiting - limit} more")
+            break
+        if isinstance(record, SpooledSignup):
+            print(f"  {record.id}  received {record.received_at:%Y-%m-%d %H:%M:%S}  {record.signup.get('email')}")
+        else:
+            print(f"  {record.id}  damaged: {record.reason}; support gets it on the next replay")
+    print()
+
+
+def cmd_spool(args) -> int:
+    rt = _runtime()
+    if args.action == "replay":
+        report = replay(rt)
+        print(f"routed {len(report.routed)} spooled signup(s), {len(report.to_support)} kept for support, "
+              f"{report.left} left" + (f" ({report.stopped})" if report.stopped else ""))
+        for record_id, trial_id, created in report.routed:
+            print(f"  {record_id} → {trial_id}{'' if created else ' (already there)'}")
+        return 1 if report.left else 0
+    _print_spooled(rt, args.limit)
+    if not spool_of(rt.settings).count():
+        print("no spooled signups")
+    return 0
+
+
 def cmd_outbox(args) -> int:
     rt = _runtime()
+    if args.action == "list":
+        _print_spooled(rt)
     if args.action == "retry":
         if args.id is None:
             print("usage: trialflow outbox retry ID", file=sys.stderr)
@@ -162,6 +213,8 @@ def cmd_outbox(args) -> int:
 
 def cmd_trials(args) -> int:
     rt = _runtime()
+    if args.action == "list" and not args.json:
+        _print_spooled(rt)
     with rt.session_factory() as s:
         if args.action == "show":
             trial = s.get(Trial, args.trial_id) if args.trial_id else None
@@ -289,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_trials)
 
+    sp = sub.add_parser("spool", help="signups kept on disk while the database was unreachable")
+    sp.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
+    sp.add_argument("--limit", type=int, default=100)
+    sp.set_defaults(func=cmd_spool)
+
     d = sub.add_parser("demo", help="play the seed's story on a throw-away database")
     d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
     d.set_defaults(func=cmd_demo)
@@ -333,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrialflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # settings validation
+    except ValidationError as exc:  # settings: say what is wrong, never echo the values (tokens, secrets)
+        for problem in exc.errors(include_url=False, include_input=False):
+            print(f"error: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DBAPIError as exc:

@@ -1,4 +1,10 @@
-"""``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run."""
+"""``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run.
+
+The demo brings everything it needs: its own reference data (``trialflow/demo_data``, the people
+and accounts the story names) and its own settings, read from neither the environment nor
+``.env``. A team's ``TRIALFLOW_CONFIG_DIR`` (or ``./config``) with its own staff, or a half-set
+``.env``, cannot break it, and the demo never touches the team's database.
+"""
 from __future__ import annotations
 
 import logging
@@ -33,18 +39,23 @@ STORY = [
 ]
 
 
-def _config_dir() -> Path:
-    here = Path.cwd() / "config"
-    if (here / "accounts.csv").exists():
-        return here
-    return Path(__file__).resolve().parent.parent / "config"
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+
+
+class DemoSettings(Settings):
+    """Settings from the demo's own arguments only: no environment, no ``.env``."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
 
 
 def run_demo(keep: bool = False) -> int:
     logging.getLogger("trialflow").setLevel(logging.WARNING)  # the story is the output; dry-run lines would drown it
     tmp = Path(tempfile.mkdtemp(prefix="trialflow-demo-"))
-    settings = Settings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=_config_dir(), broker_url=None,
-                        slack_bot_token=None, github_token=None, smtp_url=None, _env_file=None)
+    settings = DemoSettings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=DEMO_DATA,
+                            spool_dir=tmp / "spool")
     clock = ManualClock()
     rt = Runtime(settings, clock=clock)
     upgrade(settings.database_url)

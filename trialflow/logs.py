@@ -62,6 +62,9 @@ def register_secrets(settings) -> None:
             # Not a URL SQLAlchemy knows: the regex still masks user:pass@.
             with contextlib.suppress(Exception):
                 register_secret(make_url(value).password, MIN_URL_PASSWORD_LENGTH)
+    # The whole TRIALFLOW_API_TOKENS value is masked above; each token is masked on its own too.
+    for _name, token in getattr(settings, "api_token_pairs", list)():
+        register_secret(token)
 
 
 def scrub(text: str) -> str:

@@ -12,6 +12,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from trialflow.delivery.core import batches
 from trialflow.delivery.wiring import build_deliverer
 from trialflow.runtime import Runtime
+from trialflow.services.spooled_signups import replay_if_any
 from trialflow.services.sweep import sweep as run_sweep
 from workers.celery_app import get_app
 
@@ -57,6 +58,8 @@ def relay(limit: int = 1000) -> int:
 
 @shared_task(name="trialflow.sweep")
 def sweep() -> int:
+    # A worker that shares the API's spool directory also routes the signups kept there.
+    replay_if_any(_runtime())
     report = run_sweep(_runtime())
     if report.actions:
         log.info("sweep: %s", "; ".join(report.actions))

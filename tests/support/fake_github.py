@@ -44,6 +44,9 @@ DEFAULT_TOKEN = "ghp_trialflowTestToken0000000000000000"
 DEFAULT_REPO = "acme-cloud/cloud-trials"
 BOT_LOGIN = "trialflow-bot"
 DOCS = "https://docs.github.com/rest"
+# GitHub's limits on an issue (and a comment): longer is a 422 Validation Failed.
+TITLE_MAX = 256
+BODY_MAX = 65536
 _EFFECT_MARKER = re.compile(r"<!-- trialflow-effect:(.+?) -->")
 
 
@@ -241,6 +244,9 @@ class FakeGitHub:
         if not isinstance(body, dict) or not body.get("title"):
             return 422, {}, {"message": "Invalid request.\n\n\"title\" wasn't supplied.", "documentation_url": DOCS,
                              "status": "422"}
+        too_long = _too_long("Issue", title=body["title"], body=body.get("body") or "")
+        if too_long:
+            return too_long
         number = next(self._numbers)
         api = f"{self.url}/repos/{self.repo}/issues/{number}"
         issue = copy.deepcopy(self._examples["issue"])
@@ -265,6 +271,9 @@ class FakeGitHub:
         if not isinstance(body, dict) or not body.get("body"):
             return 422, {}, {"message": "Invalid request.\n\n\"body\" wasn't supplied.", "documentation_url": DOCS,
                              "status": "422"}
+        too_long = _too_long("IssueComment", body=body["body"])
+        if too_long:
+            return too_long
         comment = copy.deepcopy(self._examples["comment"])
         comment_id = next(self._ids)
         comment.update(id=comment_id, node_id=f"IC_kwDOtrial{comment_id}", body=body["body"], user=self._user(),
@@ -312,6 +321,17 @@ class FakeGitHub:
         result.update(total_count=len(items), incomplete_results=False,
                       items=[{**copy.deepcopy(i), "score": 1.0} for i in items[:100]])
         return 200, {}, result
+
+
+def _too_long(resource: str, **fields: str):
+    """GitHub's 422 for a title over 256 or a body over 65,536 characters (its own wording)."""
+    limits = {"title": TITLE_MAX, "body": BODY_MAX}
+    errors = [{"resource": resource, "code": "custom", "field": name,
+               "message": f"{name} is too long (maximum is {limits[name]} characters)"}
+              for name, value in fields.items() if len(value) > limits[name]]
+    if not errors:
+        return None
+    return 422, {}, {"message": "Validation Failed", "errors": errors, "documentation_url": DOCS, "status": "422"}
 
 
 def _handler_for(fake: FakeGitHub):

@@ -77,6 +77,7 @@ class SmtpServer:
         self._failures: dict[str, deque[str]] = {}
         self.reply_delay = 0.0      # seconds between keeping a message and answering 250 for it
         self.credentials = credentials
+        self.logins: list[dict[str, Any]] = []       # every AUTH attempt: who, and whether over TLS
         self.implicit_tls = implicit_tls
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -90,6 +91,10 @@ class SmtpServer:
         self.controller = Controller(_Recorder(self), hostname=self.host, port=self.port, **kwargs)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        with self.lock:
+            self.logins.append({"login": getattr(auth_data, "login", b"").decode(errors="replace"),
+                                "tls": session.ssl is not None
+                                or server.transport.get_extra_info("ssl_object") is not None})
         ok = isinstance(auth_data, LoginPassword) and self.credentials == (
             auth_data.login.decode(), auth_data.password.decode())
         return AuthResult(success=ok)

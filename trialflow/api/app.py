@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
-from trialflow.api import activity, dashboard, events, github, slack
+from trialflow.api import activity, auth, dashboard, events, github, slack
+from trialflow.api.clients import client_address
 from trialflow.api.common import RT, BodyTooLarge, collect_body, error, read_body
+from trialflow.api.ratelimit import SignupLimiter
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.db.engine import LoopConnections
@@ -26,7 +28,7 @@ from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.metrics import render
 from trialflow.runtime import Runtime
-from trialflow.services import signups
+from trialflow.services import signups, spooled_signups
 
 log = logging.getLogger("trialflow.api")
 
@@ -65,8 +67,10 @@ def _error(status: int, message: str, **extra: Any) -> tuple[int, dict]:
     return status, {"error": message, **extra}
 
 
-async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None) -> tuple[int, dict]:
-    """POST /api/signups on a body already read: validate, route, answer (status, JSON content).
+async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None,
+                  limiter: SignupLimiter | None = None, address: str = "") -> tuple[int, dict]:
+    """POST /api/signups on a body already read: validate, count against the rate limits, route,
+    answer (status, JSON content; a 429's content carries its ``retry_after``).
 
     On PostgreSQL (``connections`` given) the signup is routed on the event loop when it can be
     (``submit_signup_on_loop``); the rest, and SQLite, go to a signup thread."""
@@ -81,6 +85,10 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None)
     unknown = data.keys() - _SIGNUP_FIELDS
     if unknown:
         return _error(422, f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    if limiter is not None:
+        over = await limiter.over_limit(address, data.get("email"))
+        if over is not None:
+            return _error(429, over.message, retry_after=over.retry_after)
     signup = signups.SignupInput(email=data.get("email"), name=data.get("name"),
                                  company=data.get("company"), source=data.get("source"))
     try:
@@ -92,7 +100,8 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None)
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. a connection the server closed: the thread path tries
                 in_doubt = exc.trial_id if isinstance(exc, signups.WriteInDoubt) else None
-                log.warning("routing the signup on the event loop failed; routing it in a thread", exc_info=True)
+                log.warning("routing the signup on the event loop failed (%s); routing it in a thread",
+                            type(exc).__name__, exc_info=not spooled_signups.is_unreachable(exc))
         if result is None:
             result = await _in_signup_thread(signups.submit_signup, rt.uow, rt.settings, rt.clock, signup)
             if in_doubt is not None and result.trial_id == in_doubt:
@@ -102,12 +111,12 @@ async def _signup(rt: Runtime, body: bytes, connections: LoopConnections | None)
                 result = replace(result, created=True)
     except InvalidSignup as exc:
         return _error(422, exc.message, field=exc.field)
-    except Exception as exc:  # noqa: BLE001 - the failsafe: never lose a signup, never a 500 page
-        log.exception("routing the signup failed")
-        try:
-            await _in_signup_thread(signups.keep_failed_signup, rt.uow, rt.settings, rt.clock, body, exc)
-        except Exception:  # noqa: BLE001
-            log.exception("could not keep the failed signup either")
+    except Exception as exc:  # noqa: BLE001 - never lose a signup, never a 500 page
+        if not spooled_signups.is_unreachable(exc):
+            log.exception("routing the signup failed")
+        fields = {name: data[name] for name in _SIGNUP_FIELDS if name in data}
+        # The failsafe, or the spool on local disk while the database cannot be reached.
+        if not await _in_signup_thread(spooled_signups.keep_unrouted, rt, body, fields, exc):
             return _error(503, "We could not take your request right now. Please try again in a minute.")
         return 202, _RECEIVED
     return 201 if result.created else 200, {
@@ -124,8 +133,13 @@ async def signup_response(rt: Runtime, request: Request, connections: LoopConnec
     """The whole of POST /api/signups, through a Starlette request and response (a body too
     large is the app's BodyTooLarge handler's)."""
     body = await read_body(request, rt.settings.max_body_bytes)
-    status, content = await _signup(rt, body, connections)
-    return JSONResponse(content, status_code=status)
+    status, content = await _signup(rt, body, connections, request.app.signup_limiter,
+                                    client_address(request.scope, rt.settings.trusted_proxies))
+    return JSONResponse(content, status_code=status, headers=_retry_after(status, content))
+
+
+def _retry_after(status: int, content: dict) -> dict[str, str]:
+    return {"Retry-After": str(content["retry_after"])} if status == 429 else {}
 
 
 async def _read_asgi_body(scope, receive, limit: int) -> bytes:
@@ -149,8 +163,9 @@ async def _asgi_chunks(receive):
 async def _send_json(send, status: int, content: dict) -> None:
     """What ``JSONResponse(content, status)`` sends: the same body bytes and headers."""
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]})
+    headers = [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in _retry_after(status, content).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -167,6 +182,7 @@ class TrialflowApp(FastAPI):
     """
 
     loop_connections: LoopConnections | None = None
+    signup_limiter: SignupLimiter | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/api/signups" and scope["method"] == "POST":
@@ -177,7 +193,8 @@ class TrialflowApp(FastAPI):
                 except BodyTooLarge:
                     status, content = _too_large(rt)
                 else:
-                    status, content = await _signup(rt, body, self.loop_connections)
+                    status, content = await _signup(rt, body, self.loop_connections, self.signup_limiter,
+                                                    client_address(scope, rt.settings.trusted_proxies))
             except ClientDisconnect:
                 return  # the caller left before sending its body: nobody to answer, nothing routed
             except Exception:  # noqa: BLE001
@@ -198,6 +215,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = TrialflowApp(title="trialflow", version="0.1.0",
                   description="Cloud-trial workflow orchestrator: every signup becomes a durable trial.")
     app.state.runtime = rt
+    app.signup_limiter = SignupLimiter(rt.settings)
     if rt.engine.dialect.name == "postgresql":
         # As many as there are signup threads: the same bound on concurrent signups per process.
         app.loop_connections = LoopConnections(rt.engine, size=SIGNUP_THREADS)
@@ -285,4 +303,5 @@ def create_app(rt: Runtime) -> FastAPI:
 
     for module in (slack, github, activity, events, dashboard):
         app.include_router(module.router)
+    auth.install(app, rt)
     return app

@@ -207,6 +207,9 @@ github_deliveries = Table(
     Column("delivery_id", String(64), primary_key=True),
     Column("event", String(64), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+    # What the delivery says (event, action, comment or issue, and when): a signed body replayed
+    # under a fresh X-GitHub-Delivery id is the same content.
+    Column("fingerprint", String(64), unique=True),
 )
 
 # A Slack request is processed once: Slack retries (X-Slack-Retry-Num) and double clicks map to one key.

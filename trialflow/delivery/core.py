@@ -31,10 +31,11 @@ from sqlalchemy import func, select, update
 
 from trialflow.db import tables
 from trialflow.delivery.record import Outcome, ResultWriter
-from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
 from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
-from trialflow.services.slack_blocks import message
+from trialflow.services.fit import Data
+from trialflow.services.slack_blocks import message, mrkdwn
 from trialflow.services.uow import wake_safely
 
 log = logging.getLogger("trialflow.delivery")
@@ -263,7 +264,9 @@ class Deliverer:
         except RetryLater as exc:
             return self._retry(effect, str(exc), exc.retry_after)
         except PermanentFailure as exc:
-            return self._park(effect, str(exc))
+            parked = self._park(effect, str(exc))
+            parked.payload_refused = isinstance(exc, PayloadRefused)
+            return parked
         except Exception as exc:  # noqa: BLE001 - an unknown failure is treated as transient
             log.warning("effect %s (%s) attempt %s failed: %s", effect.id, effect.kind, effect.attempt, exc)
             return self._retry(effect, f"{type(exc).__name__}: {exc}", None)
@@ -310,7 +313,7 @@ class Deliverer:
                         "that worker's result stands", outcome.effect_id)
             return "superseded"
         if outcome.outcome == "failed":
-            self._tell_alerts_channel([(effect, outcome.values["last_error"])])
+            self._tell_alerts_channel([(effect, outcome.values["last_error"], outcome.payload_refused)])
         return outcome.outcome
 
     def _hand_back(self, writer: ResultWriter, released: list[Outcome]) -> dict[int, str]:
@@ -325,19 +328,22 @@ class Deliverer:
             wake_safely(self.rt.wake, due_now)  # the relay sends them anyway, if the broker is down now
         return {x.effect_id: "released" if x.effect_id in ours else "superseded" for x in released}
 
-    def _tell_alerts_channel(self, parked: list[tuple[Effect, str]]) -> None:
+    def _tell_alerts_channel(self, parked: list[tuple[Effect, str, bool]]) -> None:
         with self.rt.uow() as uow:
-            for effect, why in parked:
+            for effect, why, payload_refused in parked:
                 if effect.kind.startswith("slack.") and effect.payload.get("channel") == self.rt.settings.alerts_channel \
                         and effect.key.startswith("delivery-failed:"):
                     continue  # the failure notice itself failed: do not loop
+                advice = ("The provider refused what trialflow built, so sending it again would be refused "
+                          "again: a trialflow bug to report, not one to retry." if payload_refused
+                          else f"Retry with `trialflow outbox retry {effect.id}`.")
+                text = mrkdwn(":x: trialflow could not deliver `{kind}` for trial `{trial}` after {n} attempt(s): "
+                              "{why}. {advice}", kind=effect.kind, trial=effect.trial_id or "-", n=str(effect.attempt),
+                              why=Data(why[:300]), advice=advice)
+                # One notice per effect (its key): a parked effect retried by hand and parked again is not announced twice.
                 outbox.enqueue(uow, key=f"delivery-failed:{effect.id}", kind="slack.message", now=self.rt.clock.now(),
-                               trial_id=effect.trial_id, payload={
-                                   "channel": self.rt.settings.alerts_channel,
-                                   **message(f":x: trialflow could not deliver `{effect.kind}` for trial "
-                                             f"`{effect.trial_id or '-'}` after {effect.attempt} attempt(s): "
-                                             f"{why[:300]}. Retry with `trialflow outbox retry {effect.id}`."),
-                               })
+                               trial_id=effect.trial_id, payload={"channel": self.rt.settings.alerts_channel,
+                                                                  **message(text)})
             uow.commit()
 
     def drain(self, limit: int = 500) -> dict[str, int]:

@@ -31,6 +31,7 @@ class Outcome:
     outcome: str                      # delivered | retry | failed | released (| superseded, once written)
     values: dict[str, Any]            # the columns to write
     undo_attempt: bool = False        # the attempt certainly did not reach the provider
+    payload_refused: bool = False     # parked because the provider refused what we built
 
 
 @functools.cache

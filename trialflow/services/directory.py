@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.services.slack_blocks import escape
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Directory:
         person = self.by_email(email)
         if person and person.slack_user_id:
             return f"<@{person.slack_user_id}>"
-        return person.name if person else email
+        return escape(person.name if person else email)
 
 
 def next_in_rotation(session: Session, role: str) -> str | None:

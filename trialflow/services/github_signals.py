@@ -7,11 +7,14 @@ filing (the delivered github.issue effect's number), and the instance URL comes 
 comment written by an authorised cloud/admin member (``/ready <url>`` or an ``Instance: <url>``
 line). No URL: nothing is guessed; the issue is asked for one.
 
-A delivery is processed once: its ``X-GitHub-Delivery`` id is recorded (``github_deliveries``) in
-the same transaction as what it causes, so a redelivered webhook changes nothing.
+A delivery is processed once: its ``X-GitHub-Delivery`` id and its content's ``fingerprint`` are
+recorded (``github_deliveries``) in the same transaction as what it causes, so a redelivered
+webhook, or a signed body replayed under a fresh delivery id, changes nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -109,6 +112,24 @@ def instance_host(url: str) -> str:
     return host
 
 
+def fingerprint(event: str, payload: dict[str, Any]) -> str | None:
+    """What a delivery is about, whatever its X-GitHub-Delivery: the event, the action, the comment
+    (or else the issue) it concerns, when that changed, and the label. A replay of a signed body
+    has the same one; a new comment, or the label added again later, has another."""
+    raw_comment, raw_issue = payload.get("comment"), payload.get("issue")
+    comment: dict[str, Any] = raw_comment if isinstance(raw_comment, dict) else {}
+    issue: dict[str, Any] = raw_issue if isinstance(raw_issue, dict) else {}
+    if comment.get("id") is not None:
+        subject, at = f"comment:{comment['id']}", comment.get("updated_at") or comment.get("created_at")
+    elif issue.get("id") is not None:
+        subject, at = f"issue:{issue['id']}", issue.get("updated_at")
+    else:
+        return None  # a ping, or nothing trialflow acts on: the delivery id alone
+    label = (payload.get("label") or {}).get("name") if isinstance(payload.get("label"), dict) else None
+    content = json.dumps([event, payload.get("action"), subject, at, label], default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
     """One webhook delivery, processed once. Returns what the answer says.
 
@@ -130,7 +151,8 @@ def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: dict[
     with rt.uow() as uow:
         session = uow.session
         if not insert_ignore(session, tables.github_deliveries,
-                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now}):
+                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now,
+                              "fingerprint": fingerprint(event, payload)}):
             return {"status": "duplicate", "delivery": delivery_id}
         if signal == "ping":
             uow.commit()

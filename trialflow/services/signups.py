@@ -55,6 +55,10 @@ REDIRECTED = frozenset({lc.JOINING_EXISTING, lc.JOINED, lc.ACTIVE, lc.EXTENDED, 
 # Name, company and source end up in Slack messages and GitHub issues: one line of plain text,
 # nothing Slack or Markdown could read as a mention, a link or a hidden comment.
 _FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f<>]")
+# Characters that change how the text around them reads without being seen: bidirectional
+# embeddings, overrides and isolates (a name that displays reversed), and Unicode's own line and
+# paragraph separators (a second line that no control-character check sees).
+_INVISIBLE_LAYOUT = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029\x85]")
 
 
 @dataclass
@@ -102,6 +106,9 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
         raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
     if _FORBIDDEN_IN_TEXT.search(value):
         raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
+    if _INVISIBLE_LAYOUT.search(value):
+        raise InvalidSignup(f"{field} must be one line of plain text, without direction-changing "
+                            "or line-separator characters.", field)
     return value or None
 
 
@@ -384,22 +391,28 @@ async def submit_signup_on_loop(connections: LoopConnections, settings: Settings
 
 # --- the failsafe --------------------------------------------------------------------------
 
-def keep_failed_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, body: bytes, error: BaseException) -> None:
+def keep_failed_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, body: bytes,
+                       error: BaseException, key: str | None = None) -> None:
     """The failsafe: routing failed, so keep the raw signup and queue an email to support.
 
     ``uow_factory`` is the same one the signup used (``Runtime.uow``), so the support email is
-    woken for delivery as soon as it is committed, like any other effect.
+    woken for delivery as soon as it is committed, like any other effect. ``key`` names a signup
+    that may be handed over more than once (a spooled one, whose replay may be interrupted after
+    this commits): it is then kept, and support emailed, only the first time.
     """
     now = clock.now()
     raw = body.decode("utf-8", "replace")
     with uow_factory() as uow:
+        if key is not None and uow.session.execute(
+                select(tables.outbox.c.id).where(tables.outbox.c.key == f"failed-signup:{key}")).first():
+            return
         row_id = uow.session.execute(tables.failed_signups.insert().values(
             received_at=now, body=raw, error=f"{type(error).__name__}: {error}").returning(tables.failed_signups.c.id)).scalar_one()
         try:
             submitted = json.loads(raw)
         except ValueError:
             submitted = {"raw": raw[:2000]}
-        outbox.enqueue(uow, key=f"failed-signup:{row_id}", kind="email", now=now, payload={
+        outbox.enqueue(uow, key=f"failed-signup:{key or row_id}", kind="email", now=now, payload={
             "template": "support_failsafe", "to": settings.support_email, "cc": [], "from": None,
             "context": {"signup": json.dumps(submitted, indent=2, default=str)[:4000], "error": type(error).__name__,
                         "failed_signup_id": row_id},

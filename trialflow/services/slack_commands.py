@@ -17,6 +17,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain, normalize_email
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
+from trialflow.services import fit as limits
 from trialflow.services.directory import Directory, Person
 from trialflow.services.slack_steps import esc, run_command
 from trialflow.services.timers import deadlines
@@ -64,7 +65,8 @@ def handle_slash_command(rt: App, form: dict[str, str]) -> dict[str, Any]:
 
 
 def _answer(text: str) -> dict[str, Any]:
-    return {"response_type": "ephemeral", "text": text}
+    # Slack truncates a text past 40,000 characters wherever it falls; we cut between escapes and mentions.
+    return {"response_type": "ephemeral", "text": limits.clip(text, limits.SLACK_MESSAGE_TEXT)}
 
 
 def _deadline_text(session: Session, trial: Trial) -> str:

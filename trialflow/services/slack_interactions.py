@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, SlackCallFailed
+from trialflow.services import fit as limits
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.slack_modals import FIELD_BLOCK, MODAL_ACTIONS, build_modal, detail_from_view
@@ -57,6 +58,7 @@ class SlackReply:
 
 
 def ephemeral(text: str, response_url: str | None = None) -> SlackReply:
+    text = limits.clip(text, limits.SLACK_MESSAGE_TEXT)
     return SlackReply(body={"response_type": "ephemeral", "replace_original": False, "text": text},
                       notify=text, response_url=response_url)
 
@@ -177,5 +179,5 @@ def _on_view_submission(rt: App, payload: dict[str, Any]) -> SlackReply:
 def _info_view(title: str, text: str) -> SlackReply:
     """Replace the modal with an explanation (a refusal is not a field error)."""
     return SlackReply(body={"response_action": "update", "view": {
-        "type": "modal", "title": {"type": "plain_text", "text": title[:24]},
+        "type": "modal", "title": {"type": "plain_text", "text": limits.shorten(title, limits.SLACK_VIEW_TITLE)},
         "close": {"type": "plain_text", "text": "Close"}, "blocks": [sb.section(text)]}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
@@ -57,7 +57,23 @@ def is_active(trial: PlainTrial) -> bool:
     """
     if trial.pql_grade in ("A", "B", "C"):
         return True
-    return bool(trial.last_activity_at and trial.started_at and trial.last_activity_at >= trial.started_at)
+    return bool(trial.last_activity_at and trial.started_at
+                and trial.last_activity_at >= activity_counts_from(trial.started_at))
+
+
+def activity_counts_from(started_at: datetime) -> datetime:
+    """The first moment whose activity counts for a trial: the start of the second it started in.
+
+    A report is timed to the second (its signed Unix timestamp), the start to the microsecond:
+    a report sent in the same second as the hand-off counts (the boundary is inclusive)."""
+    return started_at.replace(microsecond=0)
+
+
+def activity_counts_from_sql(started_at: ColumnElement[datetime], dialect: str) -> ColumnElement[datetime]:
+    """``activity_counts_from`` in SQL, for the grading query (SQLite keeps times as ISO text)."""
+    if dialect == "postgresql":
+        return func.date_trunc("second", started_at)
+    return func.substr(started_at, 1, 19)
 
 
 def deadlines(session: Session, trial_id: str) -> dict[str, str]:

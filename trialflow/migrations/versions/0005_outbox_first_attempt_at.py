@@ -1,15 +1,15 @@
 """outbox.first_attempt_at: when the first lease that may have called the provider was taken
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
 
 import trialflow.db.tables
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
