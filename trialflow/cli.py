@@ -5,9 +5,7 @@ import argparse
 import json
 import logging
 import sys
-import time
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,7 +15,6 @@ from sqlalchemy.exc import DBAPIError
 from trialflow.api.app import create_app
 from trialflow.api.clients import is_loopback_host
 from trialflow.api.serialize import trial_detail, trial_summary
-from trialflow.datadir import data_dir
 from trialflow.db import tables
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.core import retry
@@ -33,14 +30,10 @@ from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
 from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
 from trialflow.services.sweep import sweep
-from trialflow.settings import get_settings
 from trialflow.spool import SpooledSignup
 from trialflow.timeline import print_timeline
-from workers import liveness, supervisor
-from workers.celery_app import make_celery_app
+from workers.commands import cmd_beat, cmd_worker
 from workers.tasks import dispatch
-
-BEAT_STALE_SECONDS = 300
 
 
 def _runtime(args=None, **kw):
@@ -241,50 +234,6 @@ def cmd_trials(args) -> int:
 
 def cmd_demo(args) -> int:
     return run_demo(keep=args.keep)
-
-
-def cmd_worker(args) -> int:
-    settings = get_settings()
-    if args.check:
-        alive, why = liveness.check(settings, args.name)
-        print(f"worker {args.name}: {'alive' if alive else 'NOT ALIVE'}: {why}")
-        return 0 if alive else 1
-    if args.no_supervisor:
-        return _celery_worker(settings, args)
-    return supervisor.Supervisor(settings, args.name, partial(_celery_worker, settings, args)).run()
-
-
-def _celery_worker(settings, args) -> int:
-    app = make_celery_app()
-    app.conf.trialflow_heartbeat_file = str(liveness.worker_files(settings, args.name).heartbeat)
-    # No gossip, mingle or heartbeat: trialflow's workers never talk to each other (the database
-    # coordinates them), and each is one more thing to re-establish when Redis restarts.
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    if args.queues:
-        argv.append(f"--queues={args.queues}")
-    app.worker_main(argv)
-    return 0
-
-
-def cmd_beat(args) -> int:
-    settings = get_settings()
-    schedule = beat_schedule(settings)
-    if args.check:
-        # Beat saves its schedule at least every 3 minutes while it is ticking; a stale file is a stuck beat.
-        saved = [p.stat().st_mtime for p in schedule.parent.glob(schedule.name + "*")]
-        fresh = bool(saved) and time.time() - max(saved) < BEAT_STALE_SECONDS
-        print(f"beat: {'alive' if fresh else 'NOT ALIVE'}: schedule {schedule} "
-              + (f"saved {time.time() - max(saved):.0f}s ago" if saved else "never saved"))
-        return 0 if fresh else 1
-    app = make_celery_app()
-    app.start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
-    return 0
-
-
-def beat_schedule(settings) -> Path:
-    """Beat's schedule file: in trialflow's private data directory, never at a fixed shared path."""
-    return data_dir(settings) / "celerybeat-schedule"
 
 
 def cmd_report(args) -> int:

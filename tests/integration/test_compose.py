@@ -15,6 +15,7 @@ from jsonschema import Draft7Validator
 
 from trialflow import cli
 from trialflow.settings import Settings
+from workers.commands import cmd_beat, cmd_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALFLOW_SERVICES = ("api", "worker", "beat")
@@ -135,7 +136,7 @@ def test_the_worker_and_beat_health_checks_are_trialflow_s_own_liveness_checks(c
         test = compose["services"][name]["healthcheck"]["test"]
         assert test == ["CMD", "trialflow", name, "--check"], name
         args = parser.parse_args(test[2:])
-        assert (args.func, args.check) == ({"worker": cli.cmd_worker, "beat": cli.cmd_beat}[name], True)
+        assert (args.func, args.check) == ({"worker": cmd_worker, "beat": cmd_beat}[name], True)
 
 
 def dockerfile() -> list[tuple[str, str]]:

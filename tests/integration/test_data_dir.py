@@ -15,6 +15,7 @@ from trialflow import cli
 from trialflow.datadir import data_dir, default_data_dir
 from trialflow.errors import ConfigError
 from trialflow.settings import get_settings
+from workers import commands
 
 
 def test_the_default_is_the_user_s_data_directory_by_the_xdg_convention(monkeypatch, tmp_path):
@@ -55,7 +56,7 @@ def beat_check(monkeypatch, capsys):
     def check(data: Path) -> tuple[int, str]:
         monkeypatch.setenv("TRIALFLOW_DATA_DIR", str(data))
         get_settings.cache_clear()
-        code = cli.cmd_beat(cli.build_parser().parse_args(["beat", "--check"]))
+        code = commands.cmd_beat(cli.build_parser().parse_args(["beat", "--check"]))
         return code, capsys.readouterr().out
     yield check
     get_settings.cache_clear()
@@ -64,7 +65,7 @@ def beat_check(monkeypatch, capsys):
 def test_beat_keeps_its_schedule_in_the_data_directory_and_its_check_watches_that_file(tmp_path, config_dir,
                                                                                       beat_check):
     data = tmp_path / "data"
-    schedule = cli.beat_schedule(make_settings("sqlite://", config_dir, data_dir=data))
+    schedule = commands.beat_schedule(make_settings("sqlite://", config_dir, data_dir=data))
     assert schedule.parent == data
 
     assert beat_check(data)[0] == 1, "never saved"
@@ -72,7 +73,7 @@ def test_beat_keeps_its_schedule_in_the_data_directory_and_its_check_watches_tha
     saved.write_bytes(b"")
     code, out = beat_check(data)
     assert code == 0 and "alive" in out
-    old = time.time() - cli.BEAT_STALE_SECONDS - 1
+    old = time.time() - commands.BEAT_STALE_SECONDS - 1
     os.utime(saved, (old, old))
     code, out = beat_check(data)
     assert code == 1 and "NOT ALIVE" in out
