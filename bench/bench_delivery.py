@@ -176,7 +176,7 @@ def main() -> int:
     rt = Runtime(settings)
     rt.wake = dispatch
     streaming_dispatch = Coalescer(dispatch, settings.delivery_batch_size)  # what the API process uses
-    workers = [TrialflowProcess(["worker", "--concurrency", str(args.concurrency)], env, tmp / f"worker-{i}.log").start()
+    workers = [TrialflowProcess(["worker", "--concurrency", str(args.concurrency), "--name", f"worker-{i}"], env, tmp / f"worker-{i}.log").start()
                for i in range(args.workers)]
     try:
         for w in workers:

@@ -32,7 +32,7 @@ from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
 from trialflow.services.sweep import sweep
 from trialflow.spool import SpooledSignup
 from trialflow.timeline import print_timeline
-from workers.celery_app import make_celery_app
+from workers.commands import cmd_beat, cmd_worker
 from workers.tasks import dispatch
 
 
@@ -236,24 +236,6 @@ def cmd_demo(args) -> int:
     return run_demo(keep=args.keep)
 
 
-def cmd_worker(args) -> int:
-    app = make_celery_app()
-    # No gossip, mingle or heartbeat: trialflow's workers never talk to each other (the database
-    # coordinates them), and each is one more thing to re-establish when Redis restarts.
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", "--prefetch-multiplier=1",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    if args.queues:
-        argv.append(f"--queues={args.queues}")
-    app.worker_main(argv)
-    return 0
-
-
-def cmd_beat(args) -> int:
-    app = make_celery_app()
-    app.start(["beat", "--loglevel=INFO", "--schedule=/tmp/trialflow-celerybeat-schedule"])
-    return 0
-
-
 def cmd_report(args) -> int:
     return cli_report(_runtime(), args)
 
@@ -318,11 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
     d.set_defaults(func=cmd_demo)
 
-    k = sub.add_parser("worker", help="Celery worker (needs TRIALFLOW_BROKER_URL)")
+    k = sub.add_parser("worker", help="Celery worker, supervised: replaced when it dies or hangs (needs TRIALFLOW_BROKER_URL)")
     k.add_argument("--concurrency", type=int, default=2)
     k.add_argument("--queues")
+    k.add_argument("--name", default="worker", help="this worker's name on the machine (its liveness files)")
+    k.add_argument("--check", action="store_true",
+                   help="exit 0 if the worker of this --name is alive, 1 if not (a health check)")
+    k.add_argument("--no-supervisor", action="store_true",
+                   help="run the Celery worker in this process; nothing replaces it if it dies")
     k.set_defaults(func=cmd_worker)
-    sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule").set_defaults(func=cmd_beat)
+    b = sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule")
+    b.add_argument("--check", action="store_true", help="exit 0 if beat saved its schedule lately, 1 if not")
+    b.set_defaults(func=cmd_beat)
 
     r = sub.add_parser("report", help="the funnel: requests, starts, activation, conversion, time in each step")
     r.add_argument("--json", action="store_true")

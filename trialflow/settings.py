@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///trialflow.db"
     broker_url: str | None = None
     config_dir: Path = Path("config")
+    # trialflow's own files on this machine (beat's schedule, the worker's liveness files); unset:
+    # the per-user data directory (trialflow.datadir.default_data_dir).
+    data_dir: Path | None = None
 
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
@@ -67,6 +70,10 @@ class Settings(BaseSettings):
     beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
     relay_grace_seconds: float = 10.0        # a task not finished this long after dispatch is sent again
     beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
+    # `trialflow worker` replaces its Celery process when that process's event loop has not turned
+    # for this long while the broker answers (a hung worker). Above Celery's longest pause between
+    # two attempts to reconnect (30 s), so a worker about to reconnect is not taken for hung.
+    worker_hung_seconds: float = Field(45.0, gt=0)
     log_json: bool = False
 
     # Staff sign-in (OpenID Connect) and machine tokens for the staff surfaces (trialflow.api.auth).
@@ -85,7 +92,8 @@ class Settings(BaseSettings):
 
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
                      "activity_secret", "events_token", "oidc_issuer", "oidc_client_id", "oidc_client_secret",
-                     "public_url", "session_secret", "api_tokens", "metrics_token", mode="before")
+                     "public_url", "session_secret", "api_tokens", "metrics_token", "data_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value

@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from trialflow.datadir import default_data_dir
+
 FORMAT = 1
 SUFFIX = ".json"
 LOCK_NAME = ".replay.lock"
@@ -35,12 +37,6 @@ STALE_TEMPORARY_SECONDS = 60.0
 
 class _HasDirectories(Protocol):
     spool_dir: Path | None
-
-
-def default_data_dir() -> Path:
-    """trialflow's per-user data directory: ``$XDG_DATA_HOME/trialflow`` or ``~/.local/share/trialflow``."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "trialflow"
 
 
 def spool_dir(settings: _HasDirectories) -> Path:

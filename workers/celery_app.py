@@ -2,14 +2,22 @@
 
 Tasks take ids and call one service function (``workers.tasks``). The beat schedule runs the
 relay (re-dispatches effects whose task was lost, e.g. with a restarted Redis) and the sweep.
+On Redis the transport is ``workers.broker``'s, which a Redis restart does not crash; the
+``workers.liveness.Heartbeat`` step lets the supervisor (``trialflow worker``) see the loop turn.
 """
 from __future__ import annotations
+
+import ssl
+from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
 
 from trialflow.logs import configure_logging
 from trialflow.settings import get_settings
+from workers.liveness import Heartbeat
+
+REDIS_TRANSPORT = "workers.broker:Transport"
 
 
 @setup_logging.connect
@@ -25,6 +33,8 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
     if not broker:
         raise SystemExit("TRIALFLOW_BROKER_URL is not set: the embedded default delivers in-process (trialflow serve)")
     app = Celery("trialflow", broker=broker, include=["workers.tasks"])
+    app.steps["consumer"].add(Heartbeat)
+    app.conf.update(**_transport(broker))
     app.conf.update(
         task_acks_late=True,                  # ack after the work, so a killed worker's task is redelivered
         task_reject_on_worker_lost=True,      # ... including when the worker process dies (SIGKILL)
@@ -39,10 +49,9 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         # the longest batch (half the delivery lease plus its last call), or Redis would hand a
         # batch still running to a second worker.
         broker_transport_options={"visibility_timeout": 3600},
-        # Not cancelling on connection loss: with Redis restarting, Celery 5.7/kombu crash the whole
-        # worker while closing the lost channel (celery/celery#9250). A task still running then
-        # simply cannot be acked; it comes back after the visibility timeout, and the lease
-        # (trialflow.delivery.core) turns that second run into a no-op.
+        # Not cancelling on connection loss: a batch that is running finishes and records its
+        # results. Its task cannot be acked on the lost connection and comes back later; the
+        # lease (trialflow.delivery.core) turns that second run into a no-op.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue="trialflow",
         beat_schedule={
@@ -51,6 +60,17 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         },
     )
     return app
+
+
+def _transport(broker: str) -> dict[str, Any]:
+    """Redis through ``workers.broker``. kombu turns TLS on by itself only for its own transport's
+    ``rediss://`` name, so here it is asked for, with the server's certificate verified."""
+    scheme = broker.split("://", 1)[0].lower()
+    if scheme == "redis":
+        return {"broker_transport": REDIS_TRANSPORT}
+    if scheme == "rediss":
+        return {"broker_transport": REDIS_TRANSPORT, "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
+    return {}
 
 
 _app: Celery | None = None

@@ -7,6 +7,7 @@ from collections import Counter
 from functools import lru_cache
 
 from celery import shared_task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from trialflow.delivery.core import batches
 from trialflow.delivery.wiring import build_deliverer
@@ -46,7 +47,12 @@ def relay(limit: int = 1000) -> int:
     """Send a task for every effect that is due and has no live task (retrying, or whose
     worker or broker died). Fresh effects were already sent by the process that committed them."""
     ids = _deliverer().claim_for_dispatch(limit, grace_seconds=_runtime().settings.relay_grace_seconds)
-    dispatch(ids)
+    try:
+        dispatch(ids)
+    except KombuOperationalError as exc:
+        # The broker went away mid-relay: what was not sent is sent by a later relay, once overdue.
+        log.warning("relay: could not send delivery tasks for %s effect(s) (%s); they are sent again later",
+                    len(ids), exc)
     return len(ids)
 
 

@@ -4,7 +4,6 @@ order (health checks, migrations first), and that what they name exists in trial
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import re
 import shlex
@@ -16,6 +15,7 @@ from jsonschema import Draft7Validator
 
 from trialflow import cli
 from trialflow.settings import Settings
+from workers.commands import cmd_beat, cmd_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALFLOW_SERVICES = ("api", "worker", "beat")
@@ -130,10 +130,13 @@ def test_the_api_health_check_calls_a_route_that_answers_200(compose, client):
     assert client.get(path).status_code == 200
 
 
-def test_the_beat_health_check_watches_the_schedule_file_beat_writes(compose):
-    test = compose["services"]["beat"]["healthcheck"]["test"][3]
-    watched = re.search(r"glob\.glob\('([^*']+)\*'\)", test).group(1)
-    assert f"--schedule={watched}" in inspect.getsource(cli.cmd_beat)
+def test_the_worker_and_beat_health_checks_are_trialflow_s_own_liveness_checks(compose):
+    parser = cli.build_parser()
+    for name in ("worker", "beat"):
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert test == ["CMD", "trialflow", name, "--check"], name
+        args = parser.parse_args(test[2:])
+        assert (args.func, args.check) == ({"worker": cmd_worker, "beat": cmd_beat}[name], True)
 
 
 def dockerfile() -> list[tuple[str, str]]:

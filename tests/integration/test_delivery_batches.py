@@ -1,5 +1,5 @@
-"""Delivering effects in batches: one lease and one result statement for many effects, results
-shared inside the batch, a provider's Retry-After holding back the rest of its effects, and a
+"""Delivering effects in batches: one lease for many effects and each result recorded as its call
+returns, results shared inside the batch, a provider's Retry-After holding back the rest of its effects, and a
 batch that stops calling before its lease could pass to another worker."""
 from __future__ import annotations
 
@@ -59,17 +59,34 @@ class OutboxUpdates:
         event.remove(self._engine, "before_cursor_execute", self._seen)
 
 
-def test_a_batch_takes_one_lease_statement_and_one_result_statement_for_all_its_effects(runtime, settings,
-                                                                                        fake_slack):
+class WatchesTheRecord:
+    """In front of the real transport (our port): at each call, what the database already says
+    about every effect of the batch."""
+
+    def __init__(self, transport, runtime, ids: list[int]):
+        self.transport, self.runtime, self.ids = transport, runtime, ids
+        self.seen: list[list[str]] = []
+
+    def deliver(self, effect):
+        self.seen.append([outbox_row(self.runtime, effect_id).status for effect_id in self.ids])
+        return self.transport.deliver(effect)
+
+
+def test_a_batch_takes_one_lease_and_records_each_result_before_the_next_call_starts(runtime, settings,
+                                                                                   fake_slack):
     ids = [enqueue_effect(runtime, f"k:{i}", "slack.message", alert(f"alert {i}")) for i in range(20)]
+    watcher = WatchesTheRecord(SlackTransport(settings), runtime, ids)
     updates = OutboxUpdates(runtime.engine)
     try:
-        outcomes = Deliverer(runtime, transports(settings)).deliver_batch(ids)
+        outcomes = Deliverer(runtime, {"slack": watcher}).deliver_batch(ids)
     finally:
         updates.close()
 
     assert outcomes == {effect_id: "delivered" for effect_id in ids}
-    assert updates.count == 2
+    # A worker killed at any call has every earlier call of its batch on record: only the call in
+    # flight can be made again.
+    assert watcher.seen == [["delivered"] * i + ["delivering"] * (20 - i) for i in range(20)]
+    assert updates.count == 2 + 20   # the lease and its first-attempt stamp, then one statement per result
     assert [m["text"] for m in fake_slack.messages_in("cloud-trial-alerts")] == [f"alert {i}" for i in range(20)]
     assert all(outbox_row(runtime, effect_id).status == "delivered" for effect_id in ids)
 

@@ -3,13 +3,13 @@ like GitHub's REST API (shapes from ../shared/fixtures/github/rest)."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.outbox import enqueue_effect, outbox_row
+from tests.support.outbox import DiesAfterTheCall, WorkerKilled, enqueue_effect, outbox_row
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
@@ -181,3 +181,25 @@ def test_a_bad_token_is_reported_as_such(runtime, fake_github):
     assert parked.status == "failed"
     assert "401 Bad credentials" in parked.last_error and "TRIALFLOW_GITHUB_TOKEN" in parked.last_error
     assert "ghp_wrong" not in parked.last_error
+
+
+
+def test_a_retry_finds_its_issue_among_every_issue_opened_since_its_first_attempt_when_search_is_down(
+        runtime, settings, fake_github, clock):
+    clock.set(datetime.now(UTC))
+    effect_id = enqueue(runtime, "k:issue", "github.issue", issue_payload())
+    with pytest.raises(WorkerKilled):
+        Deliverer(runtime, {"github": DiesAfterTheCall(GitHubTransport(settings, seconds_between_writes=None))}
+                  ).deliver(effect_id)
+    for i in range(150):                    # more than one look at the newest 100 would see
+        fake_github.handle("POST", f"/repos/{fake_github.repo}/issues", {}, {"title": f"other {i}", "body": "x"},
+                           {"authorization": f"token {fake_github.token}"})
+    fake_github.search_available = False
+    clock.advance(seconds=runtime.settings.delivery_lease_seconds + 1)
+
+    assert Deliverer(runtime, {"github": GitHubTransport(settings, seconds_between_writes=None)}
+                     ).deliver(effect_id) == "delivered"
+
+    assert fake_github.deliveries()["k:issue"] == 1
+    assert len(fake_github.issues) == 151
+    assert row(runtime, effect_id).result["number"] == 1

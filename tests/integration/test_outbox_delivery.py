@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.outbox import enqueue_effect
+from tests.support.outbox import DiesAfterTheCall, WorkerKilled, enqueue_effect
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.email import EmailTransport, message_id
@@ -154,20 +154,6 @@ def test_two_workers_draining_at_once_deliver_every_effect_exactly_once(client, 
 
 
 # --- a worker killed after the provider accepted the call ---------------------------------------
-
-class WorkerKilled(BaseException):
-    """The worker process died (SIGKILL, OOM): nothing after the provider call runs, not even the
-    Deliverer's ``except Exception``."""
-
-
-class DiesAfterTheCall:
-    def __init__(self, transport):
-        self.transport = transport
-
-    def deliver(self, effect):
-        self.transport.deliver(effect)
-        raise WorkerKilled()
-
 
 def enqueue(rt, key: str, kind: str, payload: dict, trial_id: str = "tr_crashtest00001") -> int:
     return enqueue_effect(rt, key, kind, payload, trial_id)

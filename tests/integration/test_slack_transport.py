@@ -2,14 +2,16 @@
 that answers like Slack's Web API (shapes from ../shared/fixtures/slack/web_api)."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.outbox import enqueue_effect, outbox_row
+from tests.support.outbox import DiesAfterTheCall, WorkerKilled, enqueue_effect, outbox_row
 from trialflow.db import tables
+from trialflow.delivery.core import Deliverer
+from trialflow.delivery.slack import CLOCK_SKEW_SECONDS, SlackTransport
 from trialflow.delivery.wiring import build_deliverer
 
 TRIAL = "tr_slacktransport1"
@@ -223,3 +225,27 @@ def test_a_bad_token_parks_the_effect_with_slack_s_reason(runtime, fake_slack):
         notice = s.execute(select(tables.outbox).where(tables.outbox.c.key == f"delivery-failed:{effect_id}")).one()
     assert notice.status == "delivered"
     assert f"trialflow outbox retry {effect_id}" in notice.payload["text"]
+
+
+
+def test_a_retry_reads_the_channel_back_to_its_first_attempt_however_many_messages_came_since(
+        runtime, settings, fake_slack, clock):
+    clock.set(datetime.now(UTC))   # in step with the timestamps Slack gives messages
+    first_attempt = clock.now().timestamp()
+    for i in range(1000):                   # the channel's past: older than the first attempt
+        fake_slack.add_message("cloud-trial-alerts", f"last month {i}", at=first_attempt - 7 * 86400)
+    effect_id = enqueue(runtime, "k:alert", "slack.message", message("cloud-trial-alerts", "bob signed up"))
+    with pytest.raises(WorkerKilled):
+        Deliverer(runtime, {"slack": DiesAfterTheCall(SlackTransport(settings))}).deliver(effect_id)
+    for i in range(650):                    # alerts posted before its lease expired
+        fake_slack.add_message("cloud-trial-alerts", f"meanwhile {i}")
+    clock.advance(seconds=runtime.settings.delivery_lease_seconds + 1)
+
+    assert build_deliverer(runtime).deliver(effect_id) == "delivered"
+
+    assert fake_slack.deliveries()["k:alert"] == 1
+    reads = fake_slack.calls("conversations.history")
+    # Every page back to the first attempt (less the clock-skew margin), and not one page further.
+    assert len(reads) == 4                  # 651 messages, 200 a page
+    assert {float(r.args["oldest"]) for r in reads} == {first_attempt - CLOCK_SKEW_SECONDS}
+    assert row(runtime, effect_id).result["ts"] == next(m["ts"] for m in fake_slack.messages if m["text"] == "bob signed up")

@@ -2,11 +2,12 @@
 subprocess), on SQLite and PostgreSQL; two sweepers at once on PostgreSQL."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, update
@@ -293,12 +294,42 @@ def test_a_dry_run_from_the_cli_prints_what_it_would_do_and_changes_nothing(db_u
     assert "would do 4 thing(s)" in dry.stdout
     assert f"{idle} gina@globex.com: day15_review → terminate (now terminated)" in dry.stdout
     assert f"{busy} bob@acme-corp.com: day15_review → extend (now extended)" in dry.stdout
-    assert "license rotation reminder posted" in dry.stdout
+    assert "would post a license rotation reminder" in dry.stdout
+    assert "license rotation reminder posted" not in dry.stdout
     assert snapshot(runtime) == before
     real = run_cli(db_url, config_dir, "--at", at)
     assert real.returncode == 0, real.stderr
     assert "did 4 thing(s)" in real.stdout
     assert (state(runtime, idle), state(runtime, busy)) == ("terminated", "extended")
+
+
+def test_a_sweep_for_a_future_time_decides_as_of_then_and_has_its_effects_delivered_now(db_url, config_dir,
+                                                                                       runtime):
+    idle = signup(runtime, "gina@globex.com")
+    sweep(runtime)
+    future = datetime.now(UTC) + timedelta(days=400)
+
+    swept = run_cli(db_url, config_dir, "--at", future.isoformat())
+    sent_by = datetime.now(UTC)
+
+    assert swept.returncode == 0, swept.stderr
+    assert f"{idle} gina@globex.com: day15_review → terminate (now terminated)" in swept.stdout
+    assert history(runtime, idle)[-1][0] == "terminate"
+    with runtime.session_factory() as s:
+        decided_at = s.scalar(select(tables.trial_history.c.at).where(tables.trial_history.c.trial_id == idle)
+                              .order_by(tables.trial_history.c.id.desc()).limit(1))
+        caused = s.execute(select(tables.outbox).where(tables.outbox.c.trial_id == idle,
+                                                       tables.outbox.c.status == "pending")).all()
+    assert decided_at == future                               # the decision: as of the simulated time
+    assert {r.kind for r in caused} >= {"github.issue"}       # the termination request among what it caused
+    assert all(r.next_attempt_at <= sent_by and r.created_at <= sent_by for r in caused)   # ... due now
+    drained = subprocess.run([sys.executable, "-m", "trialflow.cli", "outbox", "drain"], cwd=ROOT, capture_output=True,
+                             env=trialflow_env(database_url=db_url, config_dir=str(config_dir)), text=True, timeout=60)
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout.strip().splitlines()[-1]).get("delivered", 0) >= len(caused)
+    with runtime.session_factory() as s:
+        assert {r.status for r in s.execute(select(tables.outbox).where(tables.outbox.c.trial_id == idle))} == {
+            "delivered"}
 
 
 # --- two sweepers at once (PostgreSQL) ------------------------------------------------------------

@@ -131,6 +131,18 @@ class FakeSlack:
             self.channels[channel.id] = channel
             return channel.id
 
+    def add_message(self, channel: str, text: str, at: float | None = None) -> str:
+        """A message someone posted to ``channel`` (a name or id) at unix time ``at`` (default now),
+        not through trialflow; its ts."""
+        with self.lock:
+            target = self._channel(channel)
+            if target is None:
+                raise KeyError(channel)
+            ts = f"{int(at if at is not None else time.time())}.{next(self._ts):06d}"
+            self.messages.append({"type": "message", "user": "U0SOMEONE", "channel": target.id, "ts": ts,
+                                  "text": text, "blocks": []})
+            return ts
+
     def rate_limit(self, method: str, retry_after: float = 30, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer 429 ``ratelimited`` with this Retry-After."""
         with self.lock:
@@ -358,6 +370,9 @@ class FakeSlack:
         return shown
 
     def _paged(self, messages: list[dict], args) -> dict:
+        """One page, as Slack pages history: ``oldest``/``latest`` bound the window (exclusive
+        unless ``inclusive``), ``limit`` sizes the page, ``next_cursor`` leads to the next one."""
+        messages = [m for m in messages if _in_window(m["ts"], args)]
         start = int(args.get("cursor") or 0)
         limit = int(args.get("limit") or 100)
         page = messages[start:start + limit]
@@ -385,6 +400,14 @@ class FakeSlack:
         if not thread:
             return self._error(error="thread_not_found")
         return self._paged(thread, args)  # oldest first, the parent leading
+
+
+def _in_window(ts: str, args: dict[str, Any]) -> bool:
+    at, inclusive = float(ts), _truthy(args.get("inclusive"))
+    oldest, latest = args.get("oldest"), args.get("latest")
+    if oldest not in (None, "") and (at < float(oldest) or at == float(oldest) and not inclusive):
+        return False
+    return latest in (None, "") or at < float(latest) or at == float(latest) and inclusive
 
 
 def _truthy(value: Any) -> bool:

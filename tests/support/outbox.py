@@ -18,3 +18,20 @@ def enqueue_effect(rt, key: str, kind: str, payload: dict, trial_id: str | None 
 def outbox_row(rt, effect_id: int):
     with rt.session_factory() as s:
         return s.execute(select(tables.outbox).where(tables.outbox.c.id == effect_id)).one()
+
+
+class WorkerKilled(BaseException):
+    """The worker process died (SIGKILL, OOM): nothing after the provider call runs, not even the
+    Deliverer's ``except Exception``."""
+
+
+class DiesAfterTheCall:
+    """In front of a real transport (our port): the provider gets the call, then the worker dies
+    before anything is recorded."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def deliver(self, effect):
+        self.transport.deliver(effect)
+        raise WorkerKilled()

@@ -178,10 +178,22 @@ class TrialflowProcess:
             self.kill(signal.SIGKILL)
 
 
+_DATA_DIR: list[str] = []
+
+
+def run_data_dir() -> str:
+    """A private data directory for this test run's processes, unless a test gives its own: never
+    the user's own, which other runs (and a real trialflow) share."""
+    if not _DATA_DIR:
+        _DATA_DIR.append(tempfile.mkdtemp(prefix="trialflow-test-data-"))
+    return _DATA_DIR[0]
+
+
 def trialflow_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
     if os.environ.get("TRIALFLOW_SPOOL_DIR"):  # the test's own spool (conftest), never the user's
         env["TRIALFLOW_SPOOL_DIR"] = os.environ["TRIALFLOW_SPOOL_DIR"]
+    settings.setdefault("data_dir", run_data_dir())
     env.update({f"TRIALFLOW_{k.upper()}": str(v) for k, v in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env

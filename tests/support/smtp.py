@@ -16,6 +16,7 @@ for 127.0.0.1 (``.ca_file``: point ``SSL_CERT_FILE`` at it to trust it).
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -61,6 +62,9 @@ class _Recorder:
                                           "tls": session.ssl is not None
                                           or server.transport.get_extra_info("ssl_object") is not None,
                                           "authenticated": bool(session.authenticated)})
+        if self.server.reply_delay:
+            # Received and kept, the sender still waiting for the answer: a call in flight.
+            await asyncio.sleep(self.server.reply_delay)
         return "250 Message accepted for delivery"
 
 
@@ -71,6 +75,7 @@ class SmtpServer:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[dict[str, Any]] = []
         self._failures: dict[str, deque[str]] = {}
+        self.reply_delay = 0.0      # seconds between keeping a message and answering 250 for it
         self.credentials = credentials
         self.logins: list[dict[str, Any]] = []       # every AUTH attempt: who, and whether over TLS
         self.implicit_tls = implicit_tls

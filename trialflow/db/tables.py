@@ -162,6 +162,9 @@ outbox = Table(
     # When the Celery relay last sent a task for it: lets the relay re-send lost tasks without
     # flooding the queue with duplicates of tasks that are merely waiting their turn.
     Column("dispatched_at", UTCDateTime()),
+    # When the first lease that may have called the provider was taken: a later attempt asks the
+    # provider whether that call landed, looking back to here (null: no call can have happened).
+    Column("first_attempt_at", UTCDateTime()),
 )
 Index("ix_outbox_pending", outbox.c.next_attempt_at,
       postgresql_where=outbox.c.status == "pending", sqlite_where=outbox.c.status == "pending")

@@ -2,14 +2,16 @@
 
 Effects are delivered in batches (a Celery task carries up to ``delivery_batch_size`` ids). The
 batch takes a *lease* on its rows in one short transaction (status ``delivering``,
-``next_attempt_at`` = lease end) before calling the providers, and records all the results in a
-second one. So:
+``next_attempt_at`` = lease end, ``first_attempt_at`` stamped if unset) before calling the
+providers, and records each call's result as soon as it returns, before the next call starts. So:
 - two workers never deliver the same effect at once (the lease is taken with a conditional
   UPDATE; whoever updates the row owns it);
-- a worker killed mid-batch leaves its rows ``delivering`` with an expired lease; the next
-  attempt knows the call *may* have happened (``attempt > 1``) and asks the provider first
-  (Slack: message metadata in the channel history; GitHub: the effect's marker in issue bodies),
-  so a retry finds the first delivery instead of making a second one;
+- a worker killed mid-batch leaves behind at most one effect whose call may have happened and
+  is not recorded (the one in flight), plus effects it never started; their leases expire. The
+  next attempt of an effect leased before (``first_attempt_at`` set) asks the provider first
+  (Slack: message metadata in the channel history back to ``first_attempt_at``; GitHub: the
+  effect's marker in issue bodies), so a retry finds the first delivery instead of making a
+  second one. Email cannot be asked: only the call in flight can be sent twice;
 - transient failures back off exponentially with jitter (Retry-After wins when the provider
   sends one, and the rest of the batch for that provider waits as long); after
   ``delivery_max_attempts`` the effect is parked as ``failed`` and #cloud-trial-alerts is told.
@@ -25,20 +27,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select, update
 
 from trialflow.db import tables
+from trialflow.delivery.record import Outcome, ResultWriter
 from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
 from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
 from trialflow.services.fit import Data
 from trialflow.services.slack_blocks import message, mrkdwn
+from trialflow.services.uow import wake_safely
 
 log = logging.getLogger("trialflow.delivery")
 
 LEASE_SECONDS = 120.0
-WRITE_ATTEMPTS = 3
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 15 * 60.0
 
@@ -51,12 +53,14 @@ class Effect:
     payload: dict[str, Any]
     trial_id: str | None
     attempt: int                      # 1 on the first try
-    results: ResultLookup           # results of earlier effects (a message's ts, an issue's number)
+    results: ResultLookup             # results of earlier effects (a message's ts, an issue's number)
+    # When the first lease that may have called the provider was taken (None: this is the first).
+    first_attempt_at: datetime | None = None
 
     @property
     def maybe_delivered(self) -> bool:
-        """An earlier attempt may have reached the provider before its worker died."""
-        return self.attempt > 1
+        """An earlier attempt may have reached the provider (before its worker died, say)."""
+        return self.first_attempt_at is not None
 
 
 class ResultLookup(Protocol):
@@ -138,15 +142,6 @@ class _BatchResults:
         return max(found, key=lambda r: r[0])[1] if found else None
 
 
-@dataclass
-class _Outcome:
-    effect_id: int
-    outcome: str                      # delivered | retry | failed | released (| superseded, once written)
-    values: dict[str, Any]            # the columns to write
-    undo_attempt: bool = False        # the attempt certainly did not reach the provider
-    payload_refused: bool = False     # parked because the provider refused what we built
-
-
 class Deliverer:
     def __init__(self, rt, transports: dict[str, Transport], lease_seconds: float = LEASE_SECONDS,
                  monotonic: Callable[[], float] = time.monotonic):
@@ -182,7 +177,8 @@ class Deliverer:
     def _lease(self, effect_ids: list[int], results: ResultLookup) -> tuple[list[Effect], datetime]:
         """Take every one of ``effect_ids`` that is due and not held by someone else, in one
         statement; the effects come back in commit order. The lease's end doubles as its token:
-        results are written only where it is still on the row."""
+        results are written only where it is still on the row. The lease is also where an effect's
+        first attempt starts: every later attempt looks for it at its provider back to then."""
         now = self.rt.clock.now()
         lease_end = now + self.lease
         o = tables.outbox
@@ -191,10 +187,13 @@ class Deliverer:
                 update(o)
                 .where(o.c.id.in_(effect_ids), o.c.status.in_(("pending", "delivering")), o.c.next_attempt_at <= now)
                 .values(status="delivering", attempts=o.c.attempts + 1, next_attempt_at=lease_end)
-                .returning(o.c.id, o.c.key, o.c.kind, o.c.payload, o.c.trial_id, o.c.attempts)
+                .returning(o.c.id, o.c.key, o.c.kind, o.c.payload, o.c.trial_id, o.c.attempts, o.c.first_attempt_at)
             ).all()
-        effects = sorted((Effect(r.id, r.key, r.kind, r.payload, r.trial_id, r.attempts, results) for r in claimed),
-                         key=lambda e: e.id)
+            first_tries = [r.id for r in claimed if r.first_attempt_at is None]
+            if first_tries:
+                session.execute(update(o).where(o.c.id.in_(first_tries)).values(first_attempt_at=now))
+        effects = sorted((Effect(r.id, r.key, r.kind, r.payload, r.trial_id, r.attempts, results, r.first_attempt_at)
+                          for r in claimed), key=lambda e: e.id)
         return effects, lease_end
 
     def deliver(self, effect_id: int) -> str:
@@ -202,9 +201,12 @@ class Deliverer:
         return self.deliver_batch([effect_id]).get(effect_id, "skipped")
 
     def deliver_batch(self, effect_ids: list[int]) -> dict[int, str]:
-        """Deliver these effects: one lease statement for all of them, the provider calls one
-        after another, one statement for all the results. Returns what happened to each effect
-        this worker leased (the others are held elsewhere, already done, or not due yet).
+        """Deliver these effects: one lease statement for all of them, then the provider calls one
+        after another, each call's result written as soon as it returns. Returns what happened to
+        each effect this worker leased (the others are held elsewhere, already done, or not due yet).
+
+        Writing each result before the next call starts is what limits a killed worker's damage
+        to the call it had in flight: everything it finished is on record and is not sent again.
 
         A provider that asks us to slow down (Retry-After) gets nothing more from this batch: the
         rest of its effects go back to the queue for when it said, without spending an attempt.
@@ -220,34 +222,40 @@ class Deliverer:
             return {}
         stop_calling_at = self.monotonic() + self.lease.total_seconds() / 2
         held_back: dict[str, datetime] = {}  # transport -> when its provider said to come back
-        outcomes: list[_Outcome] = []
+        done: dict[int, str] = {}
+        released: list[Outcome] = []
+        in_flight: Effect | None = None
+        writer = ResultWriter(self.rt.engine, lease_end)
         try:
             for effect in effects:
                 transport_name = effect.kind.split(".", 1)[0]
                 if self.monotonic() >= stop_calling_at:
-                    outcomes.append(self._release(effect, self.rt.clock.now()))
+                    released.append(self._release(effect, self.rt.clock.now()))
                 elif transport_name in held_back:
-                    outcomes.append(self._release(effect, held_back[transport_name]))
+                    released.append(self._release(effect, held_back[transport_name]))
                 else:
+                    in_flight = effect
                     with bind_trial(effect.trial_id):
                         outcome = self._attempt(effect, results)
-                    outcomes.append(outcome)
+                    done[effect.id] = self._record(writer, effect, outcome)
+                    in_flight = None
                     if outcome.outcome == "retry" and outcome.undo_attempt:  # the provider said when
                         held_back[transport_name] = outcome.values["next_attempt_at"]
         except BaseException:
-            # The worker is being stopped mid-call (a warm shutdown, an interrupt). The effect in
-            # flight may have reached its provider: it keeps its lease, and its next attempt asks
-            # first. The ones not started yet go back to the queue untouched.
-            for effect in effects[len(outcomes) + 1:]:
-                outcomes.append(self._release(effect, self.rt.clock.now()))
+            # The worker is being stopped mid-call (a warm shutdown, an interrupt), or its result
+            # could not be written. The effect in flight may have reached its provider: it keeps
+            # its lease, and its next attempt asks first. The ones not started go back untouched.
+            handled = set(done) | {x.effect_id for x in released} | ({in_flight.id} if in_flight else set())
+            released.extend(self._release(e, self.rt.clock.now()) for e in effects if e.id not in handled)
             raise
         finally:
-            # What was delivered is written down, however the batch ended. (A worker killed
-            # outright writes nothing: its lease expires and the next attempts ask first.)
-            outcomes = self._record(effects, lease_end, outcomes)
-        return {o.effect_id: o.outcome for o in outcomes}
+            try:
+                done.update(self._hand_back(writer, released))
+            finally:
+                writer.close()
+        return done
 
-    def _attempt(self, effect: Effect, results: _BatchResults) -> _Outcome:
+    def _attempt(self, effect: Effect, results: _BatchResults) -> Outcome:
         transport = self.transports.get(effect.kind.split(".", 1)[0])
         try:
             if transport is None:
@@ -269,9 +277,9 @@ class Deliverer:
             # A password-reset link is for its recipient only: once sent, it is not kept.
             done["payload"] = outbox.redact(effect.payload)
         log.info("effect %s delivered", effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
-        return _Outcome(effect.id, "delivered", done)
+        return Outcome(effect.id, "delivered", done)
 
-    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> _Outcome:
+    def _retry(self, effect: Effect, why: str, retry_after: float | None) -> Outcome:
         why = scrub(why)
         if retry_after is None and effect.attempt >= self.rt.settings.delivery_max_attempts:
             return self._park(effect, why)
@@ -279,77 +287,46 @@ class Deliverer:
         # attempt does not spend the budget. It certainly did not deliver, so undoing its count
         # keeps "maybe delivered" true only for attempts that really may have.
         delay = backoff(effect.attempt, retry_after)
-        return _Outcome(effect.id, "retry", {"status": "pending", "last_error": why[:2000],
-                                             "next_attempt_at": self.rt.clock.now() + timedelta(seconds=delay)},
-                        undo_attempt=retry_after is not None)
+        values: dict[str, Any] = {"status": "pending", "last_error": why[:2000],
+                                  "next_attempt_at": self.rt.clock.now() + timedelta(seconds=delay)}
+        if retry_after is not None:
+            values["first_attempt_at"] = effect.first_attempt_at
+        return Outcome(effect.id, "retry", values, undo_attempt=retry_after is not None)
 
-    def _release(self, effect: Effect, until: datetime) -> _Outcome:
+    def _release(self, effect: Effect, until: datetime) -> Outcome:
         """Back to the queue, not attempted, due again at ``until``: the attempt the lease
-        counted is given back."""
-        return _Outcome(effect.id, "released", {"status": "pending", "next_attempt_at": until}, undo_attempt=True)
+        counted is given back, and so is the first-attempt time it may have stamped."""
+        return Outcome(effect.id, "released", {"status": "pending", "next_attempt_at": until,
+                                                "first_attempt_at": effect.first_attempt_at}, undo_attempt=True)
 
-    def _park(self, effect: Effect, why: str) -> _Outcome:
+    def _park(self, effect: Effect, why: str) -> Outcome:
         why = scrub(why)  # a provider's error may quote what it was sent (a reset link, a token)
         log.error("effect %s parked as failed after %s attempt(s): %s", effect.key, effect.attempt, why,
                   extra={"trial_id": effect.trial_id})
-        return _Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
+        return Outcome(effect.id, "failed", {"status": "failed", "last_error": why[:2000]})
 
-    def _record(self, effects: list[Effect], lease_end: datetime, outcomes: list[_Outcome]) -> list[_Outcome]:
-        """Write every outcome in one transaction (one executemany per shape of row), on the rows
-        this lease still holds; then tell #cloud-trial-alerts about parked effects and wake
-        delivery for released ones. Returns the outcomes, ``superseded`` where the lease was lost."""
-        if not outcomes:
-            return outcomes
-        ours = self._write(lease_end, outcomes)
-        for i, outcome in enumerate(outcomes):
-            if outcome.effect_id not in ours:
-                log.warning("effect %s: its lease passed to another worker before the result was written; "
-                            "that worker's result stands", outcome.effect_id)
-                outcomes[i] = _Outcome(outcome.effect_id, "superseded", {})
-        by_id = {e.id: e for e in effects}
-        parked = [(by_id[x.effect_id], x.values["last_error"], x.payload_refused)
-                  for x in outcomes if x.outcome == "failed"]
-        if parked:
-            self._tell_alerts_channel(parked)
-        released_now = [x.effect_id for x in outcomes if x.outcome == "released"
-                        and x.values["next_attempt_at"] <= self.rt.clock.now()]
-        if released_now and self.rt.wake:
-            self.rt.wake(released_now)
-        return outcomes
+    def _record(self, writer: ResultWriter, effect: Effect, outcome: Outcome) -> str:
+        """Write one call's outcome on the row this lease still holds; tell #cloud-trial-alerts
+        if it parked the effect. Returns the outcome, ``superseded`` where the lease was lost."""
+        if outcome.effect_id not in writer.write([outcome]):
+            log.warning("effect %s: its lease passed to another worker before the result was written; "
+                        "that worker's result stands", outcome.effect_id)
+            return "superseded"
+        if outcome.outcome == "failed":
+            self._tell_alerts_channel([(effect, outcome.values["last_error"], outcome.payload_refused)])
+        return outcome.outcome
 
-    def _write(self, lease_end: datetime, outcomes: list[_Outcome]) -> set[int]:
-        o = tables.outbox
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                with self.rt.session_factory() as session, session.begin():
-                    if session.get_bind().dialect.name == "postgresql":
-                        # Safe to lose in a database crash: the lease (committed durably before the
-                        # calls) then expires and the next attempts ask the provider before sending again.
-                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    held = (o.c.status == "delivering", o.c.next_attempt_at == lease_end)
-                    ours = set(session.scalars(select(o.c.id).where(
-                        o.c.id.in_([x.effect_id for x in outcomes]), *held).with_for_update()))
-                    shapes: dict[tuple, list[dict[str, Any]]] = {}
-                    for outcome in outcomes:
-                        if outcome.effect_id not in ours:
-                            continue
-                        values = outcome.values
-                        shapes.setdefault((tuple(sorted(values)), outcome.undo_attempt), []).append(
-                            {"b_id": outcome.effect_id, **{f"b_{k}": v for k, v in values.items()}})
-                    for (columns, undo_attempt), rows in shapes.items():
-                        sets: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
-                        if undo_attempt:
-                            sets["attempts"] = o.c.attempts - 1
-                        session.execute(update(o).where(o.c.id == bindparam("b_id"), *held).values(sets), rows)
-                return ours
-            except OperationalError:
-                # A database blip must not leave a whole batch of delivered effects to be sent
-                # again (email cannot be asked whether it already arrived).
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                log.warning("writing a batch's results failed (attempt %s); trying again", attempt, exc_info=True)
-                time.sleep(0.5 * attempt)
-        return set()
+    def _hand_back(self, writer: ResultWriter, released: list[Outcome]) -> dict[int, str]:
+        """Give the effects this batch did not call back to the queue, in one transaction, and
+        wake delivery for those due at once."""
+        if not released:
+            return {}
+        ours = writer.write(released)
+        now = self.rt.clock.now()
+        due_now = [x.effect_id for x in released if x.effect_id in ours and x.values["next_attempt_at"] <= now]
+        if due_now and self.rt.wake:
+            wake_safely(self.rt.wake, due_now)  # the relay sends them anyway, if the broker is down now
+        return {x.effect_id: "released" if x.effect_id in ours else "superseded" for x in released}
 
     def _tell_alerts_channel(self, parked: list[tuple[Effect, str, bool]]) -> None:
         with self.rt.uow() as uow:

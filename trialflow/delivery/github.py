@@ -3,9 +3,10 @@
 Exactly once: every issue body ends with a hidden marker ``<!-- trialflow-effect:<effect key> -->``.
 When an earlier attempt may have created the issue before its worker died
 (``effect.maybe_delivered``), the repository is searched for the marker first: the search API
-(with the ``repo:`` qualifier), then the most recent issues, because the search index lags
-behind a just-created issue and may be unavailable. Comments carry the same marker and are
-looked for among the issue's comments.
+(with the ``repo:`` qualifier), then the issues created since that first attempt started (newest
+first, every page back to then), because the search index lags behind a just-created issue and
+may be unavailable. Comments carry the same marker and are looked for among the issue's comments
+since then.
 
 Rate limits are the Deliverer's business: PyGithub's retry (``GithubRetry``, which sleeps
 through secondary limits and 5xx inside the call) is switched off, so a limit surfaces here at
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -30,8 +32,9 @@ from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
 log = logging.getLogger("trialflow.delivery.github")
 
 TIMEOUT_SECONDS = 15
-RECENT_ISSUES = 100           # how many of the newest issues a retry scans for its marker
-RECENT_COMMENTS = 100
+RECENT_ISSUES = 100           # how many of the newest issues a retry scans when it cannot tell since when
+# Our clock and GitHub's may disagree: the look-back for an earlier attempt starts this much earlier.
+CLOCK_SKEW = timedelta(minutes=5)
 SECONDARY_LIMIT_DEFAULT_WAIT = 60.0   # GitHub: "otherwise, wait for at least one minute"
 MAX_WAIT = 3600.0
 READ_TIMEOUT_SECONDS = 5      # a read while GitHub waits for the webhook's answer
@@ -76,7 +79,7 @@ class GitHubTransport:
         payload = effect.payload
         tag = marker(effect.key)
         if effect.maybe_delivered:
-            earlier = self._find_issue(tag)
+            earlier = self._find_issue(tag, effect.first_attempt_at)
             if earlier is not None:
                 log.info("effect %s already opened issue #%s: not opening another", effect.key, earlier.number,
                          extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
@@ -85,7 +88,7 @@ class GitHubTransport:
         issue = self.repo.create_issue(title=payload["title"], body=body, labels=list(payload.get("labels") or []))
         return _issue_result(issue)
 
-    def _find_issue(self, tag: str):
+    def _find_issue(self, tag: str, since: datetime | None):
         phrase = tag.removeprefix("<!-- ").removesuffix(" -->")
         try:
             found = self.client.search_issues(f'"{phrase}"', repo=self.repo_name, type="issue", **{"in": "body"})
@@ -98,7 +101,16 @@ class GitHubTransport:
             # The search API has its own, tighter limit and may be down; the issue list is the truth anyway.
             log.info("issue search unavailable (%s); scanning the newest issues instead", exc.status)
         # Not (yet) in the search index: a just-created issue takes a while to be indexed.
-        for issue in _first(self.repo.get_issues(state="all", sort="created", direction="desc"), RECENT_ISSUES):
+        if since is None:
+            for issue in _first(self.repo.get_issues(state="all", sort="created", direction="desc"), RECENT_ISSUES):
+                if tag in (issue.body or ""):
+                    return issue
+            return None
+        cutoff = since - CLOCK_SKEW
+        # ``since`` filters on the last update, which an issue created after it has too.
+        for issue in self.repo.get_issues(state="all", sort="created", direction="desc", since=cutoff):
+            if issue.created_at < cutoff:
+                return None
             if tag in (issue.body or ""):
                 return issue
         return None
@@ -116,7 +128,8 @@ class GitHubTransport:
         issue = self.repo.get_issue(int(target["number"]))
         tag = marker(effect.key)
         if effect.maybe_delivered:
-            for comment in _first(issue.get_comments(), RECENT_COMMENTS):
+            since = effect.first_attempt_at - CLOCK_SKEW if effect.first_attempt_at else None
+            for comment in issue.get_comments(since=since) if since else issue.get_comments():
                 if tag in (comment.body or ""):
                     return {"number": int(target["number"]), "comment_id": comment.id, "url": comment.html_url}
         comment = issue.create_comment(f"{payload.get('body') or ''}\n\n{tag}")

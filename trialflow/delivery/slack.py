@@ -3,8 +3,9 @@
 Exactly once: every message carries Slack message metadata naming the effect
 (``{"event_type": "trialflow_effect", "event_payload": {"key": <effect key>}}``). When an earlier
 attempt may have reached Slack before its worker died (``effect.maybe_delivered``), the channel
-history (or the thread) is searched for that key first and the message found is returned
-instead of posting a second one. Updates and channel set-up are idempotent by nature.
+history (or the thread) is read back to the moment that first attempt started (less a margin for
+clock skew), every page of it however many messages were posted since, and the message found is
+returned instead of posting a second one. Updates and channel set-up are idempotent by nature.
 
 Rate limits are the Deliverer's business: slack_sdk's retry handlers are switched off, so a 429
 surfaces here at once and becomes ``RetryLater(retry_after=<Retry-After>)`` instead of a sleep
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from datetime import datetime
 from typing import Any
 from urllib.error import URLError
 from urllib.parse import urlsplit
@@ -38,8 +40,9 @@ log = logging.getLogger("trialflow.delivery.slack")
 
 EFFECT_EVENT_TYPE = "trialflow_effect"
 TIMEOUT_SECONDS = 15
-HISTORY_PAGE = 100
-HISTORY_PAGES = 5            # how far back a retry looks for its own earlier message
+HISTORY_PAGE = 200           # Slack's advice for conversations.history: no more than 200 a page
+# Our clock and Slack's may disagree: the look-back for an earlier attempt starts this much earlier.
+CLOCK_SKEW_SECONDS = 300
 LIST_PAGE = 200
 # Slack errors worth another try later; everything else it answers with ok=false is a refusal.
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
@@ -86,7 +89,7 @@ class SlackTransport:
         else:
             channel_id = self.channel_id(payload["channel"])
         if effect.maybe_delivered:
-            earlier = self._find_posted(effect.key, channel_id, thread_ts)
+            earlier = self._find_posted(effect.key, channel_id, thread_ts, effect.first_attempt_at)
             if earlier is not None:
                 log.info("effect %s was already posted (ts %s): not posting it again", effect.key, earlier["ts"],
                          extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
@@ -110,23 +113,26 @@ class SlackTransport:
                 raise
         return {"channel": response["channel"], "ts": response["ts"]}
 
-    def _find_posted(self, key: str, channel_id: str, thread_ts: str | None) -> dict[str, Any] | None:
+    def _find_posted(self, key: str, channel_id: str, thread_ts: str | None,
+                     since: datetime | None) -> dict[str, Any] | None:
+        """The message an earlier attempt posted for ``key``, read back from Slack: every message
+        of the channel (or thread) from ``since`` on, one page after another."""
+        oldest = f"{since.timestamp() - CLOCK_SKEW_SECONDS:.6f}" if since is not None else None
         cursor = None
-        for _ in range(HISTORY_PAGES):
+        while True:
             if thread_ts:
                 page = self.client.conversations_replies(channel=channel_id, ts=thread_ts, include_all_metadata=True,
-                                                         limit=HISTORY_PAGE, cursor=cursor)
+                                                         limit=HISTORY_PAGE, cursor=cursor, oldest=oldest)
             else:
                 page = self.client.conversations_history(channel=channel_id, include_all_metadata=True,
-                                                         limit=HISTORY_PAGE, cursor=cursor)
+                                                         limit=HISTORY_PAGE, cursor=cursor, oldest=oldest)
             for msg in page.get("messages") or []:
                 meta = msg.get("metadata") or {}
                 if meta.get("event_type") == EFFECT_EVENT_TYPE and (meta.get("event_payload") or {}).get("key") == key:
                     return {"channel": channel_id, "ts": msg["ts"]}
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not page.get("has_more") or not cursor:
+            if not cursor:
                 return None
-        return None
 
     # --- slack.update --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ Pure: no ORM, no clients, no clock.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,12 @@ class Decisions:
         self.timers.update(other.timers)
         self.released_hosts.extend(other.released_hosts)
         self.ready_instances.extend(other.ready_instances)
+
+    def due(self, at: datetime) -> Decisions:
+        """These decisions with their effects due at ``at``: a step decided as of another time
+        (``trialflow sweep --at``) still causes what it causes when it is taken."""
+        return Decisions([replace(e, at=at) for e in self.effects], dict(self.timers), list(self.released_hosts),
+                         list(self.ready_instances))
 
     @property
     def scheduled(self) -> list[tuple[str, str, datetime, datetime]]:

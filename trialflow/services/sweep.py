@@ -66,27 +66,30 @@ class SweepReport:
 
 
 def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
+    """Take every step due at ``at`` (default: now). Only the decisions are made as of ``at``:
+    what they cause (messages, issues, emails) is due at once, not when ``at`` really comes."""
     started = time.perf_counter()
-    now = at or rt.clock.now()
+    send_at = rt.clock.now()
+    now = at or send_at
     report = SweepReport(at=now, dry_run=dry_run)
     if dry_run:
         with rt.uow() as uow:
             # fired_at is set inside this transaction, so the next batch is the next one.
-            while _more(*_sweep_timers(uow, rt, now, report, batch, lock=False), batch):
+            while _more(*_sweep_timers(uow, rt, now, send_at, report, batch, lock=False), batch):
                 pass
-            _sweep_queue(uow, rt, now, report, lock=False)
-            _sweep_program(uow, rt, now, report)
+            _sweep_queue(uow, rt, now, send_at, report, lock=False)
+            _sweep_program(uow, rt, now, send_at, report)
             uow.rollback()
     else:
         while True:
             with rt.uow() as uow:
-                claimed, settled = _sweep_timers(uow, rt, now, report, batch, lock=True)
+                claimed, settled = _sweep_timers(uow, rt, now, send_at, report, batch, lock=True)
                 uow.commit()
             if not _more(claimed, settled, batch):
                 break
-        _sweep_queue_durably(rt, now, report)
+        _sweep_queue_durably(rt, now, send_at, report)
         with rt.uow() as uow:
-            _sweep_program(uow, rt, now, report)
+            _sweep_program(uow, rt, now, send_at, report)
             uow.commit()
     report.seconds = time.perf_counter() - started
     record_sweep(rt, report)  # for /metrics; a dry run records nothing
@@ -99,7 +102,7 @@ def _more(claimed: int, settled: int, batch: int) -> bool:
     return claimed == batch and settled > 0
 
 
-def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int,
+def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport, batch: int,
                   lock: bool) -> tuple[int, int]:
     """Claim up to ``batch`` due timers and take the step each one causes. Returns (claimed, settled):
     settled leaves out timers left due because their step failed.
@@ -113,15 +116,15 @@ def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, 
     try:
         # A savepoint, not the transaction: a dry run holds every batch in one transaction.
         with uow.session.begin_nested():
-            return _claim_and_step(uow, rt, now, report, batch, lock, careful=False)
+            return _claim_and_step(uow, rt, now, send_at, report, batch, lock, careful=False)
     except Exception as exc:  # noqa: BLE001 - redo carefully; the careful pass logs the culprit
         log.warning("sweep batch failed (%s: %s); redoing it one trial at a time", type(exc).__name__, exc)
         del uow.new_effect_ids[effects_before:]
-    return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
+    return _claim_and_step(uow, rt, now, send_at, report, batch, lock, careful=True)
 
 
-def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int, lock: bool,
-                    careful: bool) -> tuple[int, int]:
+def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport, batch: int,
+                    lock: bool, careful: bool) -> tuple[int, int]:
     t = tables.timers
     session = uow.session
     # Ordered by due_at alone: exactly the partial index's order, so a batch reads only its own rows
@@ -159,7 +162,7 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport
         if careful:
             try:
                 with session.begin_nested():
-                    uow.persist(step(uow, rt.settings, now, cmd, trial, ctx))
+                    uow.persist(step(uow, rt.settings, now, cmd, trial, ctx).due(send_at))
             except TrialflowError as exc:
                 log.warning("timer %s for %s: %s", row.kind, row.trial_id, exc, extra={"trial_id": row.trial_id})
                 continue
@@ -179,7 +182,7 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport
                 log.warning("timer %s for %s: %s", row.kind, row.trial_id, exc, extra={"trial_id": row.trial_id})
                 continue
         done.append(f"{trial.id} {trial.email}: {row.kind} → {trigger} (now {trial.state})")
-    uow.persist(decided)
+    uow.persist(decided.due(send_at))
     session.flush()
     report.timers_fired += len(due) - left_due
     report.trials_touched += len(done)
@@ -197,10 +200,12 @@ def _waiting(uow: UnitOfWork, lock: bool, ids: list[str] | None = None) -> list[
     return list(uow.session.scalars(stmt).all())
 
 
-def _promote(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
+def _promote(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport,
+             trial: Trial) -> bool | None:
     """Try to move one waiting trial on. True: moved; False: not now; None: the cap is reached."""
     with uow.session.begin_nested():
-        moved = promote_waiting(uow, rt.settings, now, trial)
+        moved, decisions = promote_waiting(uow, rt.settings, now, trial)
+        uow.persist(decisions.due(send_at))
     if moved:
         report.promoted += 1
         report.trials_touched += 1
@@ -210,18 +215,19 @@ def _promote(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, trial
     return None if not capacity.has_capacity(uow.session, rt.settings) else False
 
 
-def _sweep_queue(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, lock: bool) -> None:
+def _sweep_queue(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport,
+                 lock: bool) -> None:
     """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
     waiting = _waiting(uow, lock)
     # Nobody can move while the cap is reached: one count instead of one attempt per waiting trial.
     if not waiting or not capacity.has_capacity(uow.session, rt.settings):
         return
     for trial in waiting:
-        if _promote(uow, rt, now, report, trial) is None:
+        if _promote(uow, rt, now, send_at, report, trial) is None:
             break
 
 
-def _sweep_queue_durably(rt: App, now: datetime, report: SweepReport) -> None:
+def _sweep_queue_durably(rt: App, now: datetime, send_at: datetime, report: SweepReport) -> None:
     """As ``_sweep_queue``, one transaction per trial.
 
     A promotion takes its domain's claim row and then the capacity lock, as a signup does; holding
@@ -237,13 +243,13 @@ def _sweep_queue_durably(rt: App, now: datetime, report: SweepReport) -> None:
             trials = _waiting(uow, lock=True, ids=[trial_id])
             if not trials:
                 continue  # moved by someone else meanwhile, or locked by another sweeper
-            outcome = _promote(uow, rt, now, report, trials[0])
+            outcome = _promote(uow, rt, now, send_at, report, trials[0])
             uow.commit()
         if outcome is None:
             break
 
 
-def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport) -> None:
+def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport) -> None:
     """Program-wide chores: license rotation reminders and the pool's low-water mark."""
     last = uow.session.scalar(select(tables.kv.c.value).where(tables.kv.c.key == "license_rotated_at"))
     if last is None:
@@ -254,11 +260,13 @@ def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport)
         if now - rotated >= period:
             due = rotated + ((now - rotated) // period) * period
             # One reminder per period until it is rotated. The key itself is never in a message.
-            if outbox.enqueue(uow, key=f"license-rotation:{due.date()}", kind="slack.message", now=now, payload={
+            if outbox.enqueue(uow, key=f"license-rotation:{due.date()}", kind="slack.message", now=send_at, payload={
                 "channel": rt.settings.alerts_channel,
                 **sb.message(f":key: The shared trial license key is due for rotation (every {rt.settings.license_rotation_days} days, "
                              f"last rotated {rotated.date()}). Rotate it, then run `trialflow license rotated`."),
             }):
-                report.add("license rotation reminder posted")
-    if uow.persist(capacity.pool_low_water(uow.session, rt.settings, now)):
-        report.add("pool below its low-water mark: replenish request raised")
+                report.add("would post a license rotation reminder" if report.dry_run
+                           else "license rotation reminder posted")
+    if uow.persist(capacity.pool_low_water(uow.session, rt.settings, now).due(send_at)):
+        report.add("pool below its low-water mark: " + ("would raise a replenish request" if report.dry_run
+                                                        else "replenish request raised"))

@@ -249,8 +249,9 @@ ROUTING_STEPS = frozenset({lc.ROUTE_TO_EXISTING, lc.CLAIM_POOL_INSTANCE, lc.WAIT
                            lc.REQUEST_INSTANCE})
 
 
-def promote_waiting(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial) -> bool:
-    """Capacity freed: move one waiting trial on, and write what that decided. True when it moved."""
+def promote_waiting(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial) -> tuple[bool, Decisions]:
+    """Capacity freed: move one waiting trial on. Whether it moved, and what that decided, for the
+    caller to write."""
     decisions = Decisions()
     if trial.case in (CASE_NAMED, CASE_UNNAMED):
         decisions.extend(capacity.claim_for_domain(uow.session, settings, trial, now))
@@ -258,9 +259,8 @@ def promote_waiting(uow: UnitOfWork, settings: Settings, now: datetime, trial: T
     else:
         capacity.lock_capacity(uow.session)
         if not capacity.has_capacity(uow.session, settings):
-            return False
+            return False, decisions
         trial.fire(lc.REQUEST_INSTANCE, actor=SYSTEM, at=now)
         moved = True
     decisions.extend(policies.decide(trial, policies.Context(Directory(uow.session), settings)))
-    uow.persist(decisions)
-    return moved
+    return moved, decisions
