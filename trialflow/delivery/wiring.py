@@ -10,6 +10,7 @@ from trialflow.delivery.coalesce import Coalescer
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.relay import InProcessRelay
 from trialflow.delivery.transports import build_transports
+from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.sweep import sweep
 
 log = logging.getLogger("trialflow.delivery")
@@ -17,7 +18,7 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    return Deliverer(rt, transports or build_transports(rt.settings),
+    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now),
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 
 

@@ -1,5 +1,6 @@
 """GitHub signals (``POST /github/webhooks``; the route has verified the signature): the cloud
-team's "instance ready" signal on the instance-request issue trialflow filed.
+team's "instance ready" signal on the instance-request issue trialflow filed, and (through
+``services.cloud_loop``) their other requests closed or marked ``/done``.
 
 Everything in an instance-request issue's body that trialflow did not write is the lead's (name,
 company), so nothing in the body is trusted: the trial is the one whose issue trialflow recorded
@@ -27,6 +28,7 @@ from trialflow.db.sql import insert_ignore
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import outbox
+from trialflow.services.cloud_loop import DoneSignal, complete_request, done_signal
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
 
@@ -111,6 +113,8 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
 
     ``comments(repo, number)`` reads an issue's comments (``trialflow.delivery.github.issue_comments``)."""
     signal = ready_signal(event, payload) if event != "ping" else "ping"
+    # A closed issue or a /done comment on one of the cloud team's other requests (services.cloud_loop).
+    done: DoneSignal | None = None if isinstance(signal, ReadySignal) else done_signal(event, payload)
     # (author login, comment) that may give the URL, newest first; authors are checked later.
     sources: list[tuple[str, str]] = []
     if isinstance(signal, ReadySignal):
@@ -132,6 +136,10 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
         if signal == "ping":
             uow.commit()
             return {"status": "pong", "zen": payload.get("zen")}
+        if done is not None:
+            result = complete_request(rt, uow, done, delivery_id, now)
+            uow.commit()
+            return result
         if not isinstance(signal, ReadySignal):
             uow.commit()
             return {"status": "ignored", "reason": signal}

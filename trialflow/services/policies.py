@@ -8,7 +8,6 @@ event (a retried request, a second worker) can never enqueue it twice.
 """
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
 
@@ -16,6 +15,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
+from trialflow.services import instance_policies as instances
 from trialflow.services import slack_blocks as sb
 from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
                                          lead, score, who)
@@ -98,9 +98,12 @@ class _Effects:
                                  "from": sender, "context": context})
 
     def issue(self, name: str, issue_kind: str, title: str, body: str, labels: list[str],
-              ref: str | None = None) -> None:
-        self.add(name, "github.issue", {"issue_kind": issue_kind, "title": title, "body": body,
-                                        "labels": labels, "ref": ref or f"{issue_kind}:{self.trial.id}"})
+              ref: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        payload = {"issue_kind": issue_kind, "title": title, "body": body, "labels": labels,
+                   "ref": ref or f"{issue_kind}:{self.trial.id}"}
+        if detail:
+            payload["detail"] = detail  # kept with the request until the cloud team completes it
+        self.add(name, "github.issue", payload)
 
 
 def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
@@ -113,9 +116,8 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
         sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
-    fx.email("reset-link", "password_reset", trial.email, instance_url=trial.instance_url,
-             reset_link=f"{trial.instance_url}/password-reset?code={secrets.token_urlsafe(24)}", name=trial.name or "")
     fx.channel()
+    instances.claimed(fx, ctx.people, ctx.settings, trial)
     _start_clock(fx, trial, fx.event.at)
 
 
@@ -202,9 +204,7 @@ def _on_ready(fx, ctx, trial, event):
     # claiming it would send every later @hotmail.fr signup to this one person), its domain leads there.
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
-    fx.post("ready", ctx.alerts, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
-            f"CE {ctx.people.mention(trial.ce)}: log in with `?sourcegraph-operator`, create the password-reset link and send it.",
-            sb.buttons(trial.id, lc.HAND_OFF))
+    instances.ready(fx, ctx.people, ctx.settings, trial)
     fx.add("issue-comment", "github.comment", {
         "ref": f"instance-request:{trial.id}",
         "body": f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off.",
@@ -212,7 +212,8 @@ def _on_ready(fx, ctx, trial, event):
 
 
 def _on_hand_off(fx, ctx, trial, event):
-    fx.to_account_channel("handed-off", f":handshake: {ctx.people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. Trial started: day-15 review on {(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}.")
+    review_on = str((trial.started_at + timedelta(days=REVIEW_DAYS)).date())
+    fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event, review_on))
     _start_clock(fx, trial, event.at)
 
 
@@ -230,14 +231,31 @@ def _on_domain_change(fx, ctx, trial, event):
     new = event.detail["new_host"]
     body = domain_change_body(trial, new, event.actor, len(trial.history))
     fx.issue("domain-change", "domain-change", f"Domain name change: {trial.instance_host} → {new}", body,
-             ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}")
+             ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}",
+             detail={"new_host": new})
     fx.to_account_channel("domain-change-ae", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
 
 
 def _on_warn(fx, ctx, trial, event):
-    fx.to_account_channel("heads-up", f":warning: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
-                          f"{(trial.started_at + timedelta(days=REVIEW_DAYS)).date()}. With no activity it will be terminated unless you keep it.",
+    review_on = str((trial.started_at + timedelta(days=REVIEW_DAYS)).date())
+    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.people, trial, event, review_on),
                           sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
+
+
+def _on_check_usage(fx, ctx, trial, event):
+    instances.check_usage(fx, trial)
+
+
+def _on_ask_decision(fx, ctx, trial, event):
+    instances.ask_decision(fx, ctx.people, trial)
+
+
+def _on_admin_confirmed(fx, ctx, trial, event):
+    instances.admin_confirmed(fx, trial, event)
+
+
+def _on_request_done(fx, ctx, trial, event):
+    instances.request_done(fx, trial, event)
 
 
 def _on_keep(fx, ctx, trial, event):
@@ -334,4 +352,8 @@ HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
     lc.CONVERT: _on_convert,
     lc.TERMINATE: _on_terminate,
     lc.REQUEST_FEEDBACK: _on_feedback,
+    lc.CHECK_USAGE: _on_check_usage,
+    lc.ASK_DECISION: _on_ask_decision,
+    lc.CONFIRM_ADMIN: _on_admin_confirmed,
+    lc.CONFIRM_REQUEST_DONE: _on_request_done,
 }

@@ -1,0 +1,150 @@
+"""What the steps that touch a trial instance cause: accounts and their links, usage checks, the
+day-15 question, the admin of record and the cloud team's completed requests. Called by
+``services.policies`` (one handler per step stays there); pure, like it.
+
+An account is an ``instance.account`` effect only when trialflow holds a token for the instance
+(``Settings.instance_token_for``). Without one nothing is invented: the person is told their
+account is being prepared and the CE gets today's manual step in Slack.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Protocol
+
+from trialflow.domain import lifecycle as lc
+from trialflow.domain.decisions import Decisions, InstanceMoved
+from trialflow.domain.trial import SYSTEM, Event, PlainTrial
+from trialflow.services import slack_blocks as sb
+from trialflow.services.messages import account_of, lead
+from trialflow.services.timers import ASK_AGAIN_DAYS, USAGE_ANSWER_MINUTES
+from trialflow.settings import Settings
+
+CLAIM, HAND_OFF, COLLEAGUE = "claim", "hand_off", "colleague"
+OPERATOR = "log in with `?sourcegraph-operator` on its sign-in page"
+
+
+class People(Protocol):
+    def by_email(self, email: str | None) -> Any: ...
+
+    def mention(self, email: str | None) -> str: ...
+
+
+class Effects(Protocol):
+    """``services.policies._Effects``: the effects of one event, keyed by its place in the history."""
+    out: Decisions
+    event: Event
+
+    def add(self, name: str, kind: str, payload: dict[str, Any]) -> None: ...
+
+    def post(self, name: str, channel: str, text: str, *blocks: dict[str, Any], ref: str | None = None,
+             thread_ref: str | None = None) -> None: ...
+
+    def email(self, slot: str, template: str, to: str, *, cc: list[str] | None = None,
+              sender: str | None = None, **context: Any) -> None: ...
+
+    def to_account_channel(self, name: str, text: str, *blocks: dict[str, Any]) -> None: ...
+
+
+def can_administer(settings: Settings, host: str | None) -> bool:
+    return settings.instance_token_for(host) is not None
+
+
+def account(fx: Effects, trial: PlainTrial, purpose: str, email: str, template: str, *, admin: bool,
+            cc: list[str] | None = None, sender: str | None = None, **context: Any) -> None:
+    """Create ``email``'s account on the trial's instance and email them its link (``template``)."""
+    fx.add(f"account:{email}", "instance.account", {
+        "host": trial.instance_host, "email": email, "purpose": purpose, "admin": admin,
+        "mail": {"template": template, "to": email, "cc": [c for c in (cc or []) if c and c != email],
+                 "from": sender, "context": {"instance_url": trial.instance_url, **context}},
+    })
+
+
+def claimed(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:
+    """2.1/2.2: the pool instance is theirs; so is its first admin account."""
+    if can_administer(settings, trial.instance_host):
+        account(fx, trial, CLAIM, trial.email, "password_reset", admin=True, name=trial.name or "")
+        return
+    fx.email("account-pending", "account_pending", trial.email, instance_url=trial.instance_url, name=trial.name or "")
+    fx.to_account_channel("manual-account", f":key: CE {people.mention(trial.ce)}: trialflow holds no API token for "
+                          f"{trial.instance_url}, so {trial.email}'s account is yours to make: {OPERATOR}, create their "
+                          "account (site admin), and email them its password-reset link. They were told it is on its way.")
+
+
+def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:
+    """3.2: the cloud team's instance is up. With a token trialflow makes the lead's account and the
+    CE's introduction email carries the link (AE in cc); the hand-off is recorded once it is sent."""
+    ce = people.by_email(trial.ce)
+    ae = people.by_email(trial.ae)
+    if can_administer(settings, trial.instance_host):
+        account(fx, trial, HAND_OFF, trial.email, "instance_ready", admin=True, cc=[trial.ae or ""],
+                sender=trial.ce or None, name=trial.name or "", ce_name=ce.name if ce else (trial.ce or ""),
+                ce_email=trial.ce or "", ae_name=ae.name if ae else "")
+        fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
+                f"trialflow is creating their account and sending the link in CE {people.mention(trial.ce)}'s "
+                "introduction email; the hand-off is recorded when it is sent. (Done it by hand? Press Handed off.)",
+                sb.buttons(trial.id, lc.HAND_OFF))
+        return
+    fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
+            f"CE {people.mention(trial.ce)}: {OPERATOR}, create the password-reset link and send it.",
+            sb.buttons(trial.id, lc.HAND_OFF))
+
+
+def handed_off_text(people: People, trial: PlainTrial, event: Event, review_on: str) -> str:
+    if event.actor == SYSTEM:
+        return (f":handshake: trialflow created {trial.email}'s account on {trial.instance_url} and sent the link in "
+                f"CE {people.mention(trial.ce)}'s introduction email. Trial started: day-15 review on {review_on}.")
+    return (f":handshake: {people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. "
+            f"Trial started: day-15 review on {review_on}.")
+
+
+def check_usage(fx: Effects, trial: PlainTrial) -> None:
+    """Day 15: ask the instance now; the review comes back for the answer."""
+    fx.add("usage", "instance.usage", {"host": trial.instance_host})
+    at = fx.event.at
+    fx.out.schedule(trial.id, lc.DAY15_REVIEW, at + timedelta(minutes=USAGE_ANSWER_MINUTES), at)
+
+
+def ask_decision(fx: Effects, people: People, trial: PlainTrial) -> None:
+    """Day 15 without usage data: the CE decides; asked again until they do."""
+    fx.to_account_channel("ask", f":question: CE {people.mention(trial.ce)}: day 15 for {trial.instance_url} "
+                          f"({account_of(trial)}), and trialflow has no usage data from it: its API never answered and "
+                          "it never reported. It will not be terminated automatically: extend it or terminate it.",
+                          sb.buttons(trial.id, lc.EXTEND, lc.KEEP, lc.TERMINATE))
+    at = fx.event.at
+    fx.out.schedule(trial.id, lc.DAY15_REVIEW, at + timedelta(days=ASK_AGAIN_DAYS), at)
+
+
+def heads_up_text(people: People, trial: PlainTrial, event: Event, review_on: str) -> str:
+    if event.detail.get("usage") == "none":
+        return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
+                f"{review_on}. trialflow has no usage data from it yet; without any, you will be asked to decide "
+                "then (nothing is terminated without data). Keep it or terminate it now if you know.")
+    return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on {review_on}. "
+            "With no activity it will be terminated unless you keep it.")
+
+
+def admin_confirmed(fx: Effects, trial: PlainTrial, event: Event) -> None:
+    admin, claimed = event.detail.get("admin"), event.detail.get("claimed_by")
+    note = "" if not claimed or claimed == admin else (
+        f" The claim was made as {claimed}, who never signed in: the instance answers to {admin} now.")
+    fx.to_account_channel("admin", f":bust_in_silhouette: {admin} signed in to {trial.instance_url}: "
+                                   f"they are its admin of record.{note}")
+
+
+def request_done(fx: Effects, trial: PlainTrial, event: Event) -> None:
+    """The cloud team completed a request: a termination frees its capacity now; a domain change
+    moves the trial to its new host."""
+    kind, number = event.detail.get("kind"), event.detail.get("number")
+    done = f"#{number}, {event.actor}" if number else event.actor
+    if kind == "termination":
+        if trial.instance_host:
+            fx.out.confirm_teardown(trial.instance_host, event.at)
+        text = f":white_check_mark: The cloud team confirmed {trial.instance_url} is terminated ({done}): its capacity is free."
+    elif kind == "domain-change" and event.detail.get("to_host"):
+        fx.out.move_instance(InstanceMoved(str(event.detail["from_host"]), str(event.detail["to_host"]), trial.id,
+                                           event.at))
+        text = (f":globe_with_meridians: {event.detail['from_host']} is now {trial.instance_url} ({done}): signups, "
+                f"activity and usage follow it. Its admin must now reconfigure SSO, permission syncing, webhooks and links.")
+    else:
+        text = f":white_check_mark: The cloud team completed the {kind} request for {trial.instance_url} ({done})."
+    fx.to_account_channel("request-done", text)
