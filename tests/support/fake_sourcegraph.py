@@ -65,7 +65,7 @@ class FakeUser:
     site_admin: bool = False
     verified: bool = True
     activity: list[datetime] = field(default_factory=list)          # when they were active
-    events: list[tuple[datetime, str, int]] = field(default_factory=list)  # (at, "search"|"codeintel", n)
+    events: list[tuple[datetime, str, int]] = field(default_factory=list)  # (at, "search"|"references"|"definitions", n)
 
     @property
     def id(self) -> str:
@@ -93,6 +93,11 @@ class FakeInstance:
         self.next_id = max(self.next_id, user.database_id) + 1
         self.users.append(user)
         return user
+
+    @property
+    def automation(self) -> FakeUser:
+        """The site-admin account whose token trialflow holds (the first user)."""
+        return next(u for u in self.users if u.database_id == 1)
 
     def by_id(self, graphql_id: str) -> FakeUser | None:
         return next((u for u in self.users if u.id == graphql_id), None)
@@ -149,7 +154,8 @@ class FakeSourcegraph:
 
     def users(self, host: str) -> list[FakeUser]:
         with self.lock:
-            return [u for u in self.instance(host).users if u.username != AUTOMATION]
+            inst = self.instance(host)
+            return [u for u in inst.users if u is not inst.automation]
 
     def sign_in(self, host: str, email: str, at: datetime | None = None) -> None:
         """``email`` followed their link and signed in (their account must exist)."""
@@ -164,7 +170,8 @@ class FakeSourcegraph:
             user = self.user(host, email)
             assert user is not None, f"{email} has no account on {host}"
             user.activity.append(when)
-            user.events += [(when, "search", searches), (when, "codeintel", code_intel)]
+            user.events += [(when, "search", searches), (when, "references", code_intel // 2),
+                            (when, "definitions", code_intel - code_intel // 2)]
 
     def disable_reset(self, host: str) -> None:
         with self.lock:
@@ -224,7 +231,7 @@ class FakeSourcegraph:
                     head, text = UNAUTHORIZED
                     hdrs = dict(line.split(": ", 1) for line in head.splitlines()[1:])
                     return 401, hdrs, text.encode()
-                caller = next(u for u in inst.users if u.username == AUTOMATION)
+                caller = inst.automation
                 caller.activity.append(self.now())  # the API calls count as its activity, as on a real instance
         result = graphql_sync(SCHEMA, body.get("query") or "", root_value=_Root(self, inst, caller),
                               variable_values=body.get("variables"), operation_name=body.get("operationName"))
@@ -334,36 +341,50 @@ class _Root:
             raise GraphQLError("runtime error: invalid memory address or nil pointer dereference")
         return self.fake.now() - timedelta(days=_WINDOWS[date_range])
 
-    def _stat(self, count: float, unique: float) -> dict[str, Any]:
-        return {"summary": {"totalCount": count, "totalUniqueUsers": unique, "totalRegisteredUsers": unique}, "nodes": []}
+    def _stat(self, happened: list[tuple[datetime, int, int]], since: datetime, grouping: str | None) -> dict[str, Any]:
+        """An AnalyticsStatItem from (when, how many, whose database id): a summary, and one node per
+        day or per Monday of the window, newest first, zero-filled."""
+        inside = [(at, n, who) for at, n, who in happened if at >= since and n]
+        today = self.fake.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        step = timedelta(weeks=1) if grouping == "WEEKLY" else timedelta(days=1)
+        start = today - timedelta(days=today.weekday()) if grouping == "WEEKLY" else today
+        nodes = []
+        while start + step > since:
+            hits = [(n, who) for at, n, who in inside if start <= at < start + step]
+            unique = float(len({who for _, who in hits}))
+            nodes.append({"date": _iso(start), "count": float(sum(n for n, _ in hits)), "uniqueUsers": unique,
+                          "registeredUsers": unique})
+            start -= step
+        unique = float(len({who for _, _, who in inside}))
+        return {"summary": {"totalCount": float(sum(n for _, n, _ in inside)), "totalUniqueUsers": unique,
+                            "totalRegisteredUsers": unique}, "nodes": nodes}
 
-    def _events(self, since: datetime, kind: str) -> tuple[int, int]:
-        counts = [sum(n for at, k, n in u.events if k == kind and at >= since) for u in self.inst.users]
-        return sum(counts), sum(1 for c in counts if c)
+    def _events(self, kind: str) -> list[tuple[datetime, int, int]]:
+        return [(at, n, u.database_id) for u in self.inst.users for at, k, n in u.events if k == kind]
 
     def _analytics(self) -> dict[str, Any]:
         self_ = self
-        zero = self._stat(0, 0)
+
+        def item(kind: str, dateRange: str | None, grouping: str | None) -> dict[str, Any]:  # noqa: N803
+            self_._admin()
+            return self_._stat(self_._events(kind), self_._window(dateRange), grouping)
 
         def search(info: Any, dateRange: str | None = None, grouping: str | None = None) -> dict[str, Any]:  # noqa: N803
-            self_._admin()
-            total, unique = self_._events(self_._window(dateRange), "search")
-            return {"searches": self_._stat(total, unique), "resultClicks": zero, "fileViews": zero,
+            zero = item("none", dateRange, grouping)
+            return {"searches": item("search", dateRange, grouping), "resultClicks": zero, "fileViews": zero,
                     "fileOpens": zero, "codeCopied": zero}
 
         def code_intel(info: Any, dateRange: str | None = None, grouping: str | None = None) -> dict[str, Any]:  # noqa: N803
-            self_._admin()
-            total, unique = self_._events(self_._window(dateRange), "codeintel")
-            half = total // 2
-            return {"referenceClicks": self_._stat(half, unique), "definitionClicks": self_._stat(total - half, unique),
+            zero = item("none", dateRange, grouping)
+            return {"referenceClicks": item("references", dateRange, grouping),
+                    "definitionClicks": item("definitions", dateRange, grouping),
                     "inAppEvents": zero, "codeHostEvents": zero, "searchBasedEvents": zero, "preciseEvents": zero,
                     "crossRepoEvents": zero}
 
         def users(info: Any, dateRange: str | None = None, grouping: str | None = None) -> dict[str, Any]:  # noqa: N803
             self_._admin()
-            since = self_._window(dateRange)
-            active = [u for u in self_.inst.users if any(a >= since for a in u.activity)]
-            return {"activity": self_._stat(sum(len(u.activity) for u in active), len(active)),
+            seen = [(at, 1, u.database_id) for u in self_.inst.users for at in u.activity]
+            return {"activity": self_._stat(seen, self_._window(dateRange), grouping),
                     "frequencies": [], "monthlyActiveUsers": []}
 
         return {"search": search, "codeIntel": code_intel, "users": users}
@@ -421,7 +442,7 @@ def _email(u: FakeUser) -> dict[str, Any] | None:
 
 def _user(u: FakeUser) -> dict[str, Any]:
     searches = sum(n for _, k, n in u.events if k == "search")
-    code_intel = sum(n for _, k, n in u.events if k == "codeintel")
+    code_intel = sum(n for _, k, n in u.events if k in ("references", "definitions"))
     return {"id": u.id, "databaseID": u.database_id, "username": u.username, "displayName": None,
             "createdAt": _iso(u.created_at), "siteAdmin": u.site_admin, "builtinAuth": True,
             "emails": [e for e in [_email(u)] if e], "primaryEmail": _email(u),
