@@ -9,7 +9,7 @@ from functools import lru_cache
 from celery import shared_task
 
 from trialflow.delivery.core import batches
-from trialflow.delivery.wiring import build_deliverer
+from trialflow.delivery.wiring import build_deliverer, reconcile_daily
 from trialflow.runtime import Runtime
 from trialflow.services.sweep import sweep as run_sweep
 from workers.celery_app import get_app
@@ -54,6 +54,7 @@ def sweep() -> int:
     report = run_sweep(_runtime())
     if report.actions:
         log.info("sweep: %s", "; ".join(report.actions))
+    reconcile_daily(_runtime())
     return len(report.actions)
 
 

@@ -96,6 +96,11 @@ def journey(client, runtime, clock, slack, github, smtp, sourcegraph, caplog):
             assert code not in haystack, f"a reset link's code is in {where}"
 
 
+def posted(slack) -> list[str]:
+    """Every message as trialflow posted it (before later updates replaced its buttons)."""
+    return [str(r.args) for r in slack.requests if r.method == "chat.postMessage"]
+
+
 def link_in(message) -> str:
     return re.search(r"https://\S+/password-reset\?\S+", message.get_content()).group(0)
 
@@ -316,3 +321,80 @@ def test_a_domain_change_completed_by_a_done_comment_moves_the_trial_to_its_new_
         assert s.scalar(select(tables.instances.c.status).where(tables.instances.c.host == old)) == "moved"
         assert s.execute(text("SELECT instance_host FROM domain_claims WHERE domain = 'acme-corp.com'")).scalar() \
             == "acme-corp.sourcegraph.com"
+
+
+# --- case 1: colleagues join; a squatter blocks nobody -----------------------------------------------
+
+def test_case_1_a_colleague_on_a_trial_instance_gets_an_account_and_their_own_link(journey, sourcegraph, slack):
+    journey.sign_up("bob@acme-corp.com", name="Bob")
+    host = journey.host
+    sourcegraph.sign_in(host, "bob@acme-corp.com")
+    journey.day(1)                                     # polled: bob signed in, the claim is his
+    bob = journey.trial_id
+    assert journey.trial()["history"][-1]["trigger"] == "confirm_admin"
+    journey.sign_up("carol@acme-corp.com", name="Carol")
+    assert journey.state == "joined", "added without the AE's click"
+    assert [h["trigger"] for h in journey.trial()["history"]] == ["route_to_existing", "confirm_user_added"]
+    carol = sourcegraph.user(host, "carol@acme-corp.com")
+    assert carol is not None and not carol.site_admin
+    [email] = journey.emails_to("carol@acme-corp.com")
+    assert "Acme Corp" in email["Subject"] and link_in(email) == sourcegraph.reset_links[-1]
+    assert any("carol@acme-corp.com" in p and "trialflow is adding them" in p for p in posted(slack))
+    assert journey.trial(bob)["state"] == "active"
+
+
+def test_case_1_on_a_converted_instance_the_admin_of_record_is_asked_and_the_ae_told(journey, sourcegraph, slack, smtp):
+    journey.sign_up("bob@acme-corp.com", name="Bob")
+    sourcegraph.sign_in(journey.host, "bob@acme-corp.com")
+    journey.day(1)
+    journey.press("convert", "carol.ce@example.com")
+    journey.sign_up("dana@acme-corp.com", name="Dana")
+    assert journey.state == "joining_existing"
+    assert sourcegraph.user(journey.host, "dana@acme-corp.com") is None
+    [request] = journey.emails_to("bob@acme-corp.com")[-1:]
+    assert "Dana asks to join" in request["Subject"] and "alice.ae@example.com" in request["Cc"]
+    assert "dana@acme-corp.com" in request.get_content()
+    assert any("dana@acme-corp.com" in p and "bob@acme-corp.com was emailed a request naming them" in p
+               and "<@U0AE00001>" in p for p in posted(slack))
+
+
+def test_case_1_with_auto_add_turned_off_for_the_account_the_admin_is_asked(journey, sourcegraph, runtime, config_dir, clock):
+    from tests.support.config import ACCOUNTS
+    from trialflow.services.reference import load_reference_data
+    accounts = ACCOUNTS.replace("domain,account_name,prequalified,named_account,named_sdr,owner_ae,owner_ce",
+                                "domain,account_name,prequalified,named_account,named_sdr,owner_ae,owner_ce,auto_add_colleagues")
+    accounts = accounts.replace("globex.com,Globex,true,false,,,", "globex.com,Globex,true,false,,,,false")
+    (config_dir / "accounts.csv").write_text(accounts)
+    load_reference_data(runtime.session_factory, config_dir, clock.now())
+    journey.sign_up("gina@globex.com", name="Gina")
+    sourcegraph.sign_in(journey.host, "gina@globex.com")
+    journey.day(1)
+    journey.sign_up("hank@globex.com", name="Hank")
+    assert journey.state == "joining_existing" and sourcegraph.user(journey.host, "hank@globex.com") is None
+    assert any("Hank asks to join" in m["Subject"] for m in journey.emails_to("gina@globex.com"))
+
+
+def test_a_squatters_claim_never_blocks_the_real_person_who_becomes_admin_once_seen_signed_in(journey, sourcegraph, slack):
+    journey.sign_up("nobody@acme-corp.com")           # a made-up address at a pre-qualified domain
+    squatter = journey.trial_id
+    host = journey.host
+    journey.sign_up("bob@acme-corp.com", name="Bob")
+    bob = sourcegraph.user(host, "bob@acme-corp.com")
+    assert bob is not None and bob.site_admin, "while the claim is provisional, a colleague gets an admin account"
+    [email] = journey.emails_to("bob@acme-corp.com")
+    assert link_in(email) == sourcegraph.reset_links[-1]
+    assert journey.state == "joined"
+    sourcegraph.sign_in(host, "bob@acme-corp.com")
+    journey.day(1)
+    [confirmed] = [h for h in journey.trial(squatter)["history"] if h["trigger"] == "confirm_admin"]
+    assert confirmed["detail"]["admin"] == "bob@acme-corp.com"
+    assert confirmed["detail"]["claimed_by"] == "nobody@acme-corp.com"
+    assert any("bob@acme-corp.com signed in" in t and "nobody@acme-corp.com" in t
+               for t in journey.channel("cloud-trial-acme-corp"))
+    journey.sign_up("carol@acme-corp.com", name="Carol")
+    carol = sourcegraph.user(host, "carol@acme-corp.com")
+    assert carol is not None and not carol.site_admin, "the claim is real now: colleagues get ordinary accounts"
+    with journey.rt.session_factory() as s:
+        admin = s.execute(select(tables.instances.c.admin_email, tables.instances.c.admin_seen_at)
+                          .where(tables.instances.c.host == host)).one()
+    assert admin.admin_email == "bob@acme-corp.com" and admin.admin_seen_at is not None

@@ -16,6 +16,7 @@ from trialflow.domain.decisions import Decisions, InstanceMoved
 from trialflow.domain.trial import SYSTEM, Event, PlainTrial
 from trialflow.services import slack_blocks as sb
 from trialflow.services.messages import account_of, lead
+from trialflow.services.routing import JOIN_ACCOUNT, JOIN_ADMIN_ACCOUNT
 from trialflow.services.timers import ASK_AGAIN_DAYS, USAGE_ANSWER_MINUTES
 from trialflow.settings import Settings
 
@@ -59,15 +60,38 @@ def account(fx: Effects, trial: PlainTrial, purpose: str, email: str, template: 
     })
 
 
-def claimed(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:
-    """2.1/2.2: the pool instance is theirs; so is its first admin account."""
+def claimed(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> str | None:
+    """2.1/2.2: the pool instance is theirs; so is its first admin account. Returns the CE's manual
+    step for the alert when trialflow cannot make the account itself."""
     if can_administer(settings, trial.instance_host):
         account(fx, trial, CLAIM, trial.email, "password_reset", admin=True, name=trial.name or "")
-        return
+        return None
     fx.email("account-pending", "account_pending", trial.email, instance_url=trial.instance_url, name=trial.name or "")
-    fx.to_account_channel("manual-account", f":key: CE {people.mention(trial.ce)}: trialflow holds no API token for "
-                          f"{trial.instance_url}, so {trial.email}'s account is yours to make: {OPERATOR}, create their "
-                          "account (site admin), and email them its password-reset link. They were told it is on its way.")
+    return (f":key: CE {people.mention(trial.ce)}: trialflow holds no API token for this instance, so their account "
+            f"is yours to make: {OPERATOR}, create their account (site admin) and email them its password-reset link. "
+            "They were told it is on its way.")
+
+
+def colleague_joins(fx: Effects, people: People, settings: Settings, trial: PlainTrial, event: Event) -> str:
+    """Case 1: a colleague signed up for the domain's instance. On a trial instance trialflow makes
+    their account (an admin one while the claim is provisional) and emails them its link; otherwise
+    (converted, a customer's, auto-add off, or no token) the admin of record is asked, AE in cc.
+    Returns what the AE's alert says."""
+    how, admin = event.detail.get("join"), event.detail.get("admin")
+    ae = people.mention(trial.ae)
+    if how in (JOIN_ACCOUNT, JOIN_ADMIN_ACCOUNT) and can_administer(settings, trial.instance_host):
+        account(fx, trial, COLLEAGUE, trial.email, "colleague_access", admin=how == JOIN_ADMIN_ACCOUNT,
+                name=trial.name or "", account_name=account_of(trial))
+        if how == JOIN_ADMIN_ACCOUNT:
+            return (f"AE {ae}: nobody at {trial.domain} has signed in to it yet (its claim may not be theirs), so "
+                    "trialflow is giving them an admin account of their own and emailing them its link.")
+        return f"AE {ae}: trialflow is adding them to the instance and emailing them their own link."
+    if admin:
+        fx.email("access-request", "access_request", admin, cc=[trial.ae or ""], colleague=trial.email,
+                 colleague_name=trial.name or trial.email, instance_url=trial.instance_url, name="")
+        return (f"AE {ae}: make sure the admin adds them: {admin} was emailed a request naming them (you are in cc). "
+                "Without SSO they cannot join without an invite.")
+    return f"AE {ae}: make sure the admin adds them (without SSO they cannot join without an invite)."
 
 
 def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
-from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
+from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
 from trialflow.services import instance_policies as instances
 from trialflow.services import slack_blocks as sb
 from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
@@ -109,15 +109,16 @@ class _Effects:
 def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
     named = trial.case == CASE_NAMED
     kind = "named account" if named else "pre-qualified account"
+    manual = instances.claimed(fx, ctx.people, ctx.settings, trial)
     fx.alert(
         f":rocket: {lead(trial)} signed up: {kind} *{trial.account_name}*; instance {trial.instance_url} claimed from the pool.",
         sb.section(who(ctx.people, trial)),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
+        *([sb.section(manual)] if manual else []),
         sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
     fx.channel()
-    instances.claimed(fx, ctx.people, ctx.settings, trial)
     _start_clock(fx, trial, fx.event.at)
 
 
@@ -151,8 +152,7 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
 
 def _on_route_to_existing(fx, ctx, trial, event):
     fx.alert(f":house: {lead(trial)} signed up; *{trial.domain}* already has {trial.instance_url}: redirected there.",
-             sb.section(f"AE {ctx.people.mention(trial.ae)}: make sure the admin adds them "
-                        "(without SSO they cannot join without an invite)."),
+             sb.section(instances.colleague_joins(fx, ctx.people, ctx.settings, trial, event)),
              sb.buttons(trial.id, "user_added"))
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
@@ -175,7 +175,9 @@ def _on_triage(fx, ctx, trial, event):
 
 
 def _on_user_added(fx, ctx, trial, event):
-    fx.update_alert(f":white_check_mark: {lead(trial)} was added to {trial.instance_url} (confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}).")
+    by = ("trialflow made their account and emailed them its link" if event.actor == SYSTEM else
+          f"confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}")
+    fx.update_alert(f":white_check_mark: {lead(trial)} was added to {trial.instance_url} ({by}).")
     fx.out.cancel(trial.id, lc.USER_ADDED_REMINDER)
 
 
