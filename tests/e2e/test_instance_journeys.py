@@ -21,8 +21,17 @@ from tests.conftest import make_settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_sourcegraph import FakeSourcegraph
 from tests.support.journey import SLACK, Journey, buttons_in
-from tests.support.signed import (FIXTURE_REPO, interactive_fake_slack, issue_closed, issue_comment, post_activity,
-                                  post_command, post_webhook, signing_settings, slash_command)
+from tests.support.signed import (
+    FIXTURE_REPO,
+    interactive_fake_slack,
+    issue_closed,
+    issue_comment,
+    post_activity,
+    post_command,
+    post_webhook,
+    signing_settings,
+    slash_command,
+)
 from tests.support.smtp import SmtpServer
 from trialflow.db import tables
 from trialflow.db.tables import metadata
@@ -149,12 +158,20 @@ def test_a_taken_username_gets_the_next_one_and_an_account_that_exists_gets_a_fr
     assert created is not None and created.username == "bob-acme-corp"
     [email] = journey.emails_to("bob@acme-corp.com")
     assert link_in(email) == sourcegraph.reset_links[-1]
+    journey.sign_up("dana@acme-corp.com", name="Dana")                                # a colleague, already there
+    [dana] = journey.emails_to("dana@acme-corp.com")
+    assert link_in(dana) == sourcegraph.reset_links[-1]
+    assert sourcegraph.operations("pool-a.sourcegraph.com")[-4:] == [
+        "CreateUser", "UserByEmail", "RandomizeUserPassword", "SetUserIsSiteAdmin"]
     with runtime.session_factory() as s:
-        [result] = s.scalars(select(tables.outbox.c.result).where(tables.outbox.c.kind == "instance.account"))
-    assert result["account"] == "created" and result["username"] == "bob-acme-corp" and result["link"] == "emailed"
+        results = s.scalars(select(tables.outbox.c.result).where(tables.outbox.c.kind == "instance.account")
+                            .order_by(tables.outbox.c.id)).all()
+    assert [(r["account"], r["username"], r["link"]) for r in results] == [
+        ("created", "bob-acme-corp", "emailed"), ("existing", "dana", "emailed")]
 
 
-def test_an_instance_with_password_reset_turned_off_gets_the_account_and_the_ce_hears_why_no_link(journey, sourcegraph, smtp):
+def test_an_instance_with_password_reset_turned_off_gets_the_account_and_the_ce_hears_why_no_link(
+        journey, sourcegraph, smtp):
     sourcegraph.disable_reset("pool-a.sourcegraph.com")
     journey.sign_up("bob@acme-corp.com", name="Bob")
     assert sourcegraph.user("pool-a.sourcegraph.com", "bob@acme-corp.com") is not None
@@ -178,7 +195,8 @@ def qualified_and_ready(journey, slack, github, host: str = "stark.sourcegraph.c
     return journey.trial()["assignees"]
 
 
-def test_3_2_ready_then_the_account_then_the_ces_introduction_with_the_link_and_the_hand_off_recorded(journey, slack, github, sourcegraph):
+def test_3_2_ready_then_the_account_then_the_ces_introduction_with_the_link_and_the_hand_off_recorded(
+        journey, slack, github, sourcegraph):
     owners = qualified_and_ready(journey, slack, github)
     assert journey.state == "active", "the hand-off is recorded without a click"
     history = journey.trial()["history"]
@@ -271,7 +289,8 @@ def test_day_15_with_no_data_never_terminates_and_asks_the_ce(journey, sourcegra
     ce = journey.trial()["assignees"]["ce"]
     asked = [m for m in slack.messages_in("cloud-trial-globex") if "no usage data" in m["text"]]
     assert asked and f"<@{SLACK[ce]}>" in asked[0]["text"]
-    assert buttons_in(slack, "cloud-trial-globex", journey.trial_id)[-3:] == ["trial:extend", "trial:keep", "trial:terminate"]
+    assert buttons_in(slack, "cloud-trial-globex", journey.trial_id)[-3:] == \
+        ["trial:extend", "trial:keep", "trial:terminate"]
 
 
 # --- the cloud team closes the loop -----------------------------------------------------------------
@@ -300,19 +319,22 @@ def test_a_termination_frees_capacity_only_once_the_cloud_team_closes_its_issue(
     assert journey.trial(sam)["state"] == "instance_requested"
 
 
-def test_a_domain_change_completed_by_a_done_comment_moves_the_trial_to_its_new_host(journey, github, sourcegraph, clock):
+def test_a_domain_change_completed_by_a_done_comment_moves_the_trial_to_its_new_host(
+        journey, github, sourcegraph, clock):
     journey.sign_up("bob@acme-corp.com", name="Bob")
     old = journey.host
     answer = post_command(journey.client, slash_command("domain bob@acme-corp.com acme-corp", "U0CE00001"), clock.now())
     assert answer.status_code == 200
     journey.deliver()
     [issue] = [i for i in github.issues if i["title"].startswith("Domain name change")]
-    assert post_activity(journey.client, "acme-corp.sourcegraph.com", {"active_users": 1}, clock.now()).status_code == 404
-    done = post_webhook(journey.client, "issue_comment", issue_comment(issue["number"], issue["body"], "/done", "cody-cloud"))
+    new_host = "acme-corp.sourcegraph.com"
+    assert post_activity(journey.client, new_host, {"active_users": 1}, clock.now()).status_code == 404
+    done = post_webhook(journey.client, "issue_comment",
+                        issue_comment(issue["number"], issue["body"], "/done", "cody-cloud"))
     assert done.json()["status"] == "request_done"
     journey.deliver()
     assert journey.trial()["instance_url"] == "https://acme-corp.sourcegraph.com"
-    assert post_activity(journey.client, "acme-corp.sourcegraph.com", {"active_users": 1}, clock.now()).status_code == 201
+    assert post_activity(journey.client, new_host, {"active_users": 1}, clock.now()).status_code == 201
     colleague = journey.client.post("/api/signups", json={"email": "alice@acme-corp.com"}).json()
     assert colleague["redirect_url"] == "https://acme-corp.sourcegraph.com/sign-in"
     journey.day(1)
@@ -358,7 +380,8 @@ def test_case_1_on_a_converted_instance_the_admin_of_record_is_asked_and_the_ae_
                and "<@U0AE00001>" in p for p in posted(slack))
 
 
-def test_case_1_with_auto_add_turned_off_for_the_account_the_admin_is_asked(journey, sourcegraph, runtime, config_dir, clock):
+def test_case_1_with_auto_add_turned_off_for_the_account_the_admin_is_asked(
+        journey, sourcegraph, runtime, config_dir, clock):
     from tests.support.config import ACCOUNTS
     from trialflow.services.reference import load_reference_data
     accounts = ACCOUNTS.replace("domain,account_name,prequalified,named_account,named_sdr,owner_ae,owner_ce",
@@ -374,7 +397,8 @@ def test_case_1_with_auto_add_turned_off_for_the_account_the_admin_is_asked(jour
     assert any("Hank asks to join" in m["Subject"] for m in journey.emails_to("gina@globex.com"))
 
 
-def test_a_squatters_claim_never_blocks_the_real_person_who_becomes_admin_once_seen_signed_in(journey, sourcegraph, slack):
+def test_a_squatters_claim_never_blocks_the_real_person_who_becomes_admin_once_seen_signed_in(
+        journey, sourcegraph, slack):
     journey.sign_up("nobody@acme-corp.com")           # a made-up address at a pre-qualified domain
     squatter = journey.trial_id
     host = journey.host

@@ -86,7 +86,8 @@ def test_the_fake_answers_each_fixture_request_with_the_fixtures_answer():
         example, response = replay(fake, "randomizeUserPassword.reset_disabled.json")
         assert response.json() == example["response"]["body"]
         raw = (FIXTURES / "unauthorized.401.txt").read_text().replace("\r\n", "\n")
-        refused = httpx.post(f"{fake.url}/sourcegraph.example.com/.api/graphql", json={"query": "{ site { productVersion } }"},
+        refused = httpx.post(f"{fake.url}/sourcegraph.example.com/.api/graphql",
+                             json={"query": "{ site { productVersion } }"},
                              headers={"Authorization": "token sgp_wrong"})
         assert refused.status_code == 401 and refused.text == raw.split("\n\n", 1)[1]
         assert refused.headers["vary"] == "Authorization"
@@ -195,7 +196,8 @@ def test_make_site_admin(fake, admin):
 def test_a_tokens_file_gives_each_host_its_own_token_and_fails_fast_when_malformed(fake, tmp_path: Path):
     tokens = tmp_path / "tokens.csv"
     tokens.write_text(f"host,token\nvanity.sourcegraph.com,sgp_vanityToken0123456789abcdef\n{HOST},{fake.token}\n")
-    settings = Settings(_env_file=None, instance_api_url=fake.settings()["instance_api_url"], instance_tokens_file=tokens)
+    settings = Settings(_env_file=None, instance_api_url=fake.settings()["instance_api_url"],
+                        instance_tokens_file=tokens)
     assert settings.instance_token_for(HOST).get_secret_value() == fake.token
     assert settings.instance_token_for("other.sourcegraph.com") is None
     assert SourcegraphAdmin(settings).site(HOST).site_admin
@@ -248,7 +250,8 @@ def test_an_account_is_made_and_its_link_emailed_in_one_step_and_nothing_keeps_t
 def test_a_retry_after_a_worker_died_finds_the_account_and_sends_a_fresh_link_as_a_new_message(fake, admin):
     facts = Facts()
     with SmtpServer() as smtp:
-        transport = InstanceTransport(admin, EmailTransport(Settings(_env_file=None, **smtp.settings())), facts, lambda: T0)
+        mailer = EmailTransport(Settings(_env_file=None, **smtp.settings()))
+        transport = InstanceTransport(admin, mailer, facts, lambda: T0)
         transport.deliver(account_effect())
         again = transport.deliver(account_effect(attempt=2))
         first, second = smtp.messages

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -71,7 +70,8 @@ def test_reconcile_lists_every_disagreement_and_changes_nothing(runtime, clock, 
     with runtime.session_factory() as s:
         [key] = s.scalars(select(tables.cloud_requests.c.key).where(tables.cloud_requests.c.kind == "termination"))
     with runtime.session_factory() as s, s.begin():   # as if the termination issue was opened as #1, then closed there
-        s.execute(update(tables.outbox).where(tables.outbox.c.key == key).values(status="delivered", result={"number": 1}))
+        s.execute(update(tables.outbox).where(tables.outbox.c.key == key)
+                  .values(status="delivered", result={"number": 1}))
     github.issues.append({"number": 1, "state": "closed", "body": "", "title": "Terminate"})
     clock.advance(days=2)
     before = snapshot(runtime)

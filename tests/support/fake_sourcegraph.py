@@ -44,7 +44,8 @@ _WINDOWS = {"LAST_WEEK": 7, "LAST_MONTH": 30, "LAST_THREE_MONTHS": 90}
 
 def _schema():
     sdl = (FIXTURES / "schema.subset.graphql").read_text()
-    sdl = sdl.replace("type Mutation {", "type Mutation {\n  setUserIsSiteAdmin(userID: ID!, siteAdmin: Boolean!): EmptyResponse", 1)
+    promote = "\n  setUserIsSiteAdmin(userID: ID!, siteAdmin: Boolean!): EmptyResponse"
+    sdl = sdl.replace("type Mutation {", "type Mutation {" + promote, 1)
     return build_schema(sdl + _EXTENSION)
 
 
@@ -65,7 +66,8 @@ class FakeUser:
     site_admin: bool = False
     verified: bool = True
     activity: list[datetime] = field(default_factory=list)          # when they were active
-    events: list[tuple[datetime, str, int]] = field(default_factory=list)  # (at, "search"|"references"|"definitions", n)
+    # (when, "search" | "references" | "definitions", how many)
+    events: list[tuple[datetime, str, int]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -276,7 +278,8 @@ class _Root:
         if username is None and email is None and databaseID is None:
             raise GraphQLError("must specify either username or email to look up a user")
         for u in self.inst.users:
-            if (username is not None and u.username == username) or (databaseID is not None and u.database_id == databaseID) \
+            if (username is not None and u.username == username) \
+                    or (databaseID is not None and u.database_id == databaseID) \
                     or (email is not None and u.verified and (u.email or "").lower() == email.lower()):
                 return _user(u)
         return None

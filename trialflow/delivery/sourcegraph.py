@@ -24,8 +24,7 @@ from typing import Any
 
 import httpx
 
-from trialflow.domain.instance_admin import (AccountExists, CreatedUser, InstanceUsage, InstanceUser, SignIn,
-                                             SiteHealth)
+from trialflow.domain.instance_admin import AccountExists, CreatedUser, InstanceUsage, InstanceUser, SignIn, SiteHealth
 from trialflow.errors import PermanentFailure, RetryLater
 from trialflow.settings import Settings
 
@@ -140,11 +139,12 @@ class SourcegraphAdmin:
         site = data.get("site") or {}
         analytics = site.get("analytics") or {}
         searches = _total(analytics, "search", "searches")
-        code_intel = _total(analytics, "codeIntel", "referenceClicks") + _total(analytics, "codeIntel", "definitionClicks")
+        code_intel = sum(_total(analytics, "codeIntel", metric) for metric in ("referenceClicks", "definitionClicks"))
         users = site.get("users") or {}
         nodes = [n for n in users.get("nodes") or [] if isinstance(n, dict)]
         automation_listed = any(n.get("username") == automation for n in nodes)
-        signed_in = [SignIn(str(n["username"]), (n.get("email") or None), _when(n["lastActiveAt"]), bool(n.get("siteAdmin")))
+        signed_in = [SignIn(str(n["username"]), n.get("email") or None, _when(n["lastActiveAt"]),
+                            bool(n.get("siteAdmin")))
                      for n in nodes if n.get("lastActiveAt") and n.get("username") != automation]
         active = max(int(users.get("totalCount") or 0) - (1 if automation_listed else 0), len(signed_in))
         return InstanceUsage(now, active, searches, code_intel, sorted(signed_in, key=lambda s: s.last_active_at))
@@ -160,8 +160,8 @@ class SourcegraphAdmin:
     def _call(self, host: str, operation: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         token = self.settings.instance_token_for(host)
         if token is None:
-            raise PermanentFailure(f"trialflow has no access token for the instance {host}: set TRIALFLOW_INSTANCE_TOKEN, "
-                                   "or add the host to TRIALFLOW_INSTANCE_TOKENS_FILE")
+            raise PermanentFailure(f"trialflow has no access token for the instance {host}: set "
+                                   "TRIALFLOW_INSTANCE_TOKEN, or add the host to TRIALFLOW_INSTANCE_TOKENS_FILE")
         url = self.settings.instance_api_for(host)
         try:
             response = self.client.post(f"{url}?{operation}", json={"query": query, "operationName": operation,

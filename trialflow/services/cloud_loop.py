@@ -86,7 +86,8 @@ def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, no
     if request is None or _opened_as(session, signal.key) != signal.number:
         return {"status": "ignored", "reason": f"issue #{signal.number} is not a request trialflow waits for"}
     if request.completed_at is not None:
-        return {"status": "ignored", "reason": f"already completed by {request.completed_by}", "trial_id": request.trial_id}
+        return {"status": "ignored", "reason": f"already completed by {request.completed_by}",
+                "trial_id": request.trial_id}
     person = Directory(session).by_github_login(signal.login) if signal.login else None
     if not _may_complete(person):
         log.warning("refused: GitHub user %s may not complete %s", signal.login, signal.key,
@@ -94,8 +95,10 @@ def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, no
         outbox.enqueue(uow, key=f"github-refused:{delivery_id}", kind="github.comment", now=now,
                        trial_id=request.trial_id, payload={"ref": request.ref, "body": (
                            f"trialflow did not record this request as done: {signal.login or 'this user'} is not a "
-                           "`cloud` or `admin` member of staff.csv. Someone who is can close the issue or comment `/done`.")})
-        return {"status": "refused", "reason": f"{signal.login} may not complete cloud requests", "trial_id": request.trial_id}
+                           "`cloud` or `admin` member of staff.csv. Someone who is can close the issue or comment "
+                           "`/done`.")})
+        return {"status": "refused", "reason": f"{signal.login} may not complete cloud requests",
+                "trial_id": request.trial_id}
     session.execute(update(tables.cloud_requests).where(c.key == signal.key)
                     .values(completed_at=now, completed_by=signal.login[:64]))
     if request.trial_id:
@@ -103,7 +106,8 @@ def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, no
         try:
             with session.begin_nested():
                 trial = get_trial(uow, request.trial_id, lock=True)
-                handle(uow, rt.settings, now, Command(trial.id, lc.CONFIRM_REQUEST_DONE, signal.login, person, detail), trial)
+                done = Command(trial.id, lc.CONFIRM_REQUEST_DONE, signal.login, person, detail)
+                handle(uow, rt.settings, now, done, trial)
         except (NotFound, TransitionRefused, NotAllowed) as exc:
             log.warning("%s done, but not recorded on trial %s: %s", signal.key, request.trial_id, exc,
                         extra={"trial_id": request.trial_id})

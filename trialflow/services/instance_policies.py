@@ -79,6 +79,8 @@ def colleague_joins(fx: Effects, people: People, settings: Settings, trial: Plai
     Returns what the AE's alert says."""
     how, admin = event.detail.get("join"), event.detail.get("admin")
     ae = people.mention(trial.ae)
+    if admin and admin == trial.email:
+        return f"AE {ae}: they are its admin of record already."
     if how in (JOIN_ACCOUNT, JOIN_ADMIN_ACCOUNT) and can_administer(settings, trial.instance_host):
         account(fx, trial, COLLEAGUE, trial.email, "colleague_access", admin=how == JOIN_ADMIN_ACCOUNT,
                 name=trial.name or "", account_name=account_of(trial))
@@ -103,13 +105,13 @@ def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) ->
         account(fx, trial, HAND_OFF, trial.email, "instance_ready", admin=True, cc=[trial.ae or ""],
                 sender=trial.ce or None, name=trial.name or "", ce_name=ce.name if ce else (trial.ce or ""),
                 ce_email=trial.ce or "", ae_name=ae.name if ae else "")
-        fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
-                f"trialflow is creating their account and sending the link in CE {people.mention(trial.ce)}'s "
-                "introduction email; the hand-off is recorded when it is sent. (Done it by hand? Press Handed off.)",
+        fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} "
+                f"is ready. trialflow is creating their account and sending the link in CE "
+                f"{people.mention(trial.ce)}'s introduction email; the hand-off is recorded when it is sent. (Done it by hand? Press Handed off.)",
                 sb.buttons(trial.id, lc.HAND_OFF))
         return
-    fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} is ready. "
-            f"CE {people.mention(trial.ce)}: {OPERATOR}, create the password-reset link and send it.",
+    fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} "
+            f"is ready. CE {people.mention(trial.ce)}: {OPERATOR}, create the password-reset link and send it.",
             sb.buttons(trial.id, lc.HAND_OFF))
 
 
@@ -143,8 +145,8 @@ def heads_up_text(people: People, trial: PlainTrial, event: Event, review_on: st
         return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
                 f"{review_on}. trialflow has no usage data from it yet; without any, you will be asked to decide "
                 "then (nothing is terminated without data). Keep it or terminate it now if you know.")
-    return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on {review_on}. "
-            "With no activity it will be terminated unless you keep it.")
+    return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
+            f"{review_on}. With no activity it will be terminated unless you keep it.")
 
 
 def admin_confirmed(fx: Effects, trial: PlainTrial, event: Event) -> None:
@@ -163,12 +165,14 @@ def request_done(fx: Effects, trial: PlainTrial, event: Event) -> None:
     if kind == "termination":
         if trial.instance_host:
             fx.out.confirm_teardown(trial.instance_host, event.at)
-        text = f":white_check_mark: The cloud team confirmed {trial.instance_url} is terminated ({done}): its capacity is free."
+        text = (f":white_check_mark: The cloud team confirmed {trial.instance_url} is terminated ({done}): "
+                "its capacity is free.")
     elif kind == "domain-change" and event.detail.get("to_host"):
         fx.out.move_instance(InstanceMoved(str(event.detail["from_host"]), str(event.detail["to_host"]), trial.id,
                                            event.at))
         text = (f":globe_with_meridians: {event.detail['from_host']} is now {trial.instance_url} ({done}): signups, "
-                f"activity and usage follow it. Its admin must now reconfigure SSO, permission syncing, webhooks and links.")
+                "activity and usage follow it. Its admin must now reconfigure SSO, permission syncing, webhooks "
+                "and links.")
     else:
         text = f":white_check_mark: The cloud team completed the {kind} request for {trial.instance_url} ({done})."
     fx.to_account_channel("request-done", text)

@@ -82,7 +82,7 @@ def reconcile(rt: Any, api: InstanceAdmin | None = None, issue_states: IssueStat
               now: datetime | None = None) -> Report:
     now = now or rt.clock.now()
     report = Report(at=now)
-    t, i, c, r = tables.trials.c, tables.instances.c, tables.domain_claims.c, tables.cloud_requests.c
+    t, c, r = tables.trials.c, tables.domain_claims.c, tables.cloud_requests.c
     with rt.session_factory() as session:
         inventory = {row.host: row for row in session.execute(select(tables.instances))}
         trials = session.execute(select(t.id, t.state, t.instance_host).where(t.instance_host.is_not(None))).all()
@@ -102,8 +102,9 @@ def reconcile(rt: Any, api: InstanceAdmin | None = None, issue_states: IssueStat
     for host in sorted(live):
         owners = [tr for tr in by_host.get(host, []) if tr.state not in lc.FINAL_STATES or tr.state == lc.CONVERTED]
         if not owners:
-            where = "listed in instances.csv" if inventory[host].trial_id is None else f"its trial {inventory[host].trial_id} is over"
-            report.findings.append(Finding(LIVE_WITHOUT_TRIAL, host, inventory[host].trial_id, where))
+            trial_id = inventory[host].trial_id
+            where = "listed in instances.csv" if trial_id is None else f"its trial {trial_id} is over"
+            report.findings.append(Finding(LIVE_WITHOUT_TRIAL, host, trial_id, where))
     for host in gone:
         if answers.get(host, "unasked") is None:
             row = inventory.get(host)
@@ -126,8 +127,9 @@ def reconcile(rt: Any, api: InstanceAdmin | None = None, issue_states: IssueStat
     for claim in claims:
         row = inventory.get(claim.instance_host) if claim.instance_host else None
         if claim.instance_host and (row is None or row.status != "live"):
+            status = row.status if row is not None else "unknown"
             report.findings.append(Finding(STALE_CLAIM, claim.instance_host, None,
-                                           f"{claim.domain} is routed there, but it is {row.status if row else 'unknown'}"))
+                                           f"{claim.domain} is routed there, but it is {status}"))
     sla = timedelta(hours=rt.settings.cloud_sla_hours)
     numbers = {q.key: n for q, n in ((q, opened.get(q.key)) for q in open_requests) if isinstance(n, int)}
     states = issue_states(sorted(set(numbers.values()))) if issue_states and numbers else {}
@@ -147,7 +149,8 @@ def reconcile(rt: Any, api: InstanceAdmin | None = None, issue_states: IssueStat
 def post_daily(rt: Any, report: Report) -> bool:
     """Post the report to #cloud-trial-alerts once per day (nothing when all agrees)."""
     with rt.uow() as uow:
-        if not insert_ignore(uow.session, tables.kv, {"key": f"reconcile:{report.at.date()}", "value": report.at.isoformat()}):
+        day = {"key": f"reconcile:{report.at.date()}", "value": report.at.isoformat()}
+        if not insert_ignore(uow.session, tables.kv, day):
             return False
         if report.findings:
             shown = report.lines()[:SLACK_LINES]

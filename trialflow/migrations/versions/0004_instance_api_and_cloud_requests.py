@@ -4,9 +4,10 @@ confirmed teardown; accounts.auto_add_colleagues; cloud_requests
 Revision ID: 0004
 Revises: 0003
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
+
 import trialflow.db.tables
 
 revision = '0004'
@@ -31,7 +32,8 @@ def upgrade() -> None:
         sa.Column('trial_id', sa.String(length=32), nullable=True),
         sa.Column('kind', sa.String(length=32), nullable=False),
         sa.Column('ref', sa.String(length=200), nullable=False),
-        sa.Column('detail', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+        sa.Column('detail', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'),
+                  nullable=False),
         sa.Column('requested_at', trialflow.db.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column('completed_at', trialflow.db.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column('completed_by', sa.String(length=64), nullable=True),
