@@ -18,12 +18,8 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
-from tests.support.fake_sourcegraph import FakeSourcegraph
 from tests.support.journey import SLACK, Journey, buttons_in
 from tests.support.signed import (
-    FIXTURE_REPO,
-    interactive_fake_slack,
     issue_closed,
     issue_comment,
     post_activity,
@@ -32,34 +28,9 @@ from tests.support.signed import (
     signing_settings,
     slash_command,
 )
-from tests.support.smtp import SmtpServer
 from trialflow.db import tables
 from trialflow.db.tables import metadata
 from trialflow.services.sweep import sweep
-
-
-@pytest.fixture
-def slack():
-    with interactive_fake_slack() as fake:
-        yield fake
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
-
-
-@pytest.fixture
-def smtp():
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def sourcegraph(clock):
-    with FakeSourcegraph(now=clock.now) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -7,29 +7,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
 from tests.support.journey import SLACK, Journey, buttons_in
-from tests.support.signed import (FIXTURE_REPO, comment_as, interactive_fake_slack, issue_comment, issue_labeled,
-                                  post_webhook, signing_settings)
-from tests.support.smtp import SmtpServer
-
-
-@pytest.fixture
-def slack():
-    with interactive_fake_slack() as fake:
-        yield fake
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
-
-
-@pytest.fixture
-def smtp():
-    with SmtpServer() as server:
-        yield server
+from tests.support.signed import (
+    comment_as,
+    issue_comment,
+    issue_labeled,
+    post_webhook,
+    signing_settings,
+)
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
-from tests.support.fake_sourcegraph import FakeSourcegraph
 from tests.support.processes import trialflow_env
 from trialflow.db import tables
 from trialflow.delivery.wiring import run_reconcile
@@ -26,20 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def sourcegraph(clock):
-    with FakeSourcegraph(now=clock.now) as fake:
-        yield fake
+def sourcegraph(fake_sourcegraph):
+    return fake_sourcegraph
 
 
 @pytest.fixture
-def github():
-    with FakeGitHub() as fake:
-        yield fake
-
-
-@pytest.fixture
-def settings(db_url, config_dir, sourcegraph, github):
-    return make_settings(db_url, config_dir, **sourcegraph.settings(), **github.settings())
+def settings(db_url, config_dir, fake_sourcegraph, fake_github):
+    return make_settings(db_url, config_dir, **fake_sourcegraph.settings(), **fake_github.settings())
 
 
 def signup(rt, email: str) -> str:
@@ -58,7 +49,7 @@ def snapshot(rt) -> tuple:
                      for t in (tables.trials, tables.instances, tables.domain_claims, tables.cloud_requests))
 
 
-def test_reconcile_lists_every_disagreement_and_changes_nothing(runtime, clock, sourcegraph, github):
+def test_reconcile_lists_every_disagreement_and_changes_nothing(runtime, clock, sourcegraph, fake_github):
     answering = signup(runtime, "bob@acme-corp.com")                  # pool-a: answers
     silent = signup(runtime, "gina@globex.com")                       # pool-b: down for a day
     gone = signup(runtime, "hans@xn--bcher-kva.example")              # pool-c: terminated, still answers
@@ -72,7 +63,7 @@ def test_reconcile_lists_every_disagreement_and_changes_nothing(runtime, clock, 
     with runtime.session_factory() as s, s.begin():   # as if the termination issue was opened as #1, then closed there
         s.execute(update(tables.outbox).where(tables.outbox.c.key == key)
                   .values(status="delivered", result={"number": 1}))
-    github.issues.append({"number": 1, "state": "closed", "body": "", "title": "Terminate"})
+    fake_github.issues.append({"number": 1, "state": "closed", "body": "", "title": "Terminate"})
     clock.advance(days=2)
     before = snapshot(runtime)
 
