@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_trials)
 
-    rc = sub.add_parser("reconcile", help="list where trials, claims, instances, GitHub and the instances' APIs disagree")
+    rc = sub.add_parser("reconcile",
+                        help="list where trials, claims, instances, GitHub and the instances' APIs disagree")
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(func=cmd_reconcile)
 

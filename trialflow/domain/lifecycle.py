@@ -99,7 +99,8 @@ TABLE: tuple[Step, ...] = (
     Step(REQUEST_DOMAIN_CHANGE, (ACTIVE, EXTENDED, CONVERTED), None, "owner", "vanity domain requested (a buying signal)"),
     # Second step: the 15/30-day clock
     Step(WARN_TERMINATION, (ACTIVE,), None, "system", "heads-up to the CE before the day-15 review"),
-    Step(CHECK_USAGE, (ACTIVE,), None, "system", "day 15: the instance is asked for its last 7 days of usage before the review"),
+    Step(CHECK_USAGE, (ACTIVE,), None, "system",
+         "day 15: the instance is asked for its last 7 days of usage before the review"),
     Step(ASK_DECISION, (ACTIVE,), None, "system",
          "day 15 with no usage data (the instance never answered nor reported): the CE decides, nothing is terminated"),
     Step(KEEP, (ACTIVE,), None, "owner", "CE keeps the trial: no termination at day 15"),

@@ -154,7 +154,8 @@ SELECT 'trial' AS kind, t.id AS k, t."case" AS a, t.state AS b, t.domain AS c, t
   FROM trials t WHERE t.email = {email}
 UNION ALL
 SELECT 'claim', c.domain, c.instance_host, c.trial_id, o.account_name, o.ae, o.ce, o.state,
-       CASE WHEN c.trial_id IS NOT NULL AND i.admin_seen_at IS NULL THEN 'p:' ELSE 'c:' END || COALESCE(i.admin_email, '')
+       CASE WHEN c.trial_id IS NOT NULL AND i.admin_seen_at IS NULL THEN 'p:' ELSE 'c:' END
+         || COALESCE(i.admin_email, '')
   FROM domain_claims c {owner_join} WHERE c.domain IN {candidates}
 UNION ALL
 SELECT 'account', a.domain, a.account_name, CASE WHEN a.prequalified THEN 'y' ELSE 'n' END,
@@ -166,8 +167,8 @@ SELECT 'events', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
  WHERE EXISTS (SELECT 1 FROM marketing_events m WHERE m.email = {email} AND m.trial_id IS NULL)
 """
 _JOIN = "LEFT JOIN trials o ON o.id = c.trial_id LEFT JOIN instances i ON i.host = c.instance_host"
-_PROBE = ("LEFT JOIN LATERAL (SELECT o.account_name, o.ae, o.ce, o.state FROM trials o WHERE o.id = c.trial_id LIMIT 1) o "
-          "ON true LEFT JOIN LATERAL (SELECT i.admin_email, i.admin_seen_at FROM instances i "
+_PROBE = ("LEFT JOIN LATERAL (SELECT o.account_name, o.ae, o.ce, o.state FROM trials o WHERE o.id = c.trial_id "
+          "LIMIT 1) o ON true LEFT JOIN LATERAL (SELECT i.admin_email, i.admin_seen_at FROM instances i "
           "WHERE i.host = c.instance_host LIMIT 1) i ON true")
 
 
