@@ -19,14 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.config import write_config  # noqa: E402  (small staff.csv and instances.csv)
 from machine import cpu_model  # noqa: E402
+
+from tests.support.config import write_config  # noqa: E402  (small staff.csv and instances.csv)
 
 TARGET_SECONDS = 30.0
 POSTGRES_URL = os.environ.get("TRIALFLOW_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/trialflow_bench_config")
@@ -83,6 +84,7 @@ def machine() -> str:
 
 def postgres_version(url: str) -> str:
     from sqlalchemy import create_engine, text
+
     from trialflow.db.engine import normalize_url
     engine = create_engine(normalize_url(url))
     with engine.connect() as conn:
@@ -113,7 +115,7 @@ def main() -> int:
     lines = [
         "# `trialflow config load`: 100,000 accounts",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/bench_config_load.py --accounts {args.accounts} "
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `bench/bench_config_load.py --accounts {args.accounts} "
         f"--runs {args.runs}` on {where}; {pg}.",
         "",
         f"accounts.csv: {args.accounts:,} rows, {size / 1e6:.1f} MB. Each run is the real command in a fresh process "

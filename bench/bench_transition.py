@@ -11,27 +11,28 @@ Target (issue 2): one transition on the shared machine < 20 µs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import describe  # noqa: E402
 from transitions import Machine  # noqa: E402
 
 from trialflow.domain import lifecycle as lc  # noqa: E402
 from trialflow.domain.trial import Trial  # noqa: E402
 from trialflow.errors import TransitionRefused  # noqa: E402
-from machine import describe  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS-signups.md"
 TARGET_US = 20.0
-NOW = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 class Model:
@@ -72,10 +73,8 @@ def shared_step_on_trial(n: int) -> None:
 def refused_step(n: int) -> None:
     model = Model(lc.DISQUALIFIED)
     for _ in range(n):
-        try:
+        with contextlib.suppress(TransitionRefused):
             lc.fire(model, "qualify")
-        except TransitionRefused:
-            pass
 
 
 def machine_per_trial(n: int) -> None:
@@ -140,7 +139,7 @@ def write_results(rows, ratio, load) -> None:
         "## Lifecycle transitions (`bench/bench_transition.py`)",
         "",
         f"- machine: {machine()}; load average when it started: {load:.2f}",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- command: `.venv/bin/python bench/bench_transition.py --write-results`",
         "- median of repeated runs of 50,000 steps (500 machine constructions)",
         "",

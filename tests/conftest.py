@@ -11,12 +11,14 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.config import write_config
+
 # The local servers that answer like Slack, GitHub, Sourcegraph instances and an SMTP relay, as fixtures for every test.
 from tests.support.fake_github import fake_github  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
 from tests.support.fake_sourcegraph import fake_sourcegraph  # noqa: F401
-from tests.support.smtp import smtp_server  # noqa: F401
 from tests.support.services import claim_redis_db, create_run_database, drop_run_database, release_redis_db
+from tests.support.smtp import smtp_server  # noqa: F401
+from tests.support.world import world  # noqa: F401
 from trialflow.clock import ManualClock
 from trialflow.db.engine import make_engine
 from trialflow.db.migrate import upgrade
@@ -25,6 +27,15 @@ from trialflow.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path, monkeypatch) -> Path:
+    """Each test spools signups into a directory of its own (subprocesses too: ``trialflow_env``),
+    never into the user's data directory, where another run's server could replay them."""
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("TRIALFLOW_SPOOL_DIR", str(spool))
+    return spool
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +108,12 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+# The TestClient's own default peer ("testclient") is no address at all; the embedded default's
+# staff surfaces answer loopback clients, as a person on the machine would be.
+LOOPBACK_CLIENT = ("127.0.0.1", 50000)
+# Tests of other things send many signups from one address; the limits' own tests set real ones.
+UNLIMITED = "1000000/second"
+
 EVENTS_TOKEN = "events-token-for-tests"
 EVENTS_AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
 
@@ -104,7 +121,8 @@ EVENTS_AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
 def make_settings(db_url: str, config_dir: Path, **overrides) -> Settings:
     values = dict(database_url=db_url, config_dir=config_dir, broker_url=None, slack_bot_token=None,
                   slack_signing_secret=None, github_token=None, github_webhook_secret=None, smtp_url=None,
-                  activity_secret=None, events_token=EVENTS_TOKEN, _env_file=None)
+                  activity_secret=None, events_token=EVENTS_TOKEN, signup_rate_per_ip=UNLIMITED,
+                  signup_rate_per_domain=UNLIMITED, _env_file=None)
     values.update(overrides)
     return Settings(**values)
 
@@ -127,6 +145,7 @@ def runtime(settings, clock):
 @pytest.fixture
 def client(runtime):
     from fastapi.testclient import TestClient
+
     from trialflow.api.app import create_app
-    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
+    with TestClient(create_app(runtime), raise_server_exceptions=False, client=LOOPBACK_CLIENT) as c:
         yield c

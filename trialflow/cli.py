@@ -5,13 +5,15 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.api.app import create_app
+from trialflow.api.clients import is_loopback_host
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.db.migrate import upgrade
@@ -26,7 +28,9 @@ from trialflow.logs import configure_logging
 from trialflow.runtime import Runtime
 from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
+from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
 from trialflow.services.sweep import sweep
+from trialflow.spool import SpooledSignup
 from trialflow.timeline import print_timeline
 from workers.celery_app import make_celery_app
 from workers.tasks import dispatch
@@ -41,7 +45,7 @@ def _parse_when(text: str) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise SystemExit(f"--at: {text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -75,8 +79,18 @@ def cmd_serve(args) -> int:
 
 
     rt = _runtime()
+    if not is_loopback_host(args.host) and not rt.settings.staff_auth_configured:
+        print(f"error: refusing to serve on {args.host}: trial data would be open to anyone who can reach it. "
+              "Set staff sign-in (TRIALFLOW_OIDC_ISSUER, TRIALFLOW_OIDC_CLIENT_ID, TRIALFLOW_OIDC_CLIENT_SECRET, "
+              "TRIALFLOW_PUBLIC_URL, TRIALFLOW_SESSION_SECRET) and/or machine tokens (TRIALFLOW_API_TOKENS), "
+              "or serve on 127.0.0.1.", file=sys.stderr)
+        return 2
+    if not is_loopback_host(args.host) and rt.settings.metrics_token is None:
+        logging.getLogger("trialflow").warning("/metrics answers this machine only: set TRIALFLOW_METRICS_TOKEN "
+                                               "for a Prometheus elsewhere")
     prepare_database(rt)
     stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
+    stop_spool = SpoolReplayer(rt).start()  # signups kept on disk while the database was away
     app = create_app(rt)
     mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
     logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
@@ -85,6 +99,7 @@ def cmd_serve(args) -> int:
         # log_config=None: uvicorn's lines go through our handler (JSON when asked, secrets masked).
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=None)
     finally:
+        stop_spool()
         stop()
     return 0
 
@@ -124,8 +139,44 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _print_spooled(rt, limit: int = 100) -> None:
+    """The signups waiting in the spool for the database (read from disk: shown even while it is down)."""
+    spool = spool_of(rt.settings)
+    waiting = spool.count()
+    if not waiting:
+        return
+    print(f"spooled signups: {waiting} kept in {spool.directory} while the database was unreachable; "
+          "routed when it is back (or `trialflow spool replay`)")
+    for n, record in enumerate(spool.records()):
+        if n >= limit:
+            print(f"  ... and {waiting - limit} more")
+            break
+        if isinstance(record, SpooledSignup):
+            print(f"  {record.id}  received {record.received_at:%Y-%m-%d %H:%M:%S}  {record.signup.get('email')}")
+        else:
+            print(f"  {record.id}  damaged: {record.reason}; support gets it on the next replay")
+    print()
+
+
+def cmd_spool(args) -> int:
+    rt = _runtime()
+    if args.action == "replay":
+        report = replay(rt)
+        print(f"routed {len(report.routed)} spooled signup(s), {len(report.to_support)} kept for support, "
+              f"{report.left} left" + (f" ({report.stopped})" if report.stopped else ""))
+        for record_id, trial_id, created in report.routed:
+            print(f"  {record_id} → {trial_id}{'' if created else ' (already there)'}")
+        return 1 if report.left else 0
+    _print_spooled(rt, args.limit)
+    if not spool_of(rt.settings).count():
+        print("no spooled signups")
+    return 0
+
+
 def cmd_outbox(args) -> int:
     rt = _runtime()
+    if args.action == "list":
+        _print_spooled(rt)
     if args.action == "retry":
         if args.id is None:
             print("usage: trialflow outbox retry ID", file=sys.stderr)
@@ -155,6 +206,8 @@ def cmd_outbox(args) -> int:
 
 def cmd_trials(args) -> int:
     rt = _runtime()
+    if args.action == "list" and not args.json:
+        _print_spooled(rt)
     with rt.session_factory() as s:
         if args.action == "show":
             trial = s.get(Trial, args.trial_id) if args.trial_id else None
@@ -275,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(func=cmd_reconcile)
 
+    sp = sub.add_parser("spool", help="signups kept on disk while the database was unreachable")
+    sp.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
+    sp.add_argument("--limit", type=int, default=100)
+    sp.set_defaults(func=cmd_spool)
+
     d = sub.add_parser("demo", help="play the seed's story on a throw-away database")
     d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
     d.set_defaults(func=cmd_demo)
@@ -312,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrialflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # settings validation
+    except ValidationError as exc:  # settings: say what is wrong, never echo the values (tokens, secrets)
+        for problem in exc.errors(include_url=False, include_input=False):
+            print(f"error: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DBAPIError as exc:

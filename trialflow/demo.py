@@ -1,4 +1,10 @@
-"""``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run."""
+"""``trialflow demo``: the seed's story on a throw-away SQLite database, effects dry-run.
+
+The demo brings everything it needs: its own reference data (``trialflow/demo_data``, the people
+and accounts the story names) and its own settings, read from neither the environment nor
+``.env``. A team's ``TRIALFLOW_CONFIG_DIR`` (or ``./config``) with its own staff, or a half-set
+``.env``, cannot break it, and the demo never touches the team's database.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,12 +13,12 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from trialflow.domain import lifecycle as lc
 from trialflow.api.serialize import trial_detail
 from trialflow.clock import ManualClock
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.wiring import build_deliverer
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.runtime import Runtime
 from trialflow.services.activity import ActivityReport, record_activity
@@ -34,18 +40,23 @@ STORY = [
 ]
 
 
-def _config_dir() -> Path:
-    here = Path.cwd() / "config"
-    if (here / "accounts.csv").exists():
-        return here
-    return Path(__file__).resolve().parent.parent / "config"
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+
+
+class DemoSettings(Settings):
+    """Settings from the demo's own arguments only: no environment, no ``.env``."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
 
 
 def run_demo(keep: bool = False) -> int:
     logging.getLogger("trialflow").setLevel(logging.WARNING)  # the story is the output; dry-run lines would drown it
     tmp = Path(tempfile.mkdtemp(prefix="trialflow-demo-"))
-    settings = Settings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=_config_dir(), broker_url=None,
-                        slack_bot_token=None, github_token=None, smtp_url=None, _env_file=None)
+    settings = DemoSettings(database_url=f"sqlite:///{tmp / 'demo.db'}", config_dir=DEMO_DATA,
+                            spool_dir=tmp / "spool")
     clock = ManualClock()
     rt = Runtime(settings, clock=clock)
     upgrade(settings.database_url)
@@ -81,8 +92,10 @@ def run_demo(keep: bool = False) -> int:
     act(ids["sam@stark-industries.com"], lc.MARK_INSTANCE_READY, "cody-cloud", github=True, host="https://stark-industries.sourcegraph.com")
     print("  the cloud team labels the issue instance-ready")
     with rt.session_factory() as s:
-        sam_ce = s.get(Trial, ids["sam@stark-industries.com"]).ce
-        ce_slack = Directory(s).by_email(sam_ce).slack_user_id
+        sam_ce = Directory(s).by_email(s.get_one(Trial, ids["sam@stark-industries.com"]).ce)
+        if sam_ce is None:
+            raise RuntimeError("the demo's qualified trial has no CE from staff.csv")
+        ce_slack = sam_ce.slack_user_id
     clock.advance(hours=2)
     act(ids["sam@stark-industries.com"], lc.HAND_OFF, ce_slack)
     print("  the CE clicks 'Handed off': Sam's trial starts")
@@ -90,9 +103,11 @@ def run_demo(keep: bool = False) -> int:
     # Activity: Bob and Sam use their instances; Gina's answers that nobody uses it.
     with rt.uow() as uow:
         for email in ("bob@acme-corp.com", "sam@stark-industries.com"):
-            uow.session.get(Trial, ids[email]).last_activity_at = clock.now()
-        gina_host = uow.session.get(Trial, ids["gina@globex.com"]).instance_host
+            uow.session.get_one(Trial, ids[email]).last_activity_at = clock.now()
+        gina_host = uow.session.get_one(Trial, ids["gina@globex.com"]).instance_host
         uow.commit()
+    if gina_host is None:
+        raise RuntimeError("the demo's idle trial has no instance")
     record_activity(rt, gina_host, ActivityReport(clock.now(), 0, 0, 0, 0))
 
     for day in (13, 16, 31, 34):
@@ -114,7 +129,7 @@ def run_demo(keep: bool = False) -> int:
     with rt.session_factory() as s:
         for email in ids:
             print()
-            print_timeline(trial_detail(s, s.get(Trial, ids[email])))
+            print_timeline(trial_detail(s, s.get_one(Trial, ids[email])))
     rt.close()
     if keep:
         print(f"\ndemo database kept at {tmp / 'demo.db'}")

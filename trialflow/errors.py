@@ -10,6 +10,9 @@
     └── DeliveryError        an effect could not be delivered
         ├── RetryLater       transient: try again (after ``retry_after`` seconds if known)
         └── PermanentFailure the provider refused for good: park the effect
+            └── PayloadRefused   ... because of what trialflow sent (a 4xx about the content:
+                                 Slack invalid_blocks / msg_too_long, GitHub 422): the same
+                                 payload would be refused again, so a retry cannot help
 """
 from __future__ import annotations
 
@@ -68,4 +71,8 @@ class RetryLater(DeliveryError):
 
 
 class PermanentFailure(DeliveryError):
+    pass
+
+
+class PayloadRefused(PermanentFailure):
     pass

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -124,7 +124,7 @@ class Cohort:
         for key, value in step_seconds(trial).items():
             self.seconds[key].append(value)
 
-    def merge(self, other: "Cohort") -> None:
+    def merge(self, other: Cohort) -> None:
         self.requests += other.requests
         self.starts += other.starts
         self.activated += other.activated
@@ -177,7 +177,7 @@ class Funnel:
 
 
 def week_of(moment: datetime) -> tuple[str, date]:
-    day = moment.astimezone(timezone.utc).date()
+    day = moment.astimezone(UTC).date()
     year, week, weekday = day.isocalendar()
     return f"{year}-W{week:02d}", day - timedelta(days=weekday - 1)
 
@@ -186,7 +186,7 @@ def window_start(now: datetime, weeks: int) -> datetime:
     """Monday 00:00 UTC of the oldest of the ``weeks`` weeks ending with ``now``'s."""
     _, monday = week_of(now)
     first = monday - timedelta(weeks=weeks - 1)
-    return datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+    return datetime(first.year, first.month, first.day, tzinfo=UTC)
 
 
 def compute_funnel(trials: Iterable[TrialFacts], now: datetime, weeks: int = 12) -> Funnel:
@@ -251,12 +251,12 @@ def duration(seconds: float | None) -> str:
 
 
 def render_text(funnel: Funnel) -> str:
-    as_of = funnel.as_of.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    as_of = funnel.as_of.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = ("week", "from", "requests", "starts", "start/req", "activated", "activation", "converted", "conversion")
     widths = (10, 10, 8, 6, 9, 9, 10, 9, 10)
 
     def row(cells) -> str:
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     def numbers(c: Cohort, week: str, start: str) -> list:
         return [week, start, c.requests, c.starts, percent(c.start_rate), c.activated, percent(c.activation_rate),

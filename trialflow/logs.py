@@ -13,15 +13,16 @@ covers lines from libraries and exception text.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 from trialflow.settings import get_settings
 
@@ -55,16 +56,18 @@ def register_secrets(settings) -> None:
     from pydantic import SecretStr
     from sqlalchemy.engine import make_url
 
-    for name, value in settings:
+    for _name, value in settings:
         if isinstance(value, SecretStr):
             register_secret(value.get_secret_value())
         elif isinstance(value, str) and "://" in value and "@" in value:
-            try:
+            # Not a URL SQLAlchemy knows: the regex still masks user:pass@.
+            with contextlib.suppress(Exception):
                 register_secret(make_url(value).password, MIN_URL_PASSWORD_LENGTH)
-            except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: the regex still masks user:pass@
-                pass
     for token in getattr(settings, "instance_tokens", {}).values():  # the per-host tokens file's
         register_secret(token.get_secret_value())
+    # The whole TRIALFLOW_API_TOKENS value is masked above; each token is masked on its own too.
+    for _name, token in getattr(settings, "api_token_pairs", list)():
+        register_secret(token)
 
 
 def scrub(text: str) -> str:
@@ -112,16 +115,25 @@ class _Scrub(logging.Filter):
         return True
 
 
+def _error_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    if record.exc_text:
+        return scrub(record.exc_text)
+    if record.exc_info:
+        return scrub(formatter.formatException(record.exc_info))
+    return None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"at": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        doc = {"at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
                "trial_id": getattr(record, "trial_id", None)}
         kind = getattr(record, "effect_kind", None)
         if kind:
             doc["effect_kind"] = kind
-        if record.exc_info or record.exc_text:
-            doc["error"] = scrub(record.exc_text or self.formatException(record.exc_info))
+        error = _error_text(self, record)
+        if error is not None:
+            doc["error"] = error
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
@@ -135,9 +147,9 @@ class TextFormatter(logging.Formatter):
         base = self.formatMessage(record)
         trial = getattr(record, "trial_id", None)
         line = f"{base} trial={trial}" if trial else base
-        if record.exc_info or record.exc_text:
-            line += " error=" + json.dumps(scrub(record.exc_text or self.formatException(record.exc_info)),
-                                           ensure_ascii=False)
+        error = _error_text(self, record)
+        if error is not None:
+            line += " error=" + json.dumps(error, ensure_ascii=False)
         return line.replace("\r", "\\r").replace("\n", "\\n")
 
 

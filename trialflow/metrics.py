@@ -68,7 +68,7 @@ def _latency(session) -> list[str]:
              f"# TYPE {name} histogram"]
     for kind, count, total, *buckets in rows:
         k = _escape(kind)
-        lines += [f'{name}_bucket{{kind="{k}",le="{_label(b)}"}} {int(n or 0)}' for b, n in zip(LATENCY_BUCKETS, buckets)]
+        lines += [f'{name}_bucket{{kind="{k}",le="{_label(b)}"}} {int(n or 0)}' for b, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
         lines += [f'{name}_bucket{{kind="{k}",le="+Inf"}} {count}', f'{name}_sum{{kind="{k}"}} {float(total):.6f}',
                   f'{name}_count{{kind="{k}"}} {count}']
     return lines

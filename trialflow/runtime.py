@@ -1,20 +1,20 @@
 """The wiring: settings, database, clock and how committed effects get delivered."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from trialflow.clock import SystemClock
+from trialflow.clock import Clock, SystemClock
 from trialflow.db.engine import make_engine, make_session_factory
 from trialflow.services.uow import UnitOfWork
 from trialflow.settings import Settings, get_settings
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None, clock=None, engine: Engine | None = None):
+    def __init__(self, settings: Settings | None = None, clock: Clock | None = None, engine: Engine | None = None):
         self.settings = settings or get_settings()
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.engine = engine or make_engine(self.settings.database_url)
         self.session_factory = make_session_factory(self.engine)
         # Called with the ids of effects just committed: wakes the in-process relay, or sends

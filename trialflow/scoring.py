@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import ConfigError
+from trialflow.services.timers import activity_counts_from_sql
 
 # The seed's "Incremental lead score points", one kind per row.
 MQL_POINTS: dict[str, int] = {
@@ -106,7 +107,7 @@ def _attach_orphans(session: Session) -> int:
     return len(pairs)
 
 
-def record_marketing_event(session: Session, email: str, kind: str, at: datetime) -> "MarketingEventResult":
+def record_marketing_event(session: Session, email: str, kind: str, at: datetime) -> MarketingEventResult:
     """Store one scored action and add its points to the email's trial, if there is one yet."""
     points = mql_points(kind)
     t, me = tables.trials, tables.marketing_events
@@ -117,7 +118,7 @@ def record_marketing_event(session: Session, email: str, kind: str, at: datetime
         session.execute(update(t).where(t.c.id == trial_id).values(mql_points=t.c.mql_points + points))
     total = session.scalar(select(func.coalesce(func.sum(me.c.points), 0)).where(me.c.email == email))
     return MarketingEventResult(email=email, kind=kind, points=points, at=at, trial_id=trial_id,
-                                mql_points=int(total))
+                                mql_points=int(total or 0))
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,9 @@ def activity_since_start(session: Session, now: datetime, trial_ids: Iterable[st
     """{trial id: (current grade, activity since its start)} for the live trials (or the ones given)."""
     t, ia = tables.trials, tables.instance_activity
     # A report belongs to the trial it names, or (unnamed) to the trial holding that host.
+    counts_from = activity_counts_from_sql(t.c.started_at, session.get_bind().dialect.name)
     on = and_(or_(ia.c.trial_id == t.c.id, and_(ia.c.trial_id.is_(None), ia.c.host == t.c.instance_host)),
-              ia.c.at >= t.c.started_at, ia.c.at <= now)
+              ia.c.at >= counts_from, ia.c.at <= now)
     stmt = (select(t.c.id, t.c.pql_grade,
                    func.coalesce(func.max(ia.c.active_users), 0), func.coalesce(func.sum(ia.c.searches), 0),
                    func.coalesce(func.sum(ia.c.code_intel_actions), 0), func.coalesce(func.max(ia.c.repositories), 0))

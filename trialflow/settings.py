@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import csv
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Tokens and secrets shorter than this are guessable or typed by hand.
+MIN_TOKEN_LENGTH = 32
 _PLACEHOLDERS = {"changeme", "change-me", "changethis", "xoxb-your-token", "secret", "todo", "replace-me"}
 
 
@@ -56,6 +61,11 @@ class Settings(BaseSettings):
     trial_license_seats: int = 1000
     license_rotation_days: int = 7
 
+    # Signups kept on local disk while the database cannot be reached (``trialflow.spool``);
+    # unset: ``<data dir>/spool``. Put it on a persistent volume.
+    spool_dir: Path | None = None
+    spool_replay_seconds: float = Field(1.0, gt=0)  # serve: how often it looks for spooled signups to route
+
     max_body_bytes: int = 16 * 1024
     delivery_max_attempts: int = 8
     # How long a worker may hold an effect before another may assume it died and take over. A
@@ -69,18 +79,61 @@ class Settings(BaseSettings):
     beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
     log_json: bool = False
 
+    # Staff sign-in (OpenID Connect) and machine tokens for the staff surfaces (trialflow.api.auth).
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    public_url: str | None = None            # where people reach trialflow; the redirect URI is built on it
+    session_secret: SecretStr | None = None
+    session_max_age_seconds: int = Field(12 * 3600, ge=60)
+    api_tokens: SecretStr | None = None      # "name:token,name:token"
+    metrics_token: SecretStr | None = None
+    # POST /api/signups, in the notation of the `limits` library ("N/second|minute|hour").
+    signup_rate_per_ip: str = "30/minute"
+    signup_rate_per_domain: str = "200/hour"
+    trusted_proxies: str = ""                # CIDRs whose X-Forwarded-For names the real client
+
     _instance_tokens: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret", "events_token", "instance_token", "instance_tokens_file", mode="before")
+                     "activity_secret", "events_token", "instance_token", "instance_tokens_file", "oidc_issuer",
+                     "oidc_client_id", "oidc_client_secret", "public_url", "session_secret", "api_tokens",
+                     "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
+        return None if value == "" else value
+
+    @field_validator("signup_rate_per_ip", "signup_rate_per_domain")
+    @classmethod
+    def _a_rate(cls, value: str, info) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"TRIALFLOW_{info.field_name.upper()} must read like 30/minute or 200/hour "
+                             f"(N/second|minute|hour), not {value!r}") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"TRIALFLOW_TRUSTED_PROXIES: {part!r} is not an address or a CIDR "
+                                 "like 10.0.0.0/8") from None
+        return value
+
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value):
         return None if value == "" else value
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self):
         for name in ("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret", "events_token", "instance_token"):
+                     "activity_secret", "events_token", "instance_token", "oidc_client_secret", "session_secret",
+                     "metrics_token"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"TRIALFLOW_{name.upper()} is still a placeholder: set a real value or unset it")
@@ -92,6 +145,10 @@ class Settings(BaseSettings):
             raise ValueError("TRIALFLOW_INSTANCE_API_URL must contain {host}, like https://{host}/.api/graphql")
         if self.instance_tokens_file is not None:
             self._instance_tokens = read_instance_tokens(self.instance_tokens_file)
+        self.api_token_pairs()  # a malformed or short token stops trialflow here, not at the first request
+        self._check_sign_in()
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"TRIALFLOW_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return self
 
     def instance_token_for(self, host: str | None) -> SecretStr | None:
@@ -108,6 +165,53 @@ class Settings(BaseSettings):
     def instance_tokens(self) -> dict[str, SecretStr]:
         """The per-host tokens of ``instance_tokens_file`` (for masking them in logs)."""
         return dict(self._instance_tokens)
+
+    def _check_sign_in(self) -> None:
+        named = {"TRIALFLOW_OIDC_ISSUER": self.oidc_issuer, "TRIALFLOW_OIDC_CLIENT_ID": self.oidc_client_id,
+                 "TRIALFLOW_OIDC_CLIENT_SECRET": self.oidc_client_secret, "TRIALFLOW_PUBLIC_URL": self.public_url,
+                 "TRIALFLOW_SESSION_SECRET": self.session_secret}
+        oidc = [self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret]
+        if not any(oidc):
+            return
+        missing = [name for name, value in named.items() if value is None]
+        if missing:
+            raise ValueError(f"staff sign-in needs {', '.join(missing)} as well "
+                             "(or unset TRIALFLOW_OIDC_ISSUER, _CLIENT_ID and _CLIENT_SECRET)")
+        for name, url in (("TRIALFLOW_OIDC_ISSUER", self.oidc_issuer), ("TRIALFLOW_PUBLIC_URL", self.public_url)):
+            parts = urlsplit(url or "")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{name} must be an http(s) URL, like https://trials.example.com, not {url!r}")
+        assert self.session_secret is not None
+        if len(self.session_secret.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"TRIALFLOW_SESSION_SECRET must be at least {MIN_TOKEN_LENGTH} characters "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+    def api_token_pairs(self) -> list[tuple[str, str]]:
+        """``TRIALFLOW_API_TOKENS`` as (name, token) pairs; ValueError names what is wrong."""
+        if self.api_tokens is None:
+            return []
+        pairs: list[tuple[str, str]] = []
+        for i, item in enumerate(self.api_tokens.get_secret_value().split(","), start=1):
+            name, sep, token = item.strip().partition(":")
+            name, token = name.strip(), token.strip()
+            if not sep or not name or not token:
+                raise ValueError(f"TRIALFLOW_API_TOKENS: entry {i} must be name:token (comma-separated pairs)")
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"TRIALFLOW_API_TOKENS: the token of {name!r} must be at least "
+                                 f"{MIN_TOKEN_LENGTH} characters")
+            if any(name == other for other, _ in pairs):
+                raise ValueError(f"TRIALFLOW_API_TOKENS: the name {name!r} is given twice")
+            pairs.append((name, token))
+        return pairs
+
+    @property
+    def sign_in_enabled(self) -> bool:
+        return self.oidc_issuer is not None
+
+    @property
+    def staff_auth_configured(self) -> bool:
+        """Staff sign-in or machine tokens: without either, staff surfaces answer loopback clients only."""
+        return self.sign_in_enabled or self.api_tokens is not None
 
     @property
     def license_tags(self) -> list[str]:

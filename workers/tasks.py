@@ -11,6 +11,7 @@ from celery import shared_task
 from trialflow.delivery.core import batches
 from trialflow.delivery.wiring import build_deliverer, reconcile_daily
 from trialflow.runtime import Runtime
+from trialflow.services.spooled_signups import replay_if_any
 from trialflow.services.sweep import sweep as run_sweep
 from workers.celery_app import get_app
 
@@ -51,6 +52,8 @@ def relay(limit: int = 1000) -> int:
 
 @shared_task(name="trialflow.sweep")
 def sweep() -> int:
+    # A worker that shares the API's spool directory also routes the signups kept there.
+    replay_if_any(_runtime())
     report = run_sweep(_runtime())
     if report.actions:
         log.info("sweep: %s", "; ".join(report.actions))

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.signed import activity_signature, post_activity, signing_settings
 from trialflow.api.app import create_app
 from trialflow.db import tables
@@ -137,7 +137,7 @@ def test_a_bad_report_is_422_with_the_field(client, clock):
 
 def test_without_an_activity_secret_reports_are_refused_with_a_clear_message(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as client:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as client:
         response = post_activity(client, "pool-a.sourcegraph.com", USE, clock.now())
     rt.close()
     assert response.status_code == 503 and "TRIALFLOW_ACTIVITY_SECRET" in response.json()["error"]
@@ -154,3 +154,17 @@ def test_day_15_extends_the_trial_that_reported_use_and_terminates_the_one_that_
     states = {t: client.get(f"/api/trials/{t}").json()["state"] for t in (used["trial_id"], idle["trial_id"])}
     assert states == {used["trial_id"]: "extended", idle["trial_id"]: "terminated"}
     assert report.trials_touched == 3   # the idle one also got its day-12 heads-up
+
+
+def test_a_report_sent_in_the_same_second_as_the_trial_started_counts_as_activity(client, runtime, clock):
+    clock.set(clock.now().replace(microsecond=600_000))  # the trial starts mid-second (claimed at signup)
+    bob = claim(client, "bob@acme-corp.com")
+    # Signed with the same second, so the report is timed 600 ms before the start: it still counts.
+    assert post_activity(client, bob["host"], USE, clock.now()).status_code == 201
+    with runtime.session_factory() as s:
+        started, grade = s.execute(select(tables.trials.c.started_at, tables.trials.c.pql_grade)
+                                   .where(tables.trials.c.id == bob["trial_id"])).one()
+    assert last_activity(runtime, bob["trial_id"]) < started and grade == "B"
+    clock.advance(days=15, hours=1)
+    sweep(runtime)
+    assert client.get(f"/api/trials/{bob['trial_id']}").json()["state"] == "extended"

@@ -202,3 +202,31 @@ def test_an_untrusted_tls_certificate_is_a_permanent_failure_not_a_silent_downgr
                                                     smtp_url=server.url)).drain() == {"failed": 1}
         assert server.messages == []
     assert "certificate is not trusted" in row(runtime, effect_id).last_error
+
+
+def test_credentials_are_never_sent_to_a_server_that_offers_no_starttls(runtime, settings):
+    with SmtpServer(credentials=("trialflow", "mail-pass-0042")) as server:
+        effect_id = enqueue(runtime, "k:self-host", email("self_host", name="Bob"))
+
+        assert deliverer_for(runtime, make_settings(settings.database_url, settings.config_dir,
+                                                    smtp_url=server.url)).drain() == {"failed": 1}
+        assert server.logins == [] and server.messages == []
+    error = row(runtime, effect_id).last_error
+    assert "offers no STARTTLS" in error and "TRIALFLOW_SMTP_URL" in error and "mail-pass-0042" not in error
+
+
+def test_without_credentials_a_server_without_starttls_still_gets_the_mail(runtime, deliverer, smtp_server):
+    enqueue(runtime, "k:self-host", email("self_host", name="Bob"))
+    assert deliverer.drain() == {"delivered": 1}
+    assert smtp_server.envelopes[0]["tls"] is False and smtp_server.logins == []
+
+
+def test_smtps_with_credentials_logs_in_over_tls(runtime, settings, tmp_path, monkeypatch):
+    with SmtpServer(implicit_tls=True, credentials=("trialflow", "mail-pass-0042"), cert_dir=tmp_path) as server:
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
+        enqueue(runtime, "k:self-host", email("self_host", name="Bob"))
+
+        assert deliverer_for(runtime, make_settings(settings.database_url, settings.config_dir,
+                                                    smtp_url=server.url)).drain() == {"delivered": 1}
+        assert server.logins == [{"login": "trialflow", "tls": True}]
+        assert server.envelopes[0]["authenticated"] is True

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import EVENTS_AUTH
+from tests.conftest import EVENTS_AUTH, LOOPBACK_CLIENT
 from trialflow import scoring
 from trialflow.db import tables
 from trialflow.domain.trial import Trial, new_trial_id
@@ -170,7 +170,7 @@ def test_without_a_configured_token_events_are_refused_with_a_clear_message(db_u
     from trialflow.api.app import create_app
     from trialflow.runtime import Runtime
     rt = Runtime(make_settings(db_url, config_dir, events_token=None), clock=clock)
-    with TestClient(create_app(rt)) as open_client:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as open_client:
         r = open_client.post("/api/events", json={"email": "lee@randomcorp.dev", "kind": "demo_request"},
                              headers=EVENTS_AUTH)
     rt.close()

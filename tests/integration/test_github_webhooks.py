@@ -8,10 +8,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.signed import (FIXTURE_REPO, comment_as, fixture_json, github_headers, issue_comment, issue_labeled,
-                                  post_webhook, signing_settings)
+from tests.support.signed import (
+    FIXTURE_REPO,
+    comment_as,
+    fixture_json,
+    github_headers,
+    issue_comment,
+    issue_labeled,
+    post_webhook,
+    signing_settings,
+)
 from trialflow.api.app import create_app
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
@@ -92,7 +100,7 @@ def test_unsigned_forged_or_tampered_deliveries_are_refused_and_change_nothing(c
 
 def test_without_a_webhook_secret_deliveries_are_refused_with_a_clear_message(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as c:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as c:
         response = post_webhook(c, "ping", fixture_json("github/webhooks/ping.json"))
     rt.close()
     assert response.status_code == 503 and "TRIALFLOW_GITHUB_WEBHOOK_SECRET" in response.json()["error"]
@@ -297,3 +305,27 @@ def test_an_instance_for_a_public_mailbox_lead_does_not_claim_the_mailbox_domain
     with runtime.session_factory() as s:
         claims = s.scalars(select(tables.domain_claims.c.domain).where(tables.domain_claims.c.trial_id == marie)).all()
     assert claims == []
+
+
+def test_a_signed_body_replayed_under_a_fresh_delivery_id_changes_nothing(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    payload = issue_comment(number, body, "/ready https://stark-industries.sourcegraph.com", "cody-cloud")
+    assert post_webhook(client, "issue_comment", payload).json()["status"] == "instance_ready"
+    before = counts(runtime)
+    replayed = post_webhook(client, "issue_comment", payload)          # the same bytes, a new X-GitHub-Delivery
+    assert replayed.status_code == 200 and replayed.json()["status"] == "duplicate"
+    assert counts(runtime) == before
+
+
+def test_a_replayed_label_event_is_recognised_but_the_same_label_added_again_later_is_not(client, runtime, github):
+    trial_id = requested_trial(client, runtime)
+    number, body = request_issue(github, trial_id)
+    labelled = issue_labeled(number, body, "instance-ready", "cody-cloud")   # no URL yet: the issue is asked for one
+    assert post_webhook(client, "issues", labelled).json()["status"] == "needs_url"
+    before = counts(runtime)
+    assert post_webhook(client, "issues", labelled).json()["status"] == "duplicate"
+    assert counts(runtime) == before
+    comment_as(github, number, "cody-cloud", "Instance: https://stark-industries.sourcegraph.com")
+    again = issue_labeled(number, body, "instance-ready", "cody-cloud")      # removed and added again: a new time
+    assert post_webhook(client, "issues", again).json()["status"] == "instance_ready"

@@ -3,7 +3,7 @@ client against ``tests/support/fake_sourcegraph.py``; the fake itself checked ag
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ from trialflow.errors import PermanentFailure, RetryLater
 from trialflow.settings import Settings
 
 HOST = "pool-a.sourcegraph.com"
-T0 = datetime(2026, 5, 18, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 18, 12, 0, tzinfo=UTC)
 FIXTURE_TOKEN = "sgp_0123456789abcdef0123456789abcdef01234567"
 
 

@@ -7,10 +7,9 @@ import asyncio
 import json
 import re
 import shutil
-from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from tests.conftest import make_settings, truncate_all
 from trialflow.clock import ManualClock

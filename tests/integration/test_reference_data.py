@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from tests.support.config import ACCOUNTS, INSTANCES, STAFF, write_config
 from trialflow.db import tables
@@ -121,9 +122,8 @@ def test_a_database_failure_half_way_through_the_write_imports_nothing(runtime, 
     before = everything(runtime)
     directory = write_config(tmp_path / "new", HEADER + "newco.com,NewCo,true,false,,,\n",
                              STAFF.replace("Ivy Inbound", "Ivy Renamed"), INSTANCES)
-    with instances_table_missing(runtime):
-        with pytest.raises(Exception):
-            load(runtime, directory, clock)
+    with instances_table_missing(runtime), pytest.raises(DBAPIError):
+        load(runtime, directory, clock)
     assert everything(runtime) == before
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.config import STAFF, write_config
 from trialflow.api.app import create_app
 from trialflow.runtime import Runtime
@@ -37,7 +37,7 @@ def service(db_url, tmp_path, clock):
         if load:
             load_reference_data(rt.session_factory, config, clock.now())
         try:
-            with TestClient(create_app(rt), raise_server_exceptions=False) as client:
+            with TestClient(create_app(rt), client=LOOPBACK_CLIENT, raise_server_exceptions=False) as client:
                 yield client
         finally:
             rt.close()

@@ -4,8 +4,8 @@ probe trials by key: a plan that scans trials costs more with every signup until
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql as pgsql
 import pytest
+from psycopg import sql as pgsql
 
 from trialflow.services import signups
 

@@ -3,13 +3,13 @@ slash-command request, fixtures/slack/slash_command.txt, with the command's fiel
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.signed import FIXTURES, post_command, signing_settings, slash_command
 from trialflow.api.app import create_app
 from trialflow.clock import ManualClock
@@ -46,12 +46,12 @@ def set_score(runtime, trial_id: str, mql: int, grade: str | None) -> None:
 def test_slacks_documented_signed_request_is_verified_against_the_runtime_clock(db_url, config_dir):
     vector = next(v for v in json.loads((FIXTURES / "signatures.json").read_text()) if v["name"] == "slack_request_signing_v0")
     body = (FIXTURES / "slack" / "slash_command.txt").read_bytes()
-    signed_at = datetime.fromtimestamp(int(vector["timestamp"]), timezone.utc)
+    signed_at = datetime.fromtimestamp(int(vector["timestamp"]), UTC)
     headers = {"content-type": "application/x-www-form-urlencoded", "x-slack-request-timestamp": vector["timestamp"],
                "x-slack-signature": vector["expected_signature"]}
     clock = ManualClock(signed_at + timedelta(minutes=4))
     rt = Runtime(make_settings(db_url, config_dir, slack_signing_secret=vector["secret"]), clock=clock)
-    with TestClient(create_app(rt)) as client:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as client:
         accepted = client.post("/slack/commands", content=body, headers=headers)
         clock.advance(minutes=1, seconds=1)
         stale = client.post("/slack/commands", content=body, headers=headers)
@@ -66,7 +66,7 @@ def test_slacks_documented_signed_request_is_verified_against_the_runtime_clock(
 
 def test_without_a_signing_secret_the_command_is_refused_with_a_clear_message(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as client:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as client:
         response = post_command(client, slash_command("help", "U0SDR0001"), clock.now())
     rt.close()
     assert response.status_code == 503 and "TRIALFLOW_SLACK_SIGNING_SECRET" in response.json()["error"]

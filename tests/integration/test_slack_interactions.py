@@ -10,10 +10,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.config import STAFF
-from tests.support.signed import (SLACK_SECRET, block_action, interactive_fake_slack, post_interaction,
-                                  signing_settings, view_submission)
+from tests.support.signed import (
+    SLACK_SECRET,
+    block_action,
+    interactive_fake_slack,
+    post_interaction,
+    signing_settings,
+    view_submission,
+)
 from trialflow.db import tables
 from trialflow.services.trials import Command, run
 
@@ -103,7 +109,7 @@ def test_without_a_signing_secret_slack_requests_are_refused_with_a_clear_messag
     from trialflow.api.app import create_app
     from trialflow.runtime import Runtime
     rt = Runtime(make_settings(db_url, config_dir), clock=clock)
-    with TestClient(create_app(rt)) as c:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as c:
         response = post_interaction(c, block_action("qualify", "tr_0", "U0SDR0001"), clock.now())
     rt.close()
     assert response.status_code == 503
@@ -318,7 +324,7 @@ def test_a_requested_or_queued_trial_can_be_terminated_so_it_does_not_hold_capac
     from trialflow.services.sweep import sweep
     rt = Runtime(make_settings(db_url, config_dir, instance_cap=1, **signing_settings(), **slack.settings()), clock=clock)
     load_reference_data(rt.session_factory, config_dir, clock.now())
-    with TestClient(create_app(rt)) as c:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as c:
         def qualify(email: str) -> str:
             trial_id = signup(c, email, name="Lead", company="Some Company")
             press(c, clock, slack, "qualify", trial_id, "U0SDR0001")
@@ -371,7 +377,7 @@ def test_without_an_active_ce_a_lead_cannot_be_qualified_and_nothing_changes(db_
     config_dir = write_config(tmp_path / "no-ce", staff=no_ce)
     rt = Runtime(make_settings(db_url, config_dir, **signing_settings(), **slack.settings()), clock=clock)
     load_reference_data(rt.session_factory, config_dir, clock.now())
-    with TestClient(create_app(rt)) as c:
+    with TestClient(create_app(rt), client=LOOPBACK_CLIENT) as c:
         trial_id = signup(c, "sam@stark-industries.com", name="Sam", company="Stark Industries")
         before = counts(rt, trial_id)
         pressed = press(c, clock, slack, "qualify", trial_id, "U0SDR0001")

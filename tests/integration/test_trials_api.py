@@ -27,7 +27,7 @@ def listed(client, **params):
 
 def test_a_trials_detail_carries_every_field_of_the_contract(client, four_trials, clock):
     trial = client.get(f"/api/trials/{four_trials['bob@acme-corp.com']}").json()
-    assert CONTRACT_KEYS <= set(trial)
+    assert set(trial) >= CONTRACT_KEYS
     assert set(trial["assignees"]) == {"sdr", "ae", "ce"}
     assert trial["email"] == "bob@acme-corp.com" and trial["domain"] == "acme-corp.com"
     (entry,) = trial["history"]

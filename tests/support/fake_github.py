@@ -21,6 +21,7 @@ Routes: ``GET /repos/{o}/{r}``, ``GET|POST /repos/{o}/{r}/issues``, ``GET /repos
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -30,7 +31,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ DEFAULT_TOKEN = "ghp_trialflowTestToken0000000000000000"
 DEFAULT_REPO = "acme-cloud/cloud-trials"
 BOT_LOGIN = "trialflow-bot"
 DOCS = "https://docs.github.com/rest"
+# GitHub's limits on an issue (and a comment): longer is a 422 Validation Failed.
+TITLE_MAX = 256
+BODY_MAX = 65536
 _EFFECT_MARKER = re.compile(r"<!-- trialflow-effect:(.+?) -->")
 
 
@@ -91,7 +95,7 @@ class FakeGitHub:
         """Settings overrides pointing trialflow here: ``make_settings(..., **s)`` or ``trialflow_env(**s)``."""
         return {"github_token": self.token, "github_api_url": self.url, "github_repo": self.repo}
 
-    def start(self) -> "FakeGitHub":
+    def start(self) -> FakeGitHub:
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github",
                          daemon=True).start()
         return self
@@ -100,7 +104,7 @@ class FakeGitHub:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FakeGitHub":
+    def __enter__(self) -> FakeGitHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -234,12 +238,15 @@ class FakeGitHub:
                 "permissions": {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True}}
 
     def _now(self) -> str:
-        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _create_issue(self, body):
         if not isinstance(body, dict) or not body.get("title"):
             return 422, {}, {"message": "Invalid request.\n\n\"title\" wasn't supplied.", "documentation_url": DOCS,
                              "status": "422"}
+        too_long = _too_long("Issue", title=body["title"], body=body.get("body") or "")
+        if too_long:
+            return too_long
         number = next(self._numbers)
         api = f"{self.url}/repos/{self.repo}/issues/{number}"
         issue = copy.deepcopy(self._examples["issue"])
@@ -264,6 +271,9 @@ class FakeGitHub:
         if not isinstance(body, dict) or not body.get("body"):
             return 422, {}, {"message": "Invalid request.\n\n\"body\" wasn't supplied.", "documentation_url": DOCS,
                              "status": "422"}
+        too_long = _too_long("IssueComment", body=body["body"])
+        if too_long:
+            return too_long
         comment = copy.deepcopy(self._examples["comment"])
         comment_id = next(self._ids)
         comment.update(id=comment_id, node_id=f"IC_kwDOtrial{comment_id}", body=body["body"], user=self._user(),
@@ -303,9 +313,7 @@ class FakeGitHub:
                              "status": "422"}
         qualifiers = dict(t.split(":", 1) for t in terms if re.match(r"^(repo|in|type|is|state|label):", t))
         phrases = [t for t in terms if not re.match(r"^(repo|in|type|is|state|label):", t)]
-        if qualifiers.get("repo", self.repo) != self.repo:
-            items = []
-        elif not self.search_indexed:
+        if qualifiers.get("repo", self.repo) != self.repo or not self.search_indexed:
             items = []
         else:
             items = [i for i in self.issues if all(p in (i.get("body") or "") or p in i["title"] for p in phrases)]
@@ -313,6 +321,17 @@ class FakeGitHub:
         result.update(total_count=len(items), incomplete_results=False,
                       items=[{**copy.deepcopy(i), "score": 1.0} for i in items[:100]])
         return 200, {}, result
+
+
+def _too_long(resource: str, **fields: str):
+    """GitHub's 422 for a title over 256 or a body over 65,536 characters (its own wording)."""
+    limits = {"title": TITLE_MAX, "body": BODY_MAX}
+    errors = [{"resource": resource, "code": "custom", "field": name,
+               "message": f"{name} is too long (maximum is {limits[name]} characters)"}
+              for name, value in fields.items() if len(value) > limits[name]]
+    if not errors:
+        return None
+    return 422, {}, {"message": "Validation Failed", "errors": errors, "documentation_url": DOCS, "status": "422"}
 
 
 def _handler_for(fake: FakeGitHub):
@@ -373,7 +392,5 @@ if __name__ == "__main__":
     server = FakeGitHub(repo=cli.repo, port=cli.port)
     print(f"TRIALFLOW_GITHUB_API_URL={server.url} TRIALFLOW_GITHUB_REPO={server.repo} "
           f"TRIALFLOW_GITHUB_TOKEN={server.token}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass

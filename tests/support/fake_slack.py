@@ -20,6 +20,7 @@ or without pytest: ``with FakeSlack() as slack: ...``; or from a shell:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -33,11 +34,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "slack" / "web_api"
 DEFAULT_TOKEN = "xoxb-1111-2222-trialflowtests"
 BOT_USER = "U0BOTTFLOW"
 BOT_ID = "B0TRIALFLW"
+# Slack's documented limits on what it is sent (the block limits are slack_sdk's models' own checks).
+MESSAGE_TEXT_MAX = 40000
+MESSAGE_BLOCKS_MAX = 50
+TOPIC_MAX = 250
 
 
 @dataclass
@@ -91,7 +98,7 @@ class FakeSlack:
         """Settings overrides pointing trialflow here: ``make_settings(..., **s)`` or ``trialflow_env(**s)``."""
         return {"slack_bot_token": self.token, "slack_api_url": self.url}
 
-    def start(self) -> "FakeSlack":
+    def start(self) -> FakeSlack:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-slack", daemon=True)
         self._thread.start()
@@ -101,7 +108,7 @@ class FakeSlack:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FakeSlack":
+    def __enter__(self) -> FakeSlack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -224,6 +231,9 @@ class FakeSlack:
             return self._error(error="not_in_channel")
         if not args.get("text") and not args.get("blocks"):
             return self._error(error="no_text")
+        refused = _refused_content(args)
+        if refused:
+            return refused
         thread_ts = args.get("thread_ts")
         if thread_ts and not any(m["ts"] == thread_ts and m["channel"] == channel.id for m in self.messages):
             return self._error(error="thread_not_found")
@@ -253,6 +263,9 @@ class FakeSlack:
         target = next((m for m in self.messages if m["channel"] == channel.id and m["ts"] == args.get("ts")), None)
         if target is None:
             return self._error(error="message_not_found")
+        refused = _refused_content(args)
+        if refused:
+            return refused
         target["text"] = args.get("text", target["text"])
         target["blocks"] = _json_arg(args.get("blocks")) or target["blocks"]
         self.updates.append({"channel": channel.id, "ts": target["ts"], "text": target["text"],
@@ -299,6 +312,8 @@ class FakeSlack:
         channel = self._channel(args.get("channel"))
         if channel is None:
             return self._error(error="channel_not_found")
+        if len(args.get("topic") or "") > TOPIC_MAX:
+            return self._error(error="too_long")
         channel.topic = args.get("topic", "")
         return {"ok": True, "channel": self._channel_object(channel)}
 
@@ -374,6 +389,27 @@ class FakeSlack:
 
 def _truthy(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes")
+
+
+def _refused_content(args: dict[str, Any]) -> dict | None:
+    """Slack's answer to a message it will not take: text over 40,000 characters, more than 50
+    blocks, or a block past Block Kit's limits (``invalid_blocks``, with its reasons)."""
+    if len(args.get("text") or "") > MESSAGE_TEXT_MAX:
+        return {"ok": False, "error": "msg_too_long"}
+    blocks = _json_arg(args.get("blocks")) or []
+    errors = [f"no more than {MESSAGE_BLOCKS_MAX} items allowed [json-pointer:/blocks]"] \
+        if len(blocks) > MESSAGE_BLOCKS_MAX else []
+    for i, block in enumerate(blocks):
+        try:
+            parsed = Block.parse(block)
+            parsed.validate_json()
+            parsed.to_dict()  # validates the elements inside too
+        except SlackObjectFormationError as exc:
+            errors.append(f"{exc} [json-pointer:/blocks/{i}]")
+    if errors:
+        return {"ok": False, "error": "invalid_blocks", "errors": errors,
+                "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}
+    return None
 
 
 def _json_arg(value: Any) -> Any:
@@ -458,7 +494,5 @@ if __name__ == "__main__":
     cli = parser.parse_args()
     server = add_test_staff(FakeSlack(token=cli.token, port=cli.port))
     print(f"TRIALFLOW_SLACK_API_URL={server.url} TRIALFLOW_SLACK_BOT_TOKEN={server.token}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass

@@ -24,10 +24,11 @@ import json
 import re
 import secrets
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from graphql import GraphQLError, build_schema, graphql_sync
@@ -55,7 +56,7 @@ class FakeSourcegraph:
     def __init__(self, token: str = DEFAULT_TOKEN, now: Callable[[], datetime] | None = None,
                  codes: Callable[[], str] | None = None):
         self.token = token
-        self.now = now or (lambda: datetime.now(timezone.utc))
+        self.now = now or (lambda: datetime.now(UTC))
         self.codes = codes or (lambda: secrets.token_urlsafe(15))
         self.lock = threading.RLock()
         self.instances: dict[str, FakeInstance] = {}
@@ -74,7 +75,7 @@ class FakeSourcegraph:
     def settings(self) -> dict[str, str]:
         return {"instance_api_url": self.url + "/{host}/.api/graphql", "instance_token": self.token}
 
-    def __enter__(self) -> "FakeSourcegraph":
+    def __enter__(self) -> FakeSourcegraph:
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-sourcegraph",
                          daemon=True).start()
         return self

@@ -18,9 +18,12 @@ START_TIMEOUT_SECONDS = 10.0
 
 
 class LiveServer:
-    def __init__(self, app, host: str = "127.0.0.1", limit_concurrency: int | None = None):
+    def __init__(self, app, host: str = "127.0.0.1", limit_concurrency: int | None = None, port: int = 0):
+        """``port``: 0 for any free one; a fixed one when the URL must be known before the app is
+        made (a sign-in redirect URI registered with a provider)."""
         self.app = app
         self.host = host
+        self.wanted_port = port
         self.limit_concurrency = limit_concurrency
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
@@ -31,12 +34,12 @@ class LiveServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         # The socket is bound here and handed to uvicorn, so no other process can take the
         # port between choosing it and serving on it.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock.bind((self.host, self.wanted_port))
         self.port = sock.getsockname()[1]
         self._socket = sock
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",

@@ -2,12 +2,14 @@
 trialflow worker / beat processes started as a user would start them."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,6 +87,59 @@ class RedisServer:
         self.start()
 
 
+class PostgresServer:
+    """A throw-away PostgreSQL cluster of its own (initdb into a temp dir, its own port and socket
+    directory), so a test may restart and stop it; never the shared server. initdb refuses to run
+    as root: as root, the cluster belongs to the ``postgres`` user."""
+
+    def __init__(self):
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        initdb = shutil.which("initdb") or (str(binaries[-1]) if binaries else None)
+        if initdb is None:
+            unavailable("PostgreSQL server binaries (initdb, pg_ctl)", "not found")
+        self.bin = Path(initdb).parent
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+                unavailable("a non-root user to run initdb as", "no runuser or no postgres user")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="trialflow-pg-"))
+        self.data = self.dir / "data"
+        if self.as_owner:
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self.as_owner, str(self.bin / tool), *args], capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            raise AssertionError(f"{tool} {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        # Durability is the spool's business in these tests, not this throw-away server's.
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-o", options, "start")
+        return self
+
+    def restart(self, mode: str = "fast") -> None:
+        # (-l again: without it the server would write to, and hold open, pg_ctl's captured output)
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-m", mode, "restart")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def destroy(self) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class TrialflowProcess:
     """`trialflow worker` or `trialflow beat` in its own process group (so SIGKILL takes its pool too)."""
 
@@ -94,8 +149,9 @@ class TrialflowProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "TrialflowProcess":
-        self._log = open(self.log_path, "ab")
+    def start(self) -> TrialflowProcess:
+        # Held open for the child's whole life: it writes its log there.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([TRIALFLOW, *self.args], env=self.env, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -112,10 +168,8 @@ class TrialflowProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             self.proc.wait(15)
 
     def stop(self) -> None:
@@ -126,6 +180,8 @@ class TrialflowProcess:
 
 def trialflow_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
+    if os.environ.get("TRIALFLOW_SPOOL_DIR"):  # the test's own spool (conftest), never the user's
+        env["TRIALFLOW_SPOOL_DIR"] = os.environ["TRIALFLOW_SPOOL_DIR"]
     env.update({f"TRIALFLOW_{k.upper()}": str(v) for k, v in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env

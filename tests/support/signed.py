@@ -16,12 +16,15 @@ import hmac
 import itertools
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from tests.support.fake_slack import FakeSlack, _json_arg, add_test_staff
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.views import View
+
+from tests.support.fake_slack import FakeSlack, _json_arg, _refused_content, add_test_staff
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 SLACK_SECRET = "tests-slack-signing-secret-0a1b2c3d"
@@ -136,9 +139,21 @@ class InteractiveFakeSlack(FakeSlack):
         view = _json_arg(args.get("view"))
         if not args.get("trigger_id") or not isinstance(view, dict):
             return self._error(error="invalid_arguments")
+        refused = _refused_view(view)
+        if refused:
+            return refused
         opened = {"id": f"V{next(self._ids):08d}", "hash": f"{next(self._ts)}.abc", **view}
         self.views.append(opened)
         return {"ok": True, "view": opened}
+
+
+def _refused_view(view: dict[str, Any]) -> dict[str, Any] | None:
+    """Slack's answer to a modal past Block Kit's limits (checked with slack_sdk's models)."""
+    try:
+        View(**view).to_dict()
+    except (SlackObjectFormationError, TypeError) as exc:
+        return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": [f"[ERROR] {exc}"]}}
+    return _refused_content({"blocks": view.get("blocks") or []})
 
 
 def interactive_fake_slack() -> InteractiveFakeSlack:
@@ -156,9 +171,19 @@ def github_headers(body: bytes, event: str, delivery: str | None = None, secret:
             "x-github-delivery": delivery or str(uuid.uuid4()), "x-hub-signature-256": github_signature(secret, body)}
 
 
+# GitHub gives every comment an id of its own and moves an issue's updated_at with each change;
+# trialflow tells a new event from a replayed one by them, so each payload made here gets its own.
+_github_ids = itertools.count(3_000_000_000)
+
+
+def _github_time() -> str:
+    at = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=next(_github_ids) - 3_000_000_000)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def issue_labeled(issue_number: int, issue_body: str, label: str, login: str) -> dict:
     payload = fixture_json("github/webhooks/issues.labeled.json")
-    payload["issue"].update(number=issue_number, body=issue_body)
+    payload["issue"].update(number=issue_number, body=issue_body, updated_at=_github_time())
     payload["label"]["name"] = label
     payload["issue"]["labels"].append(copy.deepcopy(payload["label"]))
     payload["sender"]["login"] = login
@@ -168,7 +193,8 @@ def issue_labeled(issue_number: int, issue_body: str, label: str, login: str) ->
 def issue_comment(issue_number: int, issue_body: str, comment: str, login: str) -> dict:
     payload = fixture_json("github/webhooks/issue_comment.created.json")
     payload["issue"].update(number=issue_number, body=issue_body)
-    payload["comment"]["body"] = comment
+    payload["comment"].update(body=comment, id=next(_github_ids), created_at=_github_time())
+    payload["comment"]["updated_at"] = payload["comment"]["created_at"]
     payload["comment"]["user"]["login"] = login
     payload["sender"]["login"] = login
     return payload
@@ -178,7 +204,8 @@ def issue_closed(issue_number: int, issue_body: str, login: str, repo: str = FIX
     """fixtures/github/webhooks/issues.closed.json for our issue, closed by ``login`` in ``repo``
     (the fixture's own issue lives in another repository)."""
     payload = fixture_json("github/webhooks/issues.closed.json")
-    payload["issue"].update(number=issue_number, body=issue_body)
+    # Each close is its own event: GitHub moves the issue's updated_at (what a replay's fingerprint reads).
+    payload["issue"].update(number=issue_number, body=issue_body, updated_at=_github_time())
     payload["repository"]["full_name"] = repo
     payload["sender"]["login"] = login
     return payload

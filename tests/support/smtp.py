@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 class _Recorder:
-    def __init__(self, server: "SmtpServer"):
+    def __init__(self, server: SmtpServer):
         self.server = server
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -72,6 +72,7 @@ class SmtpServer:
         self.envelopes: list[dict[str, Any]] = []
         self._failures: dict[str, deque[str]] = {}
         self.credentials = credentials
+        self.logins: list[dict[str, Any]] = []       # every AUTH attempt: who, and whether over TLS
         self.implicit_tls = implicit_tls
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -85,6 +86,10 @@ class SmtpServer:
         self.controller = Controller(_Recorder(self), hostname=self.host, port=self.port, **kwargs)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        with self.lock:
+            self.logins.append({"login": getattr(auth_data, "login", b"").decode(errors="replace"),
+                                "tls": session.ssl is not None
+                                or server.transport.get_extra_info("ssl_object") is not None})
         ok = isinstance(auth_data, LoginPassword) and self.credentials == (
             auth_data.login.decode(), auth_data.password.decode())
         return AuthResult(success=ok)
@@ -112,14 +117,14 @@ class SmtpServer:
         with self.lock:
             return [m for m in self.messages if address in (m["To"] or "")]
 
-    def start(self) -> "SmtpServer":
+    def start(self) -> SmtpServer:
         self.controller.start()
         return self
 
     def stop(self) -> None:
         self.controller.stop()
 
-    def __enter__(self) -> "SmtpServer":
+    def __enter__(self) -> SmtpServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -139,7 +144,7 @@ def _self_signed_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trialflow test SMTP")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))

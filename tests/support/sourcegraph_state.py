@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from graphql import GraphQLError
 
@@ -16,7 +17,7 @@ _WINDOWS = {"LAST_WEEK": 7, "LAST_MONTH": 30, "LAST_THREE_MONTHS": 90}
 
 
 def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Resolvers:
 
         def nodes(info: Any, limit: int | None = None, offset: int | None = None, orderBy: str | None = None,  # noqa: N803
                   descending: bool | None = None) -> list[dict[str, Any]]:
-            ordered = sorted(chosen, key=lambda u: (u.last_active_at or datetime.min.replace(tzinfo=timezone.utc))) \
+            ordered = sorted(chosen, key=lambda u: (u.last_active_at or datetime.min.replace(tzinfo=UTC))) \
                 if orderBy == "LAST_ACTIVE_AT" else list(chosen)
             if descending:
                 ordered.reverse()

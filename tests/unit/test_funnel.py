@@ -1,14 +1,14 @@
 """The funnel on a small data set whose figures are worked out by hand below."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from trialflow.funnel import Move, TrialFacts, compute_funnel, duration, render_text, week_of
 
 H = 3600.0
-NOW = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc)  # a Wednesday in 2026-W10
+NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday in 2026-W10
 
 
 def at(day: str, hm: str = "09:00") -> datetime:
@@ -121,8 +121,8 @@ def test_total_medians_pool_every_completed_step(funnel):
 def test_a_sunday_night_signup_belongs_to_that_iso_week():
     assert week_of(at("03-01", "23:59"))[0] == "2026-W09"
     assert week_of(at("03-02", "00:00"))[0] == "2026-W10"
-    assert week_of(datetime(2026, 1, 1, tzinfo=timezone.utc))[0] == "2026-W01"   # Thursday 1 Jan 2026
-    assert week_of(datetime(2027, 1, 1, tzinfo=timezone.utc))[0] == "2026-W53"   # a Friday in 2026's 53rd week
+    assert week_of(datetime(2026, 1, 1, tzinfo=UTC))[0] == "2026-W01"   # Thursday 1 Jan 2026
+    assert week_of(datetime(2027, 1, 1, tzinfo=UTC))[0] == "2026-W53"   # a Friday in 2026's 53rd week
 
 
 def test_empty_weeks_are_shown_as_empty_not_left_out():

@@ -3,7 +3,7 @@ from what is known of the instance's usage (used, answered and unused, no data).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 import pytest
@@ -13,7 +13,7 @@ from trialflow.domain.instance_admin import USERNAME_MAX, usernames_for
 from trialflow.domain.trial import PlainTrial
 from trialflow.services.timers import Usage, step_for
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SOURCEGRAPH_USERNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|[-.](?=[A-Za-z0-9]))*-?$")
 
 

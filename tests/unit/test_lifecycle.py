@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from transitions import Machine
@@ -13,7 +13,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.errors import TransitionRefused
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=3)
 
 # What the table promises, read from the table itself: {(state, trigger): destination or None}.

@@ -2,7 +2,7 @@
 exactly one policy and, unless routing takes it, exactly one command handler."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import PlainTrial
 from trialflow.services import policies, timers, trials
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 def test_every_step_of_the_table_has_exactly_one_policy():
@@ -53,4 +53,4 @@ def test_an_unknown_timer_kind_causes_nothing():
     trial = PlainTrial("tr_0123456789abcdef", "bob@acme-corp.com", "acme-corp.com", T0)
     trial.state = lc.ACTIVE
     assert timers.step_for(trial, "no_such_timer") is None
-    assert timers.TIMER_KINDS == tuple(t.kind for t in lc.TIMERS)
+    assert tuple(t.kind for t in lc.TIMERS) == timers.TIMER_KINDS

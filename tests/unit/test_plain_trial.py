@@ -2,7 +2,7 @@
 It must behave as a mapped ``Trial`` does and carry every column the signup's INSERT writes."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import inspect
@@ -14,7 +14,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import PlainTrial, Trial
 from trialflow.errors import TransitionRefused
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 def steps(trial):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def verifier_at(secret: str, when: datetime) -> SignatureVerifier:
 
 
 def at_epoch(seconds: int | str) -> datetime:
-    return datetime.fromtimestamp(int(seconds), timezone.utc)
+    return datetime.fromtimestamp(int(seconds), UTC)
 
 
 def test_the_github_vector_signs_to_githubs_documented_value(vectors):

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from trialflow.api.common import RT, error, read_body
+from trialflow.api import docs
+from trialflow.api.common import RT, error, parse_json, read_body
+from trialflow.api.schemas import ActivityAnswer, ActivityRequest
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.services import activity
@@ -45,7 +46,14 @@ def activity_signature(secret: bytes, timestamp: str, host: str, body: bytes) ->
     return "sha256=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-@router.post("/api/instances/{host}/activity")
+@router.post("/api/instances/{host}/activity", openapi_extra=docs.json_body(
+    ActivityRequest, "The instance's usage since its last report; counters default to 0, at to the signed timestamp.",
+    parameters=[docs.header("X-Trialflow-Timestamp", "Unix seconds; more than 5 minutes away from now is refused.",
+                            pattern=r"^[0-9]{1,12}$"),
+                docs.header("X-Trialflow-Signature", "sha256= and the hex HMAC-SHA256 of <timestamp>.<host>.<body> with "
+                                                     "TRIALFLOW_ACTIVITY_SECRET.", pattern=r"^sha256=[0-9a-f]{64}$")]),
+    responses=docs.answers({201: (ActivityAnswer, "Recorded."), 200: (ActivityAnswer, "Already recorded (a replay).")},
+                           400, 401, 404, 413, 422, 503))
 async def instance_activity(host: str, request: Request, rt: RT):
     """An instance's usage report (signed with the activity secret); decides "inactive at day 15"."""
     secret = rt.settings.activity_secret
@@ -55,18 +63,17 @@ async def instance_activity(host: str, request: Request, rt: RT):
     timestamp = request.headers.get("x-trialflow-timestamp") or ""
     given = request.headers.get("x-trialflow-signature") or ""
     now = rt.clock.now()
-    if not timestamp.isdigit() or abs(now.timestamp() - int(timestamp)) > MAX_SKEW_SECONDS:
+    # isascii: "²³" and other Unicode digits pass isdigit() but are no number int() reads.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) \
+            or abs(now.timestamp() - int(timestamp)) > MAX_SKEW_SECONDS:
         log.warning("refused an activity report for %s: missing or stale timestamp", host)
         return error(401, "X-Trialflow-Timestamp is missing or more than 5 minutes away from now.")
     if not hmac.compare_digest(given.encode(), activity_signature(secret.get_secret_value().encode(), timestamp, host, body).encode()):
         log.warning("refused an activity report for %s: wrong signature", host)
         return error(401, "X-Trialflow-Signature is missing or does not match the timestamp, host and body.")
+    data = parse_json(body)
     try:
-        data = json.loads(body)
-    except ValueError:
-        return error(400, "The body must be JSON.")
-    try:
-        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), timezone.utc), now)
+        report = activity.parse_report(data, datetime.fromtimestamp(int(timestamp), UTC), now)
     except InvalidSignup as exc:
         return error(422, exc.message, field=exc.field)
     try:

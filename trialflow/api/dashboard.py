@@ -13,7 +13,9 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
+from trialflow.api import docs
 from trialflow.api.common import RT, error
+from trialflow.api.schemas import FunnelAnswer
 from trialflow.funnel import STEPS, Cohort, Funnel, duration, funnel_from_db, percent
 
 router = APIRouter(tags=["growth"])
@@ -30,14 +32,14 @@ RATE_SERIES = (("start_rate", "start / request", "#2f6fde", ""), ("activation_ra
                ("conversion_rate", "conversion", "#159c6a", "6 5"))
 
 
-@router.get("/api/funnel")
+@router.get("/api/funnel", responses=docs.answers({200: (FunnelAnswer, "The funnel.")}, *docs.STAFF, 422))
 async def funnel_json(rt: RT, weeks: Weeks = 12):
     """The funnel by weekly cohort, as ``trialflow report --json`` prints it."""
     funnel = await run_in_threadpool(funnel_from_db, rt, weeks)
     return funnel.to_dict()
 
 
-@router.get("/dashboard", response_class=HTMLResponse)
+@router.get("/dashboard", response_class=HTMLResponse, responses=docs.answers({}, *docs.STAFF, 422))
 async def dashboard(rt: RT, weeks: Weeks = 12):
     """Trial requests, starts, activation, conversion and time in each step, with charts."""
     funnel = await run_in_threadpool(funnel_from_db, rt, weeks)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import hmac
-import json
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from trialflow import scoring
-from trialflow.api.common import RT, error, read_body
+from trialflow.api import docs
+from trialflow.api.common import RT, Unreadable, error, parse_json, read_body
+from trialflow.api.schemas import EventAnswer, EventList, EventRequest
+from trialflow.clock import parse_instant
 from trialflow.db import tables
 from trialflow.domain.normalize import normalize_email
 from trialflow.errors import InvalidSignup
@@ -57,14 +59,11 @@ def parse_event(data: Any, now: datetime) -> tuple[str, str, datetime]:
     at = now
     if data.get("at") is not None:
         raw = data["at"]
-        try:
-            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-        except ValueError:
-            at = None
-        if at is None:
-            raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r}.", "at")
         # A time without an offset is taken as UTC, the zone everything here is stored in.
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        parsed = parse_instant(raw)
+        if parsed is None:
+            raise BadEvent(f"at must be an ISO-8601 time like 2026-03-02T10:00:00Z, not {raw!r:.80}.", "at")
+        at = parsed
         if at > now + FUTURE_TOLERANCE:
             raise BadEvent(f"at ({at.isoformat()}) is in the future; send when the action happened.", "at")
     return email, kind, at
@@ -88,7 +87,9 @@ def _refused(request: Request, rt) -> JSONResponse | None:
     return None
 
 
-@router.post("/api/events", status_code=201)
+@router.post("/api/events", status_code=201, openapi_extra=docs.json_body(
+    EventRequest, f"One marketing action, like {EXAMPLE}.", security=[{docs.EVENTS_SECURITY: []}]),
+    responses=docs.answers({201: (EventAnswer, "Recorded and scored.")}, 401, 413, 422, 503))
 async def post_event(request: Request, rt: RT):
     """Record one marketing action (form, demo request, pricing inquiry, sign-up, page view) and score it."""
     refused = _refused(request, rt)
@@ -96,9 +97,9 @@ async def post_event(request: Request, rt: RT):
         return refused
     body = await read_body(request, rt.settings.max_body_bytes)  # too large: 413 from the app's handler
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error(422, f"The body must be JSON, like {EXAMPLE}.")
+        data = parse_json(body)
+    except Unreadable as exc:
+        return error(422, f"The body must be JSON, like {EXAMPLE}. {exc.message}")
     try:
         email, kind, at = parse_event(data, rt.clock.now())
     except BadEvent as exc:
@@ -110,8 +111,10 @@ async def post_event(request: Request, rt: RT):
     })
 
 
-@router.get("/api/events")
-def get_events(request: Request, email: str, rt: RT):
+@router.get("/api/events", openapi_extra={"security": [{docs.EVENTS_SECURITY: []}]},
+            responses=docs.answers({200: (EventList, "The email's actions and score.")}, 401, 422, 503))
+def get_events(request: Request, rt: RT,
+               email: Annotated[str, Query(max_length=254, json_schema_extra={"format": "email"})]):
     """An email's marketing actions and its MQL score (counted whether or not it has a trial yet)."""
     refused = _refused(request, rt)
     if refused is not None:

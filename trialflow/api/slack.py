@@ -6,19 +6,22 @@ test. Nothing is read from the payload before the signature holds.
 """
 from __future__ import annotations
 
-import json
 import logging
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from slack_sdk.signature import SignatureVerifier
+from pydantic import ValidationError
+from slack_sdk.signature import Clock, SignatureVerifier
 
-from trialflow.api.common import RT, error, read_body
+from trialflow.api import docs
+from trialflow.api.common import RT, error, parse_form, parse_json, read_body
+from trialflow.api.errors import validation_message
+from trialflow.api.schemas import InteractionForm, SlackAnswer, SlashCommandForm
 from trialflow.delivery.slack import slack_web
 from trialflow.services.slack_commands import handle_slash_command
 from trialflow.services.slack_interactions import handle_interaction
+from trialflow.services.slack_payloads import Interaction
 
 log = logging.getLogger("trialflow.api.slack")
 router = APIRouter(tags=["slack"])
@@ -27,7 +30,7 @@ router = APIRouter(tags=["slack"])
 SLACK_MAX_BODY = 512 * 1024
 
 
-class _RuntimeClock:
+class _RuntimeClock(Clock):
     """slack_sdk's clock interface (epoch seconds) over trialflow's injected clock."""
 
     def __init__(self, clock):
@@ -46,7 +49,9 @@ async def verified_body(request: Request, rt) -> bytes | JSONResponse:
     verifier = SignatureVerifier(secret.get_secret_value(), clock=_RuntimeClock(rt.clock))
     try:
         valid = verifier.is_valid_request(body, dict(request.headers))
-    except (ValueError, UnicodeDecodeError):  # a timestamp that is not a number, a body that is not text
+    # A timestamp that is not a number, a body that is not text; TypeError: hmac refuses to
+    # compare a signature header holding non-ASCII characters.
+    except (ValueError, UnicodeDecodeError, TypeError):
         valid = False
     if not valid:
         log.warning("refused a Slack request to %s: missing, wrong or stale signature", request.url.path)
@@ -58,22 +63,32 @@ async def verified_body(request: Request, rt) -> bytes | JSONResponse:
     return body
 
 
-def _form(body: bytes) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True).items()}
+SIGNED = [docs.header("X-Slack-Request-Timestamp", "When Slack sent the request (Unix seconds); more than "
+                                                      "5 minutes away from now is refused.", pattern=r"^[0-9]+$"),
+          docs.header("X-Slack-Signature", "v0= and the hex HMAC-SHA256 of v0:<timestamp>:<body> with the app's "
+                                              "signing secret.", pattern=r"^v0=[0-9a-f]{64}$")]
 
 
-@router.post("/slack/interactions")
+@router.post("/slack/interactions", openapi_extra=docs.form_body(
+    InteractionForm, "Slack's interaction request: a form whose payload field holds the JSON.", parameters=SIGNED),
+    responses=docs.answers({200: (SlackAnswer, "Handled: an empty body (a modal closes), a modal's response_action, "
+                                               "or an ephemeral message.")}, 400, 401, 413, 503))
 async def slack_interactions(request: Request, rt: RT, background: BackgroundTasks):
     """Slack buttons and modal submissions (form field ``payload``, signed by Slack)."""
     body = await verified_body(request, rt)
     if isinstance(body, Response):
         return body
-    try:
-        payload = json.loads(_form(body).get("payload") or "")
-    except ValueError:
+    raw = parse_form(body).get("payload")
+    if not raw:
         return error(400, "Expected a form field 'payload' holding the interaction's JSON.")
-    if not isinstance(payload, dict):
+    document = parse_json(raw.encode(), "The interaction payload")
+    if not isinstance(document, dict):
         return error(400, "The interaction payload must be a JSON object.")
+    try:
+        payload = Interaction.model_validate(document)
+    except ValidationError as exc:
+        message, field = validation_message(exc.errors(), "The interaction payload")
+        return error(400, message, field=field)
     web = slack_web(rt.settings)
     reply = await run_in_threadpool(handle_interaction, rt, payload, web)
     if reply.notify and reply.response_url:
@@ -83,12 +98,14 @@ async def slack_interactions(request: Request, rt: RT, background: BackgroundTas
     return JSONResponse(reply.body)
 
 
-@router.post("/slack/commands")
+@router.post("/slack/commands", openapi_extra=docs.form_body(
+    SlashCommandForm, "Slack's slash-command request (the form Slack posts for /trial).", parameters=SIGNED),
+    responses=docs.answers({200: (SlackAnswer, "The ephemeral answer.")}, 400, 401, 413, 503))
 async def slack_commands(request: Request, rt: RT):
     """The ``/trial`` slash command: status, mine, queue, domain, help (answers are ephemeral)."""
     body = await verified_body(request, rt)
     if isinstance(body, Response):
         return body
-    form = _form(body)
+    form = parse_form(body)
     answer = await run_in_threadpool(handle_slash_command, rt, form)
     return JSONResponse(answer)

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from trialflow.db.mapping import start_mappers
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import psycopg
 
 RECYCLE_SECONDS = 300.0          # a PostgreSQL connection older than this is closed, not reused
 CONNECT_TIMEOUT_SECONDS = 10
@@ -88,27 +94,28 @@ class LoopConnections:
         self.size = size
         self.recycle_seconds = recycle_seconds
         self._born: dict[int, float] = {}   # id(connection) -> when it was made
-        self._idle: list = []
-        self._slots = None
-        self._loop = None
-        self._pid = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
 
-    def _here(self) -> None:
+    def _here(self) -> asyncio.Semaphore:
         import asyncio
         import os
         loop = asyncio.get_running_loop()
-        if loop is self._loop and self._pid == os.getpid():
-            return
+        if loop is self._loop and self._pid == os.getpid() and self._slots is not None:
+            return self._slots
         if self._pid == os.getpid():  # the old loop is gone: close its connections without it
             for conn in self._idle:
                 conn.pgconn.finish()
         self._idle = []  # (in a forked child, the parent's connections are the parent's)
         self._slots = asyncio.Semaphore(self.size)
         self._loop, self._pid = loop, os.getpid()
+        return self._slots
 
-    async def acquire(self):
-        self._here()
-        await self._slots.acquire()
+    async def acquire(self) -> psycopg.AsyncConnection[Any]:
+        slots = self._here()
+        await slots.acquire()
         try:
             if self._idle:
                 return self._idle.pop()
@@ -117,10 +124,10 @@ class LoopConnections:
             self._born[id(conn)] = time.monotonic()
             return conn
         except BaseException:
-            self._slots.release()
+            slots.release()
             raise
 
-    def release(self, conn) -> None:
+    def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
         from psycopg.pq import TransactionStatus
         try:
             if conn.broken:
@@ -134,9 +141,10 @@ class LoopConnections:
             else:
                 self._idle.append(conn)
         finally:
+            assert self._slots is not None  # acquire() made it before handing out a connection
             self._slots.release()
 
-    def _finish(self, conn) -> None:
+    def _finish(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._born.pop(id(conn), None)
         conn.pgconn.finish()
 

@@ -1,9 +1,12 @@
 """Small portable SQL helpers (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
-from sqlalchemy import Table, select
+from typing import Any
+
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
 from trialflow.db import tables
 
@@ -30,3 +33,25 @@ def take_lock(session: Session, name: str) -> None:
     """
     insert_ignore(session, tables.locks, {"name": name})
     session.execute(select(tables.locks.c.name).where(tables.locks.c.name == name).with_for_update())
+
+
+def driver_of(connection: PoolProxiedConnection) -> Any:
+    """The driver's own connection (psycopg's) under a pooled one, for the statements SQLAlchemy
+    would only slow down. Any: which driver it is depends on the database URL."""
+    driver = connection.driver_connection
+    if driver is None:  # the pool invalidated it: there is nothing to run a statement on
+        raise RuntimeError("the pooled database connection was invalidated")
+    return driver
+
+
+def session_driver(session: Session) -> Any:
+    """The driver's connection under the session's transaction."""
+    return driver_of(session.connection().connection)
+
+
+def session_engine(session: Session) -> Engine:
+    """The engine the session is bound to (trialflow binds sessions to engines, never to connections)."""
+    bind = session.get_bind()
+    if not isinstance(bind, Engine):
+        raise TypeError(f"the session is bound to {bind!r}, not to an engine")
+    return bind

@@ -1,11 +1,22 @@
 """The schema. Alembic migrations in ``trialflow/migrations`` are generated from, and checked against, this."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
-    JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-    UniqueConstraint, BigInteger,
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -28,15 +39,15 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: trialflow stores UTC-aware datetimes only")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -191,7 +202,7 @@ kv = Table(
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --- people acting from Slack and GitHub, instance activity, marketing events -------------
@@ -202,6 +213,9 @@ github_deliveries = Table(
     Column("delivery_id", String(64), primary_key=True),
     Column("event", String(64), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+    # What the delivery says (event, action, comment or issue, and when): a signed body replayed
+    # under a fresh X-GitHub-Delivery id is the same content.
+    Column("fingerprint", String(64), unique=True),
 )
 
 # A Slack request is processed once: Slack retries (X-Slack-Retry-Num) and double clicks map to one key.

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from trialflow.delivery.core import batches
 

@@ -20,18 +20,20 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from trialflow.db import tables
-from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
 from trialflow.logs import bind_trial, scrub
 from trialflow.services import outbox
-from trialflow.services.slack_blocks import message
+from trialflow.services.fit import Data
+from trialflow.services.slack_blocks import message, mrkdwn
 
 log = logging.getLogger("trialflow.delivery")
 
@@ -49,7 +51,7 @@ class Effect:
     payload: dict[str, Any]
     trial_id: str | None
     attempt: int                      # 1 on the first try
-    results: "ResultLookup"           # results of earlier effects (a message's ts, an issue's number)
+    results: ResultLookup           # results of earlier effects (a message's ts, an issue's number)
 
     @property
     def maybe_delivered(self) -> bool:
@@ -142,6 +144,7 @@ class _Outcome:
     outcome: str                      # delivered | retry | failed | released (| superseded, once written)
     values: dict[str, Any]            # the columns to write
     undo_attempt: bool = False        # the attempt certainly did not reach the provider
+    payload_refused: bool = False     # parked because the provider refused what we built
 
 
 class Deliverer:
@@ -253,7 +256,9 @@ class Deliverer:
         except RetryLater as exc:
             return self._retry(effect, str(exc), exc.retry_after)
         except PermanentFailure as exc:
-            return self._park(effect, str(exc))
+            parked = self._park(effect, str(exc))
+            parked.payload_refused = isinstance(exc, PayloadRefused)
+            return parked
         except Exception as exc:  # noqa: BLE001 - an unknown failure is treated as transient
             log.warning("effect %s (%s) attempt %s failed: %s", effect.id, effect.kind, effect.attempt, exc)
             return self._retry(effect, f"{type(exc).__name__}: {exc}", None)
@@ -302,7 +307,8 @@ class Deliverer:
                             "that worker's result stands", outcome.effect_id)
                 outcomes[i] = _Outcome(outcome.effect_id, "superseded", {})
         by_id = {e.id: e for e in effects}
-        parked = [(by_id[x.effect_id], x.values["last_error"]) for x in outcomes if x.outcome == "failed"]
+        parked = [(by_id[x.effect_id], x.values["last_error"], x.payload_refused)
+                  for x in outcomes if x.outcome == "failed"]
         if parked:
             self._tell_alerts_channel(parked)
         released_now = [x.effect_id for x in outcomes if x.outcome == "released"
@@ -345,19 +351,22 @@ class Deliverer:
                 time.sleep(0.5 * attempt)
         return set()
 
-    def _tell_alerts_channel(self, parked: list[tuple[Effect, str]]) -> None:
+    def _tell_alerts_channel(self, parked: list[tuple[Effect, str, bool]]) -> None:
         with self.rt.uow() as uow:
-            for effect, why in parked:
+            for effect, why, payload_refused in parked:
                 if effect.kind.startswith("slack.") and effect.payload.get("channel") == self.rt.settings.alerts_channel \
                         and effect.key.startswith("delivery-failed:"):
                     continue  # the failure notice itself failed: do not loop
+                advice = ("The provider refused what trialflow built, so sending it again would be refused "
+                          "again: a trialflow bug to report, not one to retry." if payload_refused
+                          else f"Retry with `trialflow outbox retry {effect.id}`.")
+                text = mrkdwn(":x: trialflow could not deliver `{kind}` for trial `{trial}` after {n} attempt(s): "
+                              "{why}. {advice}", kind=effect.kind, trial=effect.trial_id or "-", n=str(effect.attempt),
+                              why=Data(why[:300]), advice=advice)
+                # One notice per effect (its key): a parked effect retried by hand and parked again is not announced twice.
                 outbox.enqueue(uow, key=f"delivery-failed:{effect.id}", kind="slack.message", now=self.rt.clock.now(),
-                               trial_id=effect.trial_id, payload={
-                                   "channel": self.rt.settings.alerts_channel,
-                                   **message(f":x: trialflow could not deliver `{effect.kind}` for trial "
-                                             f"`{effect.trial_id or '-'}` after {effect.attempt} attempt(s): "
-                                             f"{why[:300]}. Retry with `trialflow outbox retry {effect.id}`."),
-                               })
+                               trial_id=effect.trial_id, payload={"channel": self.rt.settings.alerts_channel,
+                                                                  **message(text)})
             uow.commit()
 
     def drain(self, limit: int = 500) -> dict[str, int]:

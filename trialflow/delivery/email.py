@@ -1,7 +1,8 @@
 """Email effects over SMTP (smtplib), rendered from the plain-text templates in trialflow/templates.
 
 ``TRIALFLOW_SMTP_URL`` is ``smtp://[user:pass@]host[:port]`` (STARTTLS whenever the server offers
-it) or ``smtps://[user:pass@]host[:port]`` (TLS from the first byte).
+it, and required when the URL has credentials: a password never goes out in clear) or
+``smtps://[user:pass@]host[:port]`` (TLS from the first byte).
 
 SMTP cannot be asked "did you already get this?", so exactly-once ends at the server: the
 Message-ID is derived from the effect's idempotency key, and a resend after a worker died
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.inert import plain
 
 log = logging.getLogger("trialflow.delivery.email")
 
@@ -33,6 +35,9 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TIMEOUT_SECONDS = 20.0
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
+# Context values people typed (the failsafe's ``signup`` is the whole request they sent): made
+# inert for a mail client, which links whatever looks like an address or a URL.
+TYPED = frozenset({"name", "company", "source", "note", "reason", "signup", "colleague_name"})
 # Values a template may use when the effect's context leaves them empty.
 _FALLBACKS: dict[str, dict[str, str]] = {
     "welcome": {"ce_name": "your customer engineer", "ae_name": "your account executive"},
@@ -75,6 +80,8 @@ def load_template(name: str) -> str:
 def render(name: str, context: dict[str, Any]) -> Rendered:
     """Fill the template's ``$placeholders`` from ``context``. The first line is ``Subject: ...``."""
     values = {k: "" if v is None else str(v) for k, v in (context or {}).items()}
+    for key in TYPED & values.keys():
+        values[key] = plain(values[key], one_line=key != "signup")
     for key, fallback in _FALLBACKS.get(name, {}).items():
         if not values.get(key):
             values[key] = fallback
@@ -145,7 +152,7 @@ class EmailTransport:
             raise PermanentFailure(f"SMTP server {self.server}: its TLS certificate is not trusted: {exc.verify_message}") from None
         except smtplib.SMTPServerDisconnected as exc:
             raise RetryLater(f"SMTP server {self.server} hung up: {exc}") from None
-        except (ConnectionError, socket.timeout, TimeoutError, socket.gaierror, OSError) as exc:
+        except (ConnectionError, TimeoutError, socket.gaierror, OSError) as exc:
             raise RetryLater(f"SMTP server {self.server} unreachable: {type(exc).__name__}: {exc}") from None
         if refused:
             log.warning("email %s: the server refused some recipients: %s", effect.key,
@@ -168,6 +175,11 @@ class EmailTransport:
             if not server.implicit_tls and smtp.has_extn("starttls"):
                 smtp.starttls(context=context)
                 smtp.ehlo()
+            elif not server.implicit_tls and server.username:
+                # The password would cross the network in clear (or the offer was stripped on the way).
+                raise PermanentFailure(f"SMTP server {server} offers no STARTTLS, and TRIALFLOW_SMTP_URL has "
+                                       "credentials: they are never sent in clear. Use a server that offers "
+                                       "STARTTLS, or smtps:// (TLS from the first byte)")
             if server.username:
                 smtp.login(server.username, server.password or "")
             return smtp.send_message(msg, from_addr=self.sender, to_addrs=recipients)

@@ -25,7 +25,7 @@ from typing import Any
 import requests
 from github import Auth, Github, GithubException
 
-from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
 
 log = logging.getLogger("trialflow.delivery.github")
 
@@ -140,8 +140,10 @@ class GitHubTransport:
                 403: "does the token have write access to issues?",
                 404: "do TRIALFLOW_GITHUB_REPO and TRIALFLOW_GITHUB_API_URL name a repository the token can see?",
                 410: "are issues enabled on the repository?",
-                422: "GitHub rejected the content"}.get(status, "")
-        return PermanentFailure(f"GitHub refused to {what}: {status} {message}" + (f" ({hint})" if hint else ""))
+                422: "GitHub rejected the content trialflow built: the same content would be rejected again"
+                }.get(status, "")
+        refused = PayloadRefused if status == 422 else PermanentFailure  # Validation Failed: about what we sent
+        return refused(f"GitHub refused to {what}: {status} {message}" + (f" ({hint})" if hint else ""))
 
 
 def issue_comments(settings, repo: str, number: int) -> list[tuple[str, str]]:

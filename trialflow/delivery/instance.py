@@ -20,8 +20,9 @@ Password reset turned off on the instance (SSO only): the account is made, no li
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from trialflow.delivery.core import Effect, Transport
 from trialflow.domain.instance_admin import AccountExists, InstanceAdmin, InstanceUsage, InstanceUser, usernames_for

@@ -32,7 +32,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
-from trialflow.errors import PermanentFailure, RetryLater, SlackCallFailed
+from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater, SlackCallFailed
 
 log = logging.getLogger("trialflow.delivery.slack")
 
@@ -44,6 +44,10 @@ LIST_PAGE = 200
 # Slack errors worth another try later; everything else it answers with ok=false is a refusal.
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                               "request_timeout", "team_added_to_org"})
+# Slack errors about the content of what was sent: the same payload would be refused again.
+PAYLOAD_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long",
+                            "no_text", "too_many_attachments", "invalid_attachments", "invalid_metadata_format",
+                            "invalid_metadata_schema", "metadata_too_large", "too_long", "invalid_arguments"})
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 VIEWS_OPEN_TIMEOUT_SECONDS = 2.5   # views.open must land inside the trigger's 3 s
 RESPONSE_URL_TIMEOUT_SECONDS = 5
@@ -247,6 +251,11 @@ def _translate(exc: SlackApiError) -> Exception:
                           retry_after)
     if status >= 500 or error in TRANSIENT_ERRORS:
         return RetryLater(f"Slack {method} failed for now: {error}")
+    if error in PAYLOAD_ERRORS:
+        data = response.data if response is not None and isinstance(response.data, dict) else {}
+        details = [str(e) for e in data.get("errors") or (data.get("response_metadata") or {}).get("messages") or []]
+        return PayloadRefused(f"Slack refused {method}: {error}" + (f" ({'; '.join(details[:3])})" if details else "")
+                              + " (Slack rejected the content trialflow built: the same content would be rejected again)")
     return PermanentFailure(f"Slack refused {method}: {error}")
 
 
@@ -268,7 +277,8 @@ class LiveSlackWeb:
 
     def __init__(self, settings):
         self._client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
-                                 timeout=VIEWS_OPEN_TIMEOUT_SECONDS)
+                                 # slack_sdk annotates timeout as int; it goes to urllib, which takes seconds as a float.
+                                 timeout=VIEWS_OPEN_TIMEOUT_SECONDS)  # type: ignore[arg-type]
 
     def open_view(self, trigger_id: str, view: dict) -> None:
         try:

@@ -18,7 +18,7 @@ an exception text or a log line). Tokens are never logged either.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -134,7 +134,7 @@ class SourcegraphAdmin:
 
     def usage(self, host: str, since: datetime, now: datetime) -> InstanceUsage:
         data = self._data(host, "InstanceActivity", INSTANCE_ACTIVITY,
-                          {"since": since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                          {"since": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
         automation = (data.get("currentUser") or {}).get("username")
         site = data.get("site") or {}
         analytics = site.get("analytics") or {}
@@ -217,7 +217,7 @@ def _total(analytics: dict[str, Any], group: str, metric: str) -> int:
 
 def _when(text: str) -> datetime:
     when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _retry_after(value: str | None) -> float:
@@ -228,7 +228,7 @@ def _retry_after(value: str | None) -> float:
     except ValueError:
         pass
     try:
-        return min(max(parsedate_to_datetime(value).timestamp() - datetime.now(timezone.utc).timestamp(), 0.0),
+        return min(max(parsedate_to_datetime(value).timestamp() - datetime.now(UTC).timestamp(), 0.0),
                    MAX_RETRY_AFTER)
     except (TypeError, ValueError):
         return DEFAULT_RETRY_AFTER

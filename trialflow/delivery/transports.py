@@ -1,8 +1,8 @@
 """Choose each provider's transport from the settings: real when configured, dry-run otherwise."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from trialflow.delivery.coalesce import Coalescer
 from trialflow.delivery.core import Deliverer

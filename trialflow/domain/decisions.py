@@ -78,7 +78,7 @@ class Decisions:
     def move_instance(self, moved: InstanceMoved) -> None:
         self.moved_instances.append(moved)
 
-    def extend(self, other: "Decisions") -> None:
+    def extend(self, other: Decisions) -> None:
         self.effects.extend(other.effects)
         self.timers.update(other.timers)
         self.released_hosts.extend(other.released_hosts)

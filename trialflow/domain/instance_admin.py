@@ -9,9 +9,10 @@ Pure: no clients, no clock.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterator, Protocol
+from typing import Protocol
 
 # Sourcegraph's username rule: letters and digits, single dashes or dots between them.
 _NOT_ALLOWED = re.compile(r"[^a-z0-9.-]+")

@@ -10,6 +10,7 @@ refused trigger leaves the trial untouched and nothing can half-happen. Effects 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from transitions import Machine, MachineError
 
@@ -150,7 +151,7 @@ TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(step.trigger for step in TABLE))
 STEPS = {step.trigger: step for step in TABLE}
 
 
-def _machine_transitions() -> list[dict]:
+def _machine_transitions() -> list[dict[str, Any]]:
     return [
         {"trigger": s.trigger, "source": list(s.source), "dest": s.dest}
         for s in TABLE
@@ -176,7 +177,12 @@ def allowed_triggers(state: str) -> list[str]:
     return [t for t in TRIGGERS if allowed(state, t)]
 
 
-def fire(model, trigger: str) -> tuple[str, str]:
+class Stateful(Protocol):
+    """What the shared machine steps: anything with a ``state``."""
+    state: str
+
+
+def fire(model: Stateful, trigger: str) -> tuple[str, str]:
     """Move ``model.state`` along ``trigger``; returns (from, to). Refusal changes nothing."""
     before = model.state
     event = MACHINE.events.get(trigger)

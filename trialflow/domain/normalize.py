@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from trialflow.errors import InvalidSignup
 
@@ -94,3 +95,27 @@ def normalize_email(raw: object) -> Email:
         raise InvalidSignup(f"'{text[:80]}' is not a valid email address: check the part before the @.")
     domain = normalize_domain(domain_part)
     return Email(address=f"{local}@{domain}", local=local, domain=domain)
+
+
+def bad_text(value: Any) -> str | None:
+    """Why a parsed document holds text trialflow cannot store (NUL, a lone surrogate), or None.
+
+    PostgreSQL refuses NUL in text, and a lone surrogate (JSON can escape one, ``\\ud800``) cannot
+    be encoded at all: both would fail deep inside a write, so they are refused at the door."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "text may not contain NUL characters (\\u0000)"
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "text may not contain lone UTF-16 surrogates (like \\ud800)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None

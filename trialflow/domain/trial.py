@@ -43,7 +43,7 @@ class HistoryEntry(PlainHistoryEntry):
 @dataclass
 class Event:
     """Something that happened to a trial: ``trigger`` is the lifecycle step, in the past tense by use."""
-    trial: "Trial"
+    trial: PlainTrial
     trigger: str
     from_state: str
     to_state: str

@@ -7,6 +7,7 @@ from trialflow.db.engine import make_engine, normalize_url
 from trialflow.db.tables import metadata
 
 config = context.config
+url: str | None
 if config.config_file_name is not None:
     # The alembic command line (alembic.ini): the database is the one trialflow is configured for.
     from trialflow.settings import Settings
@@ -28,6 +29,8 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
+    if url is None:
+        raise RuntimeError("Nothing to migrate: give alembic a connection or set sqlalchemy.url.")
     engine = make_engine(url, poolclass=pool.NullPool) if not url.startswith("sqlite") else make_engine(url)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)

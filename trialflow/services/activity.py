@@ -8,17 +8,20 @@ is not activity. One report per instance per moment: a replayed report is a no-o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
+from trialflow.clock import parse_instant
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
-from trialflow.scoring import grade_trials
 from trialflow.errors import InvalidSignup, NotFound
+from trialflow.scoring import grade_trials
+from trialflow.services.uow import App
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
 # Counters that mean someone used the instance; repositories alone (a sync) does not.
@@ -55,19 +58,16 @@ def parse_report(data: Any, default_at: datetime, now: datetime) -> ActivityRepo
         counts[name] = value
     at = default_at
     if data.get("at") is not None:
-        if not isinstance(data["at"], str):
+        parsed = parse_instant(data["at"])
+        if parsed is None:
             raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at")
-        try:
-            at = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidSignup("at must be an ISO-8601 time, like 2026-01-20T09:00:00Z.", "at") from None
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        at = parsed
     if at > now + MAX_FUTURE:
         raise InvalidSignup("at is in the future.", "at")
-    return ActivityReport(at=at.astimezone(timezone.utc), **counts)
+    return ActivityReport(at=at.astimezone(UTC), **counts)
 
 
-def trial_for_host(session, host: str) -> tuple[bool, str | None]:
+def trial_for_host(session: Session, host: str) -> tuple[bool, str | None]:
     """(is the instance known, the trial it belongs to). The instance's own trial first; else the
     latest started trial on that host (an instance from instances.csv has no trial)."""
     owner = session.execute(select(tables.instances.c.trial_id).where(tables.instances.c.host == host)).first()
@@ -80,7 +80,7 @@ def trial_for_host(session, host: str) -> tuple[bool, str | None]:
     return owner is not None or trial_id is not None, trial_id
 
 
-def record_activity(rt, raw_host: str, report: ActivityReport) -> dict[str, Any]:
+def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str, Any]:
     try:
         host = normalize_domain(raw_host)
     except InvalidSignup:

@@ -5,8 +5,8 @@ Locks, always in this order: the domain's claim, the round robin, the capacity l
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session

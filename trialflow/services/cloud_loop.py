@@ -13,28 +13,29 @@ trialflow recorded opening exactly that issue number for it.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions
 from trialflow.errors import NotAllowed, NotFound, TransitionRefused
+from trialflow.inert import code_span
 from trialflow.services import outbox
 from trialflow.services.directory import Directory, Person
+from trialflow.services.messages import issue_body
 from trialflow.services.trials import CLOUD_ROLES, Command, get_trial, handle
+from trialflow.services.uow import App, UnitOfWork
 from trialflow.settings import Settings
 
 log = logging.getLogger("trialflow.interactions")
 
 CHASE_EVERY = timedelta(days=1)
 CHASE_BATCH = 100
-_EFFECT_MARKER = re.compile(r"<!-- trialflow-effect:(\S+?) -->")
-_DONE_COMMAND = re.compile(r"^[ \t]*/done\b", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -46,24 +47,7 @@ class DoneSignal:
     how: str                 # "closed" or "/done"
 
 
-def done_signal(event: str, payload: dict[str, Any]) -> DoneSignal | None:
-    """A closed issue, or a ``/done`` comment, on an issue trialflow opened; None otherwise."""
-    issue = payload.get("issue") or {}
-    if event == "issues" and payload.get("action") == "closed":
-        login, how = str((payload.get("sender") or {}).get("login") or ""), "closed"
-    elif event == "issue_comment" and payload.get("action") == "created" \
-            and _DONE_COMMAND.search((payload.get("comment") or {}).get("body") or ""):
-        login, how = str(((payload.get("comment") or {}).get("user") or {}).get("login") or ""), "/done"
-    else:
-        return None
-    markers = _EFFECT_MARKER.findall(issue.get("body") or "")
-    number = issue.get("number")
-    if not markers or not isinstance(number, int):
-        return None
-    return DoneSignal(markers[-1], number, login, (payload.get("repository") or {}).get("full_name"), how)
-
-
-def _opened_as(session: Any, key: str) -> int | None:
+def _opened_as(session: Session, key: str) -> int | None:
     """The issue number trialflow recorded when it opened the request's issue."""
     o = tables.outbox.c
     result = session.scalar(select(o.result).where(o.key == key, o.kind == "github.issue", o.status == "delivered"))
@@ -75,7 +59,7 @@ def _may_complete(person: Person | None) -> bool:
     return person is not None and person.active and person.role in CLOUD_ROLES
 
 
-def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, now: datetime) -> dict[str, Any]:
+def complete_request(rt: App, uow: UnitOfWork, signal: DoneSignal, delivery_id: str, now: datetime) -> dict[str, Any]:
     """Record the completion a delivery signals (in the caller's transaction). Returns the answer."""
     session = uow.session
     expected_repo = rt.settings.github_repo
@@ -93,10 +77,10 @@ def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, no
         log.warning("refused: GitHub user %s may not complete %s", signal.login, signal.key,
                     extra={"trial_id": request.trial_id})
         outbox.enqueue(uow, key=f"github-refused:{delivery_id}", kind="github.comment", now=now,
-                       trial_id=request.trial_id, payload={"ref": request.ref, "body": (
-                           f"trialflow did not record this request as done: {signal.login or 'this user'} is not a "
-                           "`cloud` or `admin` member of staff.csv. Someone who is can close the issue or comment "
-                           "`/done`.")})
+                       trial_id=request.trial_id, payload={"ref": request.ref, "body": issue_body(
+                           f"trialflow did not record this request as done: {code_span(signal.login, 'this user')} is "
+                           "not a `cloud` or `admin` member of staff.csv. Someone who is can close the issue or "
+                           "comment `/done`.")})
         return {"status": "refused", "reason": f"{signal.login} may not complete cloud requests",
                 "trial_id": request.trial_id}
     session.execute(update(tables.cloud_requests).where(c.key == signal.key)
@@ -116,7 +100,7 @@ def complete_request(rt: Any, uow: Any, signal: DoneSignal, delivery_id: str, no
     return {"status": "request_done", "kind": request.kind, "trial_id": request.trial_id, "number": signal.number}
 
 
-def chase_overdue(session: Any, settings: Settings, now: datetime) -> Decisions:
+def chase_overdue(session: Session, settings: Settings, now: datetime) -> Decisions:
     """A comment on each request open past the SLA, once a day (with GitHub configured: a dry-run
     issue has nothing to comment on)."""
     decisions = Decisions()
@@ -130,7 +114,7 @@ def chase_overdue(session: Any, settings: Settings, now: datetime) -> Decisions:
         .order_by(c.requested_at).limit(CHASE_BATCH)).all()
     for request in overdue:
         hours = int((now - request.requested_at).total_seconds() // 3600)
-        decisions.effect(f"chase:{request.key}:{now.date()}", "github.comment", {"ref": request.ref, "body": (
+        decisions.effect(f"chase:{request.key}:{now.date()}", "github.comment", {"ref": request.ref, "body": issue_body(
             f"This request has been open for {hours} hours (trialflow expects one within "
             f"{settings.cloud_sla_hours:g} hours). When it is done, close this issue or comment `/done`.")},
             now, request.trial_id)

@@ -1,13 +1,15 @@
 """Who is who: staff from staff.csv, looked up by email, Slack user id or GitHub login."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.services.slack_blocks import escape
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Directory:
         self._session = session
         self._by_email: dict[str, Person | None] = {}
 
-    def _one(self, where) -> Person | None:
+    def _one(self, where: ColumnElement[bool]) -> Person | None:
         if self._session is None:
             return None
         row = self._session.execute(select(tables.staff).where(where)).first()
@@ -59,7 +61,7 @@ class Directory:
         person = self.by_email(email)
         if person and person.slack_user_id:
             return f"<@{person.slack_user_id}>"
-        return person.name if person else email
+        return escape(person.name if person else email)
 
 
 def next_in_rotation(session: Session, role: str) -> str | None:
@@ -68,14 +70,14 @@ def next_in_rotation(session: Session, role: str) -> str | None:
     The position row is updated in place (UPDATE ... RETURNING), so concurrent callers each get
     the next person and the rotation survives restarts.
     """
-    people = session.scalars(
+    people: Sequence[str] = session.scalars(
         select(tables.staff.c.email).where(tables.staff.c.role == role, tables.staff.c.active.is_(True))
         .order_by(tables.staff.c.email)
     ).all()
     if not people:
         return None
     insert_ignore(session, tables.round_robin, {"role": role, "position": 0})
-    position = session.execute(
+    position: int = session.execute(
         update(tables.round_robin).where(tables.round_robin.c.role == role)
         .values(position=tables.round_robin.c.position + 1).returning(tables.round_robin.c.position)
     ).scalar_one()

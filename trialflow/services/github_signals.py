@@ -8,29 +8,36 @@ filing (the delivered github.issue effect's number), and the instance URL comes 
 comment written by an authorised cloud/admin member (``/ready <url>`` or an ``Instance: <url>``
 line). No URL: nothing is guessed; the issue is asked for one.
 
-A delivery is processed once: its ``X-GitHub-Delivery`` id is recorded (``github_deliveries``) in
-the same transaction as what it causes, so a redelivered webhook changes nothing.
+A delivery is processed once: its ``X-GitHub-Delivery`` id and its content's ``fingerprint`` are
+recorded (``github_deliveries``) in the same transaction as what it causes, so a redelivered
+webhook, or a signed body replayed under a fresh delivery id, changes nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import outbox
-from trialflow.services.cloud_loop import DoneSignal, complete_request, done_signal
+from trialflow.services.cloud_loop import DoneSignal, complete_request
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
+from trialflow.services.uow import App, UnitOfWork
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -41,7 +48,52 @@ READY_LABEL = "instance-ready"
 _MARKER = re.compile(r"<!--\s*trialflow:(tr_[0-9a-f]+):instance-request\s*-->")
 _READY_COMMAND = re.compile(r"^[ \t]*/ready\b[ \t]*(\S+)?", re.MULTILINE)
 _INSTANCE_LINE = re.compile(r"^[ \t>*_-]*instance[*_]*[ \t]*:[ \t]*<?(\S+?)>?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# The cloud team's other requests (``services.cloud_loop``): the effect marker trialflow ends each issue with.
+_EFFECT_MARKER = re.compile(r"<!-- trialflow-effect:(\S+?) -->")
+_DONE_COMMAND = re.compile(r"^[ \t]*/done\b", re.MULTILINE)
 _NOT_INSTANCES = ("github.com", "githubusercontent.com", "github.io", "githubassets.com", "ghe.com")
+
+
+# Events whose payloads trialflow reads; any other event is recorded and ignored, its body unread.
+READ_EVENTS = ("issues", "issue_comment", "ping")
+
+
+class _GitHub(BaseModel):
+    """The fields of a webhook payload trialflow reads, typed as GitHub documents them; the rest is kept, unread."""
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class GitHubUser(_GitHub):
+    login: str | None = None
+
+
+class GitHubIssue(_GitHub):
+    number: int | None = Field(default=None, ge=1)
+    body: str | None = None
+
+
+class GitHubRepository(_GitHub):
+    full_name: str | None = None
+
+
+class GitHubLabel(_GitHub):
+    name: str | None = None
+
+
+class GitHubComment(_GitHub):
+    body: str | None = None
+    user: GitHubUser | None = None
+
+
+class Delivery(_GitHub):
+    """An ``issues``, ``issue_comment`` or ``ping`` delivery (docs.github.com, "Webhook events and payloads")."""
+    action: str | None = None
+    issue: GitHubIssue | None = None
+    comment: GitHubComment | None = None
+    label: GitHubLabel | None = None
+    sender: GitHubUser | None = None
+    repository: GitHubRepository | None = None
+    zen: str | None = None
 
 
 @dataclass
@@ -53,30 +105,50 @@ class ReadySignal:
     comment_body: str | None    # the /ready comment itself (written by ``login``)
 
 
-def ready_signal(event: str, payload: dict) -> ReadySignal | str:
-    """The signal in a delivery, or why the delivery is not one."""
-    issue = payload.get("issue") or {}
-    body = issue.get("body") or ""
-    login = str((payload.get("sender") or {}).get("login") or "")
-    repo = (payload.get("repository") or {}).get("full_name")
+def ready_signal(event: str, payload: Delivery | None) -> ReadySignal | str:
+    """The signal in a delivery, or why the delivery is not one (``payload`` None: an event trialflow does not read)."""
+    if payload is None:
+        return f"{event} events are not instance-ready signals"
+    issue = payload.issue or GitHubIssue()
+    body = issue.body or ""
+    login = (payload.sender.login if payload.sender else None) or ""
+    repo = payload.repository.full_name if payload.repository else None
     comment_body = None
-    if event == "issues" and payload.get("action") == "labeled":
-        if ((payload.get("label") or {}).get("name") or "").lower() != READY_LABEL:
-            return f"label {((payload.get('label') or {}).get('name'))!r} is not {READY_LABEL!r}"
-    elif event == "issue_comment" and payload.get("action") == "created":
-        comment = payload.get("comment") or {}
-        comment_body = comment.get("body") or ""
+    if event == "issues" and payload.action == "labeled":
+        label = payload.label.name if payload.label else None
+        if (label or "").lower() != READY_LABEL:
+            return f"label {label!r} is not {READY_LABEL!r}"
+    elif event == "issue_comment" and payload.action == "created":
+        comment = payload.comment or GitHubComment()
+        comment_body = comment.body or ""
         if not _READY_COMMAND.search(comment_body):
             return "the comment is not a /ready command"
-        login = str((comment.get("user") or {}).get("login") or "")
+        login = (comment.user.login if comment.user else None) or ""
     else:
-        return f"{event}.{payload.get('action')} is not an instance-ready signal"
+        return f"{event}.{payload.action} is not an instance-ready signal"
     # trialflow appends its marker at the very end; an earlier one is someone's text (a name).
     markers = _MARKER.findall(body)
     if not markers:
         return "the issue is not a trialflow instance request"
-    number = issue.get("number")
-    return ReadySignal(markers[-1], login, number if isinstance(number, int) else None, repo, comment_body)
+    return ReadySignal(markers[-1], login, issue.number, repo, comment_body)
+
+
+def done_signal(event: str, payload: Delivery | None) -> DoneSignal | None:
+    """A closed issue, or a ``/done`` comment, on an issue trialflow opened; None otherwise."""
+    if payload is None or payload.issue is None:
+        return None
+    if event == "issues" and payload.action == "closed":
+        login, how = (payload.sender.login if payload.sender else None) or "", "closed"
+    elif event == "issue_comment" and payload.action == "created" and payload.comment is not None \
+            and _DONE_COMMAND.search(payload.comment.body or ""):
+        login, how = (payload.comment.user.login if payload.comment.user else None) or "", "/done"
+    else:
+        return None
+    markers = _EFFECT_MARKER.findall(payload.issue.body or "")
+    number = payload.issue.number
+    if not markers or number is None:
+        return None
+    return DoneSignal(markers[-1], number, login, payload.repository.full_name if payload.repository else None, how)
 
 
 def url_in_comment(text: str) -> str | None:
@@ -108,10 +180,32 @@ def instance_host(url: str) -> str:
     return host
 
 
-def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comments: IssueComments) -> dict:
+def fingerprint(event: str, payload: dict[str, Any]) -> str | None:
+    """What a delivery is about, whatever its X-GitHub-Delivery: the event, the action, the comment
+    (or else the issue) it concerns, when that changed, and the label. A replay of a signed body
+    has the same one; a new comment, or the label added again later, has another."""
+    raw_comment, raw_issue = payload.get("comment"), payload.get("issue")
+    comment: dict[str, Any] = raw_comment if isinstance(raw_comment, dict) else {}
+    issue: dict[str, Any] = raw_issue if isinstance(raw_issue, dict) else {}
+    if comment.get("id") is not None:
+        subject, at = f"comment:{comment['id']}", comment.get("updated_at") or comment.get("created_at")
+    elif issue.get("id") is not None:
+        subject, at = f"issue:{issue['id']}", issue.get("updated_at")
+    else:
+        return None  # a ping, or nothing trialflow acts on: the delivery id alone
+    label = (payload.get("label") or {}).get("name") if isinstance(payload.get("label"), dict) else None
+    content = json.dumps([event, payload.get("action"), subject, at, label], default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: Delivery | None,
+                           document: dict[str, Any], comments: IssueComments) -> dict[str, Any]:
     """One webhook delivery, processed once. Returns what the answer says.
 
-    ``comments(repo, number)`` reads an issue's comments (``trialflow.delivery.github.issue_comments``)."""
+    ``payload`` is the delivery as typed (None for an event trialflow does not read,
+    ``READ_EVENTS``: it is recorded and ignored), ``document`` the JSON it came from (its
+    ``fingerprint`` recognises a replay). ``comments(repo, number)`` reads an issue's comments
+    (``trialflow.delivery.github.issue_comments``)."""
     signal = ready_signal(event, payload) if event != "ping" else "ping"
     # A closed issue or a /done comment on one of the cloud team's other requests (services.cloud_loop).
     done: DoneSignal | None = None if isinstance(signal, ReadySignal) else done_signal(event, payload)
@@ -131,11 +225,12 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
     with rt.uow() as uow:
         session = uow.session
         if not insert_ignore(session, tables.github_deliveries,
-                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now}):
+                             {"delivery_id": delivery_id[:64], "event": (event or "?")[:64], "received_at": now,
+                              "fingerprint": fingerprint(event, document)}):
             return {"status": "duplicate", "delivery": delivery_id}
         if signal == "ping":
             uow.commit()
-            return {"status": "pong", "zen": payload.get("zen")}
+            return {"status": "pong", "zen": payload.zen if payload else None}
         if done is not None:
             result = complete_request(rt, uow, done, delivery_id, now)
             uow.commit()
@@ -148,7 +243,7 @@ def handle_github_delivery(rt, delivery_id: str, event: str, payload: dict, comm
         return result
 
 
-def recorded_request_issues(session, trial_id: str) -> set[int]:
+def recorded_request_issues(session: Session, trial_id: str) -> set[int]:
     """The numbers of the instance-request issues trialflow filed for this trial (delivered effects)."""
     o = tables.outbox
     rows = session.execute(select(o.c.payload, o.c.result).where(
@@ -162,12 +257,12 @@ def _may_signal(person: Person | None) -> bool:
     return person is not None and person.active and person.role in CLOUD_ROLES
 
 
-def _comment(uow, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
+def _comment(uow: UnitOfWork, signal: ReadySignal, delivery_id: str, now: datetime, slot: str, body: str) -> None:
     outbox.enqueue(uow, key=f"github-{slot}:{delivery_id}", kind="github.comment", now=now, trial_id=signal.trial_id,
                    payload={"ref": f"instance-request:{signal.trial_id}", "body": body})
 
 
-def _mark_ready(rt, uow, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict:
+def _mark_ready(rt: App, uow: UnitOfWork, signal: ReadySignal, sources: list[tuple[str, str]], delivery_id: str, now: datetime) -> dict[str, Any]:
     session = uow.session
     people = Directory(session)
     person = people.by_github_login(signal.login) if signal.login else None

@@ -15,7 +15,8 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceMoved
 from trialflow.domain.trial import SYSTEM, Event, PlainTrial
 from trialflow.services import slack_blocks as sb
-from trialflow.services.messages import account_of, lead
+from trialflow.services.fit import Data, Fitted
+from trialflow.services.messages import account_of, host, lead
 from trialflow.services.routing import JOIN_ACCOUNT, JOIN_ADMIN_ACCOUNT
 from trialflow.services.timers import ASK_AGAIN_DAYS, USAGE_ANSWER_MINUTES
 from trialflow.settings import Settings
@@ -40,7 +41,7 @@ class Effects(Protocol):
     def post(self, name: str, channel: str, text: str, *blocks: dict[str, Any], ref: str | None = None,
              thread_ref: str | None = None) -> None: ...
 
-    def email(self, slot: str, template: str, to: str, *, cc: list[str] | None = None,
+    def email(self, slot: str, template: str, to: str, *, cc: list[str | None] | None = None,
               sender: str | None = None, **context: Any) -> None: ...
 
     def to_account_channel(self, name: str, text: str, *blocks: dict[str, Any]) -> None: ...
@@ -67,9 +68,9 @@ def claimed(fx: Effects, people: People, settings: Settings, trial: PlainTrial) 
         account(fx, trial, CLAIM, trial.email, "password_reset", admin=True, name=trial.name or "")
         return None
     fx.email("account-pending", "account_pending", trial.email, instance_url=trial.instance_url, name=trial.name or "")
-    return (f":key: CE {people.mention(trial.ce)}: trialflow holds no API token for this instance, so their account "
-            f"is yours to make: {OPERATOR}, create their account (site admin) and email them its password-reset link. "
-            "They were told it is on its way.")
+    return sb.mrkdwn(":key: CE {ce}: trialflow holds no API token for this instance, so their account is yours to "
+                     "make: {operator}, create their account (site admin) and email them its password-reset link. "
+                     "They were told it is on its way.", ce=people.mention(trial.ce), operator=OPERATOR)
 
 
 def colleague_joins(fx: Effects, people: People, settings: Settings, trial: PlainTrial, event: Event) -> str:
@@ -80,20 +81,21 @@ def colleague_joins(fx: Effects, people: People, settings: Settings, trial: Plai
     how, admin = event.detail.get("join"), event.detail.get("admin")
     ae = people.mention(trial.ae)
     if admin and admin == trial.email:
-        return f"AE {ae}: they are its admin of record already."
+        return sb.mrkdwn("AE {ae}: they are its admin of record already.", ae=ae)
     if how in (JOIN_ACCOUNT, JOIN_ADMIN_ACCOUNT) and can_administer(settings, trial.instance_host):
         account(fx, trial, COLLEAGUE, trial.email, "colleague_access", admin=how == JOIN_ADMIN_ACCOUNT,
                 name=trial.name or "", account_name=account_of(trial))
         if how == JOIN_ADMIN_ACCOUNT:
-            return (f"AE {ae}: nobody at {trial.domain} has signed in to it yet (its claim may not be theirs), so "
-                    "trialflow is giving them an admin account of their own and emailing them its link.")
-        return f"AE {ae}: trialflow is adding them to the instance and emailing them their own link."
+            return sb.mrkdwn("AE {ae}: nobody at {domain} has signed in to it yet (its claim may not be theirs), so "
+                             "trialflow is giving them an admin account of their own and emailing them its link.",
+                             ae=ae, domain=host(trial.domain))
+        return sb.mrkdwn("AE {ae}: trialflow is adding them to the instance and emailing them their own link.", ae=ae)
     if admin:
         fx.email("access-request", "access_request", admin, cc=[trial.ae or ""], colleague=trial.email,
                  colleague_name=trial.name or trial.email, instance_url=trial.instance_url, name="")
-        return (f"AE {ae}: make sure the admin adds them: {admin} was emailed a request naming them (you are in cc). "
-                "Without SSO they cannot join without an invite.")
-    return f"AE {ae}: make sure the admin adds them (without SSO they cannot join without an invite)."
+        return sb.mrkdwn("AE {ae}: make sure the admin adds them: {admin} was emailed a request naming them (you are "
+                         "in cc). Without SSO they cannot join without an invite.", ae=ae, admin=Data(str(admin)))
+    return sb.mrkdwn("AE {ae}: make sure the admin adds them (without SSO they cannot join without an invite).", ae=ae)
 
 
 def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:
@@ -105,22 +107,26 @@ def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) ->
         account(fx, trial, HAND_OFF, trial.email, "instance_ready", admin=True, cc=[trial.ae or ""],
                 sender=trial.ce or None, name=trial.name or "", ce_name=ce.name if ce else (trial.ce or ""),
                 ce_email=trial.ce or "", ae_name=ae.name if ae else "")
-        fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} "
-                f"is ready. trialflow is creating their account and sending the link in CE "
-                f"{people.mention(trial.ce)}'s introduction email; the hand-off is recorded when it is sent. (Done it by hand? Press Handed off.)",
-                sb.buttons(trial.id, lc.HAND_OFF))
-        return
-    fx.post("ready", settings.alerts_channel, f":white_check_mark: Instance {trial.instance_url} for {lead(trial)} "
-            f"is ready. CE {people.mention(trial.ce)}: {OPERATOR}, create the password-reset link and send it.",
+        fx.post("ready", settings.alerts_channel, sb.mrkdwn(
+            ":white_check_mark: Instance {url} for {lead} is ready. trialflow is creating their account and sending "
+            "the link in CE {ce}'s introduction email; the hand-off is recorded when it is sent. (Done it by hand? "
+            "Press Handed off.)", url=trial.instance_url or "", lead=lead(trial), ce=people.mention(trial.ce)),
             sb.buttons(trial.id, lc.HAND_OFF))
+        return
+    fx.post("ready", settings.alerts_channel, sb.mrkdwn(
+        ":white_check_mark: Instance {url} for {lead} is ready. CE {ce}: {operator}, create the password-reset link "
+        "and send it.", url=trial.instance_url or "", lead=lead(trial), ce=people.mention(trial.ce), operator=OPERATOR),
+        sb.buttons(trial.id, lc.HAND_OFF))
 
 
 def handed_off_text(people: People, trial: PlainTrial, event: Event, review_on: str) -> str:
     if event.actor == SYSTEM:
-        return (f":handshake: trialflow created {trial.email}'s account on {trial.instance_url} and sent the link in "
-                f"CE {people.mention(trial.ce)}'s introduction email. Trial started: day-15 review on {review_on}.")
-    return (f":handshake: {people.mention(trial.ce)} handed {trial.instance_url} off to {trial.email}. "
-            f"Trial started: day-15 review on {review_on}.")
+        return sb.mrkdwn(":handshake: trialflow created {email}'s account on {url} and sent the link in CE {ce}'s "
+                         "introduction email. Trial started: day-15 review on {review}.", email=Data(trial.email),
+                         url=trial.instance_url or "", ce=people.mention(trial.ce), review=review_on)
+    return sb.mrkdwn(":handshake: {ce} handed {url} off to {email}. Trial started: day-15 review on {review}.",
+                     ce=people.mention(trial.ce), url=trial.instance_url or "", email=Data(trial.email),
+                     review=review_on)
 
 
 def check_usage(fx: Effects, trial: PlainTrial) -> None:
@@ -132,47 +138,57 @@ def check_usage(fx: Effects, trial: PlainTrial) -> None:
 
 def ask_decision(fx: Effects, people: People, trial: PlainTrial) -> None:
     """Day 15 without usage data: the CE decides; asked again until they do."""
-    fx.to_account_channel("ask", f":question: CE {people.mention(trial.ce)}: day 15 for {trial.instance_url} "
-                          f"({account_of(trial)}), and trialflow has no usage data from it: its API never answered and "
-                          "it never reported. It will not be terminated automatically: extend it or terminate it.",
-                          sb.buttons(trial.id, lc.EXTEND, lc.KEEP, lc.TERMINATE))
+    fx.to_account_channel("ask", sb.mrkdwn(
+        ":question: CE {ce}: day 15 for {url} ({account}), and trialflow has no usage data from it: its API never "
+        "answered and it never reported. It will not be terminated automatically: extend it or terminate it.",
+        ce=people.mention(trial.ce), url=trial.instance_url or "", account=Data(account_of(trial))),
+        sb.buttons(trial.id, lc.EXTEND, lc.KEEP, lc.TERMINATE))
     at = fx.event.at
     fx.out.schedule(trial.id, lc.DAY15_REVIEW, at + timedelta(days=ASK_AGAIN_DAYS), at)
 
 
 def heads_up_text(people: People, trial: PlainTrial, event: Event, review_on: str) -> str:
     if event.detail.get("usage") == "none":
-        return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
-                f"{review_on}. trialflow has no usage data from it yet; without any, you will be asked to decide "
-                "then (nothing is terminated without data). Keep it or terminate it now if you know.")
-    return (f":warning: CE {people.mention(trial.ce)}: {trial.instance_url} is up for its day-15 review on "
-            f"{review_on}. With no activity it will be terminated unless you keep it.")
+        return sb.mrkdwn(":warning: CE {ce}: {url} is up for its day-15 review on {review}. trialflow has no usage "
+                         "data from it yet; without any, you will be asked to decide then (nothing is terminated "
+                         "without data). Keep it or terminate it now if you know.", ce=people.mention(trial.ce),
+                         url=trial.instance_url or "", review=review_on)
+    return sb.mrkdwn(":warning: CE {ce}: {url} is up for its day-15 review on {review}. With no activity it will be "
+                     "terminated unless you keep it.", ce=people.mention(trial.ce), url=trial.instance_url or "",
+                     review=review_on)
 
 
 def admin_confirmed(fx: Effects, trial: PlainTrial, event: Event) -> None:
-    admin, claimed = event.detail.get("admin"), event.detail.get("claimed_by")
-    note = "" if not claimed or claimed == admin else (
-        f" The claim was made as {claimed}, who never signed in: the instance answers to {admin} now.")
-    fx.to_account_channel("admin", f":bust_in_silhouette: {admin} signed in to {trial.instance_url}: "
-                                   f"they are its admin of record.{note}")
+    admin, claimed = str(event.detail.get("admin") or ""), event.detail.get("claimed_by")
+    if not claimed or claimed == admin:
+        fx.to_account_channel("admin", sb.mrkdwn(":bust_in_silhouette: {admin} signed in to {url}: they are its "
+                                                 "admin of record.", admin=Data(admin), url=trial.instance_url or ""))
+        return
+    fx.to_account_channel("admin", sb.mrkdwn(
+        ":bust_in_silhouette: {admin} signed in to {url}: they are its admin of record. The claim was made as "
+        "{claimed}, who never signed in: the instance answers to {admin} now.", admin=Data(admin),
+        url=trial.instance_url or "", claimed=Data(str(claimed))))
 
 
 def request_done(fx: Effects, trial: PlainTrial, event: Event) -> None:
     """The cloud team completed a request: a termination frees its capacity now; a domain change
     moves the trial to its new host."""
-    kind, number = event.detail.get("kind"), event.detail.get("number")
-    done = f"#{number}, {event.actor}" if number else event.actor
+    kind, number = str(event.detail.get("kind") or ""), event.detail.get("number")
+    done = Fitted("#{number}, {actor}", {"number": str(number), "actor": Data(event.actor)}) if number \
+        else Data(event.actor)
+    url = trial.instance_url or ""
     if kind == "termination":
         if trial.instance_host:
             fx.out.confirm_teardown(trial.instance_host, event.at)
-        text = (f":white_check_mark: The cloud team confirmed {trial.instance_url} is terminated ({done}): "
-                "its capacity is free.")
+        text = sb.mrkdwn(":white_check_mark: The cloud team confirmed {url} is terminated ({done}): its capacity is "
+                         "free.", url=url, done=done)
     elif kind == "domain-change" and event.detail.get("to_host"):
-        fx.out.move_instance(InstanceMoved(str(event.detail["from_host"]), str(event.detail["to_host"]), trial.id,
-                                           event.at))
-        text = (f":globe_with_meridians: {event.detail['from_host']} is now {trial.instance_url} ({done}): signups, "
-                "activity and usage follow it. Its admin must now reconfigure SSO, permission syncing, webhooks "
-                "and links.")
+        old = str(event.detail["from_host"])
+        fx.out.move_instance(InstanceMoved(old, str(event.detail["to_host"]), trial.id, event.at))
+        text = sb.mrkdwn(":globe_with_meridians: {old} is now {url} ({done}): signups, activity and usage follow it. "
+                         "Its admin must now reconfigure SSO, permission syncing, webhooks and links.",
+                         old=host(old), url=url, done=done)
     else:
-        text = f":white_check_mark: The cloud team completed the {kind} request for {trial.instance_url} ({done})."
+        text = sb.mrkdwn(":white_check_mark: The cloud team completed the {kind} request for {url} ({done}).",
+                         kind=kind, url=url, done=done)
     fx.to_account_channel("request-done", text)

@@ -22,6 +22,7 @@ from trialflow.services import slack_blocks as sb
 from trialflow.services.activity import ActivityReport, record_activity
 from trialflow.services.admin_of_record import note_sign_ins
 from trialflow.services.directory import Directory
+from trialflow.services.fit import Data
 from trialflow.services.instance_policies import COLLEAGUE, HAND_OFF
 from trialflow.services.messages import channel_name
 from trialflow.services.trials import Command, get_trial, handle
@@ -85,9 +86,11 @@ class InstanceRecorder:
             ce = people.mention(trial.ce) if trial is not None else "the CE"
             channel = ("#" + channel_name(trial.account_name)) if trial is not None and trial.account_name \
                 else self.rt.settings.alerts_channel
-            text = (f":warning: {host} has password reset turned off (no username/password sign-in), so trialflow made "
-                    f"{email}'s account `{username}` but could not send them a link to set its password. CE {ce}: "
-                    "give them access the way the instance signs people in (SSO), and let them know.")
+            text = sb.mrkdwn(":warning: {host} has password reset turned off (no username/password sign-in), so "
+                             "trialflow made {email}'s account `{username}` but could not send them a link to set its "
+                             "password. CE {ce}: give them access the way the instance signs people in (SSO), and let "
+                             "them know.", host=Data(host, keep_end=True), email=Data(email), username=Data(username),
+                             ce=ce)
             outbox.enqueue(uow, key=f"{key}:reset-disabled", kind="slack.message", now=self.rt.clock.now(),
                            trial_id=trial_id, payload={"channel": channel, **sb.message(text)})
             uow.commit()

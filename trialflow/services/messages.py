@@ -1,16 +1,25 @@
 """The words of trialflow's messages: how a lead, the people on a trial and its score read in
-Slack, and the bodies of the cloud team's GitHub issues. Pure text building, shared by the
-policies that decide when each is sent."""
+Slack, and the titles and bodies of the cloud team's GitHub issues. Pure text building, shared by
+the policies that decide when each is sent; fitted to each provider's limits here, where it is
+built (``services.fit``)."""
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Protocol
+from typing import Any, Protocol
 
 from trialflow.domain.trial import PlainTrial
+from trialflow.inert import code_span
 from trialflow.scoring import is_mql
+from trialflow.services import fit as limits
 from trialflow.services import slack_blocks as sb
+from trialflow.services.fit import Data, Field, Fitted
 from trialflow.settings import Settings
+
+# Room left at the end of an issue body for the delivery's own marker
+# (``delivery.github.marker``: ``<!-- trialflow-effect:<effect key> -->``).
+EFFECT_MARKER_ROOM = 512
+ISSUE_BODY = limits.GITHUB_BODY - EFFECT_MARKER_ROOM
 
 
 class People(Protocol):
@@ -31,10 +40,30 @@ def who(people: People, trial: PlainTrial) -> str:
     return f"SDR {m(trial.sdr)} · AE {m(trial.ae)} · CE {m(trial.ce)}"
 
 
-def lead(trial: PlainTrial) -> str:
-    name = sb.escape(trial.name) if trial.name else trial.email
-    company = f" ({sb.escape(trial.company)})" if trial.company else ""
-    return f"*{name}*{company} <mailto:{trial.email}|{trial.email}>"
+def lead(trial: PlainTrial) -> Fitted:
+    """``*Name* (Company) <mailto:…>`` for a message's template: the name and company give way
+    when the message is too long for Slack; the email link is kept whole."""
+    company: Field = Fitted(" ({company})", {"company": Data(trial.company)}) if trial.company else ""
+    return Fitted("*{name}*{company} {link}", {"name": Data(trial.name or trial.email), "company": company,
+                                               "link": sb.mailto(trial.email)})
+
+
+def host(name: str | None) -> Data:
+    """A domain or host name as data: shortened in the middle, so its end (the domain) still shows."""
+    return Data(name or "", keep_end=True)
+
+
+def issue_title(template: str, /, **fields: Field) -> str:
+    """A GitHub issue title in GitHub's 256 characters: the data gives way, the words stay."""
+    return limits.fit(limits.GITHUB_TITLE, template, **fields)
+
+
+def issue_body(text: str, trailer: str = "") -> str:
+    """An issue or comment body within GitHub's limit, leaving room for the delivery's marker;
+    ``trailer`` (trialflow's own hidden marker) is kept whole at the end."""
+    room = ISSUE_BODY - len(trailer) - (2 if trailer else 0)
+    body = limits.clip(text, room)
+    return f"{body}\n\n{trailer}" if trailer else body
 
 
 def score(trial: PlainTrial) -> str:
@@ -49,12 +78,12 @@ def account_of(trial: PlainTrial) -> str:
 
 def instance_request_body(trial: PlainTrial, ce_email: str, settings: Settings) -> str:
     tags = ",".join(settings.license_tags)
-    return "\n".join([
-        f"### Cloud trial instance request: {account_of(trial)}",
+    return issue_body("\n".join([
+        f"### Cloud trial instance request: {code_span(account_of(trial))}",
         "",
-        f"- Account: {account_of(trial)}",
-        f"- Domain: {trial.domain}",
-        f"- Requester: {trial.name or ''} <{trial.email}>",
+        f"- Account: {code_span(account_of(trial))}",
+        f"- Domain: {code_span(trial.domain)}",
+        f"- Requester: {code_span(trial.name)} {code_span(trial.email)}",
         f"- Assigned CE (needs operator access to create the password-reset link): {ce_email}",
         f"- Opportunity: {trial.opportunity_id or 'n/a'}",
         f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",
@@ -65,25 +94,22 @@ def instance_request_body(trial: PlainTrial, ce_email: str, settings: Settings) 
         "",
         "When the instance is ready, comment `/ready https://<instance host>` (or comment a line "
         "`Instance: https://<instance host>` and add the label `instance-ready`).",
-        "",
-        f"<!-- trialflow:{trial.id}:instance-request -->",
-    ])
+    ]), f"<!-- trialflow:{trial.id}:instance-request -->")
 
 
 def domain_change_body(trial: PlainTrial, new_host: str, actor: str, position: int) -> str:
-    return "\n".join([
+    return issue_body("\n".join([
         f"### Domain name change: {trial.instance_host} → {new_host}",
-        "", f"- Account: {account_of(trial)}", f"- Requested by: {actor}", "",
+        "", f"- Account: {code_span(account_of(trial))}", f"- Requested by: {actor}", "",
         "Changing the domain will break, until the admin reconfigures them:",
         "- [ ] the auth provider (SSO): sign-in is broken until it is reconfigured",
         "- [ ] permission syncing: repository permissions are broken until it is reconfigured",
         "- [ ] webhooks pointing at the old domain",
         "- [ ] every hard-coded link to the old domain",
-        "", f"<!-- trialflow:{trial.id}:domain-change:{position} -->",
-    ])
+    ]), f"<!-- trialflow:{trial.id}:domain-change:{position} -->")
 
 
-def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict:
+def pool_replenish_issue(free: int, low_water: int, episode: str) -> dict[str, Any]:
     return {
         "issue_kind": "pool-replenish", "ref": f"pool-replenish:{episode}",
         "title": f"Pre-provision more cloud trial instances ({free} left in the pool)",

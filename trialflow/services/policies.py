@@ -8,19 +8,41 @@ event (a retried request, a second worker) can never enqueue it twice.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
+from trialflow.inert import code_span
+from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
 from trialflow.services import slack_blocks as sb
-from trialflow.services.messages import (account_of, channel_name, domain_change_body, instance_request_body,
-                                         lead, score, who)
-from trialflow.services.timers import (DECISION_DAYS, ESCALATION_GRACE_DAYS, EXTENSION_DAYS, HEADS_UP_DAYS,
-                                       REVIEW_DAYS, TIMER_KINDS, USER_ADDED_REMINDER_DAYS)
+from trialflow.services.fit import Data, Fitted
+from trialflow.services.messages import (
+    account_of,
+    channel_name,
+    domain_change_body,
+    host,
+    instance_request_body,
+    issue_body,
+    issue_title,
+    lead,
+    score,
+    who,
+)
+from trialflow.services.timers import (
+    DECISION_DAYS,
+    ESCALATION_GRACE_DAYS,
+    EXTENSION_DAYS,
+    HEADS_UP_DAYS,
+    REVIEW_DAYS,
+    TIMER_KINDS,
+    USER_ADDED_REMINDER_DAYS,
+    review_at,
+)
 from trialflow.settings import Settings
 
 __all__ = ["Context", "decide", "DECISION_DAYS", "EXTENSION_DAYS", "REVIEW_DAYS"]
@@ -58,7 +80,7 @@ class _Effects:
     def add(self, name: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.effect(f"{self.base}:{name}", kind, payload, self.event.at, self.trial.id)
 
-    def post(self, name: str, channel: str, text: str, *blocks: dict, ref: str | None = None,
+    def post(self, name: str, channel: str, text: str, *blocks: dict[str, Any], ref: str | None = None,
              thread_ref: str | None = None) -> None:
         payload = {"channel": channel, **sb.message(text, *blocks)}
         if ref:
@@ -67,7 +89,7 @@ class _Effects:
             payload["thread_ref"] = thread_ref
         self.add(name, "slack.message", payload)
 
-    def alert(self, text: str, *blocks: dict) -> None:
+    def alert(self, text: str, *blocks: dict[str, Any]) -> None:
         """The trial's one alert in #cloud-trial-alerts; later updates edit it in place."""
         self.post("alert", self.ctx.alerts, text, *blocks, ref=f"alert:{self.trial.id}")
 
@@ -77,7 +99,7 @@ class _Effects:
             "ref": f"alert:{self.trial.id}", **sb.message(text, sb.context(f"trial `{self.trial.id}`")),
         })
 
-    def to_account_channel(self, name: str, text: str, *blocks: dict) -> None:
+    def to_account_channel(self, name: str, text: str, *blocks: dict[str, Any]) -> None:
         if self.trial.account_name:
             self.post(name, "#" + channel_name(self.trial.account_name), text, *blocks)
         else:
@@ -89,18 +111,21 @@ class _Effects:
         self.add("channel", "slack.channel", {
             "name": channel_name(self.trial.account_name),
             "invite": [e for e in (self.trial.ce, self.trial.ae) if e],
-            "topic": f"Cloud trial for {self.trial.account_name} ({self.trial.domain})",
+            "topic": limits.fit(limits.SLACK_CHANNEL_TOPIC, "Cloud trial for {account} ({domain})",
+                                account=Data(self.trial.account_name), domain=host(self.trial.domain)),
         })
 
-    def email(self, slot: str, template: str, to: str, *, cc: list[str] | None = None,
+    def email(self, slot: str, template: str, to: str, *, cc: list[str | None] | None = None,
               sender: str | None = None, **context: Any) -> None:
         self.add(slot, "email", {"template": template, "to": to, "cc": [c for c in (cc or []) if c],
                                  "from": sender, "context": context})
 
     def issue(self, name: str, issue_kind: str, title: str, body: str, labels: list[str],
               ref: str | None = None, detail: dict[str, Any] | None = None) -> None:
-        payload = {"issue_kind": issue_kind, "title": title, "body": body, "labels": labels,
-                   "ref": ref or f"{issue_kind}:{self.trial.id}"}
+        # Titles and bodies are fitted where they are built; clipping here only guards the limits.
+        payload: dict[str, Any] = {"issue_kind": issue_kind, "title": limits.clip(title, limits.GITHUB_TITLE),
+                                   "body": issue_body(body), "labels": labels,
+                                   "ref": ref or f"{issue_kind}:{self.trial.id}"}
         if detail:
             payload["detail"] = detail  # kept with the request until the cloud team completes it
         self.add(name, "github.issue", payload)
@@ -111,7 +136,8 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
     kind = "named account" if named else "pre-qualified account"
     manual = instances.claimed(fx, ctx.people, ctx.settings, trial)
     fx.alert(
-        f":rocket: {lead(trial)} signed up: {kind} *{trial.account_name}*; instance {trial.instance_url} claimed from the pool.",
+        sb.mrkdwn(":rocket: {lead} signed up: {kind} *{account}*; instance {url} claimed from the pool.",
+                  lead=lead(trial), kind=kind, account=Data(trial.account_name or ""), url=trial.instance_url or ""),
         sb.section(who(ctx.people, trial)),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
@@ -129,11 +155,12 @@ def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
 
 
 def _instance_requested(fx: _Effects, ctx: Context, trial: PlainTrial, by: str) -> None:
-    fx.update_alert(f":white_check_mark: {lead(trial)} qualified by {by}; instance requested. {who(ctx.people, trial)}")
+    fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} qualified by {by}; instance requested. {who}",
+                              lead=lead(trial), by=by, who=who(ctx.people, trial)))
     fx.channel()
     ce = ctx.people.by_email(trial.ce)
     fx.issue("instance-request", "instance-request",
-             f"Cloud trial instance request: {account_of(trial)}",
+             issue_title("Cloud trial instance request: {account}", account=host(account_of(trial))),
              instance_request_body(trial, trial.ce or "", ctx.settings), ["cloud-trial", "instance-request"])
     ae = ctx.people.by_email(trial.ae)
     fx.email("welcome", "welcome", trial.email, cc=[trial.ae], sender=trial.ce or None,
@@ -150,182 +177,210 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
     return out
 
 
-def _on_route_to_existing(fx, ctx, trial, event):
-    fx.alert(f":house: {lead(trial)} signed up; *{trial.domain}* already has {trial.instance_url}: redirected there.",
+def _on_route_to_existing(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.alert(sb.mrkdwn(":house: {lead} signed up; *{domain}* already has {url}: redirected there.",
+                       lead=lead(trial), domain=host(trial.domain), url=trial.instance_url or ""),
              sb.section(instances.colleague_joins(fx, ctx.people, ctx.settings, trial, event)),
              sb.buttons(trial.id, "user_added"))
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
-def _on_claim(fx, ctx, trial, event):
+def _on_claim(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _claimed(fx, ctx, trial)
 
 
-def _on_wait(fx, ctx, trial, event):
-    text = f":hourglass: {lead(trial)} is waiting for capacity (instance cap or empty pool); it proceeds by itself when an instance frees up."
+def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    text = (":hourglass: {lead} is waiting for capacity (instance cap or empty pool); it proceeds by itself "
+            "when an instance frees up.")
     if event.from_state == lc.TRIAGE:
-        fx.update_alert(f"{text} Qualified by {ctx.people.mention(trial.sdr)}.")
+        fx.update_alert(sb.mrkdwn(text + " Qualified by {sdr}.", lead=lead(trial), sdr=ctx.people.mention(trial.sdr)))
     else:
-        fx.alert(text, sb.context(score(trial)))
+        fx.alert(sb.mrkdwn(text, lead=lead(trial)), sb.context(score(trial)))
 
 
-def _on_triage(fx, ctx, trial, event):
-    fx.alert(f":mag: New cloud trial request from {lead(trial)} ({trial.domain}): inbound SDR, please triage.",
+def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.alert(sb.mrkdwn(":mag: New cloud trial request from {lead} ({domain}): inbound SDR, please triage.",
+                       lead=lead(trial), domain=host(trial.domain)),
              sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
 
 
-def _on_user_added(fx, ctx, trial, event):
-    by = ("trialflow made their account and emailed them its link" if event.actor == SYSTEM else
-          f"confirmed by {ctx.people.mention(trial.ae) if event.actor == trial.ae else event.actor}")
-    fx.update_alert(f":white_check_mark: {lead(trial)} was added to {trial.instance_url} ({by}).")
+def _on_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    if event.actor == SYSTEM:
+        fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} was added to {url} (trialflow made their account and "
+                                  "emailed them its link).", lead=lead(trial), url=trial.instance_url or ""))
+    else:
+        by = ctx.people.mention(trial.ae) if event.actor == trial.ae else Data(event.actor)
+        fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} was added to {url} (confirmed by {by}).",
+                                  lead=lead(trial), url=trial.instance_url or "", by=by))
     fx.out.cancel(trial.id, lc.USER_ADDED_REMINDER)
 
 
-def _on_remind_user_added(fx, ctx, trial, event):
-    fx.post("reminder", ctx.alerts, f":bell: {ctx.people.mention(trial.ae)}: {trial.email} is still waiting to be added to {trial.instance_url}.",
-            sb.buttons(trial.id, "user_added"), thread_ref=f"alert:{trial.id}")
+def _on_remind_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    text = sb.mrkdwn(":bell: {ae}: {email} is still waiting to be added to {url}.", ae=ctx.people.mention(trial.ae),
+                     email=Data(trial.email), url=trial.instance_url or "")
+    fx.post("reminder", ctx.alerts, text, sb.buttons(trial.id, "user_added"), thread_ref=f"alert:{trial.id}")
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
 
-def _on_disqualify(fx, ctx, trial, event):
+def _on_disqualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     reason = event.detail.get("reason", "")
-    fx.update_alert(f":no_entry: {lead(trial)} disqualified by {ctx.people.mention(trial.sdr)}: {reason}. Self-hosting email sent.")
+    fx.update_alert(sb.mrkdwn(":no_entry: {lead} disqualified by {sdr}: {reason}. Self-hosting email sent.",
+                              lead=lead(trial), sdr=ctx.people.mention(trial.sdr), reason=Data(reason)))
     fx.email("self-host", "self_host", trial.email, name=trial.name or "")
 
 
-def _on_qualify(fx, ctx, trial, event):
+def _on_qualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, ctx.people.mention(trial.sdr))
 
 
-def _on_request_instance(fx, ctx, trial, event):
+def _on_request_instance(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, "the capacity queue")
 
 
-def _on_ready(fx, ctx, trial, event):
+def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     # The instance is live and, unless the domain is a public mailbox's (shared by strangers:
     # claiming it would send every later @hotmail.fr signup to this one person), its domain leads there.
+    if trial.instance_host is None:  # the step that marks it ready records the host first
+        raise ValueError(f"trial {trial.id} was marked ready without an instance")
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
     instances.ready(fx, ctx.people, ctx.settings, trial)
     fx.add("issue-comment", "github.comment", {
         "ref": f"instance-request:{trial.id}",
-        "body": f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off.",
+        "body": issue_body(f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off."),
     })
 
 
-def _on_hand_off(fx, ctx, trial, event):
-    review_on = str((trial.started_at + timedelta(days=REVIEW_DAYS)).date())
-    fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event, review_on))
+def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event,
+                                                                  str(review_at(trial).date())))
     _start_clock(fx, trial, event.at)
 
 
-def _on_convert_to_opp(fx, ctx, trial, event):
+def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     opp = event.detail.get("opportunity_id") or trial.opportunity_id or "n/a"
-    fx.to_account_channel("opp", f":briefcase: Opportunity {opp} created for {account_of(trial)}. {who(ctx.people, trial)}")
+    fx.to_account_channel("opp", sb.mrkdwn(":briefcase: Opportunity {opp} created for {account}. {who}", opp=Data(opp),
+                                           account=Data(account_of(trial)), who=who(ctx.people, trial)))
 
 
-def _on_reassign(fx, ctx, trial, event):
-    fx.to_account_channel("reassigned", f":arrows_counterclockwise: {trial.email}'s trial reassigned: {who(ctx.people, trial)}")
+def _on_reassign(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("reassigned", sb.mrkdwn(":arrows_counterclockwise: {email}'s trial reassigned: {who}",
+                                                  email=Data(trial.email), who=who(ctx.people, trial)))
     fx.channel()
 
 
-def _on_domain_change(fx, ctx, trial, event):
+def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     new = event.detail["new_host"]
     body = domain_change_body(trial, new, event.actor, len(trial.history))
-    fx.issue("domain-change", "domain-change", f"Domain name change: {trial.instance_host} → {new}", body,
+    fx.issue("domain-change", "domain-change",
+             issue_title("Domain name change: {old} → {new}", old=host(trial.instance_host), new=host(new)), body,
              ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}",
              detail={"new_host": new})
-    fx.to_account_channel("domain-change-ae", f":money_with_wings: AE {ctx.people.mention(trial.ae)}: {trial.email} asked for the vanity domain {new} (a buying signal).")
+    fx.to_account_channel("domain-change-ae", sb.mrkdwn(
+        ":money_with_wings: AE {ae}: {email} asked for the vanity domain {new} (a buying signal).",
+        ae=ctx.people.mention(trial.ae), email=Data(trial.email), new=host(new)))
 
 
-def _on_warn(fx, ctx, trial, event):
-    review_on = str((trial.started_at + timedelta(days=REVIEW_DAYS)).date())
-    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.people, trial, event, review_on),
+def _on_warn(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.people, trial, event, str(review_at(trial).date())),
                           sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
 
 
-def _on_check_usage(fx, ctx, trial, event):
+def _on_check_usage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     instances.check_usage(fx, trial)
 
 
-def _on_ask_decision(fx, ctx, trial, event):
+def _on_ask_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     instances.ask_decision(fx, ctx.people, trial)
 
 
-def _on_admin_confirmed(fx, ctx, trial, event):
+def _on_admin_confirmed(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     instances.admin_confirmed(fx, trial, event)
 
 
-def _on_request_done(fx, ctx, trial, event):
+def _on_request_done(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     instances.request_done(fx, trial, event)
 
 
-def _on_keep(fx, ctx, trial, event):
-    fx.to_account_channel("kept", f":pushpin: {event.actor} kept {trial.instance_url}: it will be extended at day 15, not terminated.")
+def _on_keep(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("kept", sb.mrkdwn(":pushpin: {actor} kept {url}: it will be extended at day 15, not terminated.",
+                                            actor=Data(event.actor), url=trial.instance_url or ""))
 
 
-def _on_extend(fx, ctx, trial, event):
+def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     days = int(event.detail.get("days", EXTENSION_DAYS))
     until = datetime.fromisoformat(event.detail["until"])
-    fx.issue("trial-extend", "trial-extend", f"Trial extend: {trial.instance_host} until {until.date()}",
+    fx.issue("trial-extend", "trial-extend",
+             issue_title("Trial extend: {host} until {until}", host=host(trial.instance_host), until=str(until.date())),
              f"Extend the cloud trial of {account_of(trial)} ({trial.instance_url}) by {days} days, until {until.date()}.\n"
              f"Requested by: {event.actor}\n\n<!-- trialflow:{trial.id}:trial-extend:{len(trial.history)} -->",
              ["cloud-trial", "trial-extend"], ref=f"trial-extend:{trial.id}:{len(trial.history)}")
     if event.detail.get("license_change"):
-        fx.issue("license-change", "license-change", f"License change for trial extension: {trial.instance_host}",
+        fx.issue("license-change", "license-change",
+                 issue_title("License change for trial extension: {host}", host=host(trial.instance_host)),
                  f"The trial of {account_of(trial)} is extended by more than {EXTENSION_DAYS} extra days (until {until.date()}): "
                  f"its trial license must be extended too.\n\n<!-- trialflow:{trial.id}:license-change:{len(trial.history)} -->",
                  ["cloud-trial", "license-change"], ref=f"license-change:{trial.id}:{len(trial.history)}")
-    fx.to_account_channel("extended", f":calendar: {trial.instance_url} extended until {until.date()} ({event.actor}).")
+    fx.to_account_channel("extended", sb.mrkdwn(":calendar: {url} extended until {until} ({actor}).",
+                                                url=trial.instance_url or "", until=str(until.date()),
+                                                actor=Data(event.actor)))
     fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
 
 
-def _on_remind_decision(fx, ctx, trial, event):
-    fx.to_account_channel("decision", f":alarm_clock: CE {ctx.people.mention(trial.ce)}: {trial.instance_url} has reached the end of its trial. Extend, convert or terminate.",
-                          sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
+def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    text = sb.mrkdwn(":alarm_clock: CE {ce}: {url} has reached the end of its trial. Extend, convert or terminate.",
+                     ce=ctx.people.mention(trial.ce), url=trial.instance_url or "")
+    fx.to_account_channel("decision", text, sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
-def _on_escalate(fx, ctx, trial, event):
-    fx.post("escalation", ctx.alerts, f":rotating_light: No decision on {trial.instance_url} ({account_of(trial)}) "
-            f"after day 30. AE {ctx.people.mention(trial.ae)}, CE {ctx.people.mention(trial.ce)}: extend, convert or terminate.",
-            sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
+def _on_escalate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    text = sb.mrkdwn(":rotating_light: No decision on {url} ({account}) after day 30. AE {ae}, CE {ce}: extend, "
+                     "convert or terminate.", url=trial.instance_url or "", account=Data(account_of(trial)),
+                     ae=ctx.people.mention(trial.ae), ce=ctx.people.mention(trial.ce))
+    fx.post("escalation", ctx.alerts, text, sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
 
-def _on_convert(fx, ctx, trial, event):
-    fx.to_account_channel("converted", f":tada: {account_of(trial)} converted to paid ({event.actor}).")
-    fx.update_alert(f":tada: {lead(trial)}: converted.")
+def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("converted", sb.mrkdwn(":tada: {account} converted to paid ({actor}).",
+                                                 account=Data(account_of(trial)), actor=Data(event.actor)))
+    fx.update_alert(sb.mrkdwn(":tada: {lead}: converted.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
 
 
-def _on_terminate(fx, ctx, trial, event):
+def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     reason = event.detail.get("reason", "")
-    why = f"{reason or 'no reason given'}; {event.actor}"
+    done: Fitted
     if trial.instance_host:
-        fx.issue("termination", "termination", f"Terminate cloud trial instance {trial.instance_host}",
-                 f"Terminate {trial.instance_url} ({account_of(trial)}). Reason: {reason}\nRequested by: {event.actor}\n\n"
-                 f"<!-- trialflow:{trial.id}:termination -->", ["cloud-trial", "termination"])
-        done = f"{trial.instance_url} is being terminated"
+        fx.issue("termination", "termination",
+                 issue_title("Terminate cloud trial instance {host}", host=host(trial.instance_host)),
+                 issue_body(f"Terminate {trial.instance_url} ({code_span(account_of(trial))}). Reason: {code_span(reason)}\n"
+                            f"Requested by: {event.actor}", f"<!-- trialflow:{trial.id}:termination -->"),
+                 ["cloud-trial", "termination"])
+        done = Fitted("{url} is being terminated", {"url": trial.instance_url or ""})
     elif event.from_state == lc.INSTANCE_REQUESTED:
         # Nothing to terminate yet: the cloud team must stop provisioning, on the request itself.
         fx.add("request-cancelled", "github.comment", {
             "ref": f"instance-request:{trial.id}",
-            "body": f"Request cancelled by {event.actor} ({reason or 'no reason given'}): please stop provisioning this instance.",
+            "body": issue_body(f"Request cancelled by {event.actor} ({code_span(reason, 'no reason given')}): "
+                               "please stop provisioning this instance."),
         })
-        done = f"The instance request for {account_of(trial)} is cancelled"
+        done = Fitted("The instance request for {account} is cancelled", {"account": Data(account_of(trial))})
     else:
-        done = f"{trial.email} left the capacity queue"
-    fx.to_account_channel("terminated", f":wastebasket: {done} ({why}).", sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
-    fx.update_alert(f":wastebasket: {lead(trial)}: terminated.")
+        done = Fitted("{email} left the capacity queue", {"email": Data(trial.email)})
+    fx.to_account_channel("terminated", sb.mrkdwn(":wastebasket: {done} ({reason}; {actor}).", done=done,
+                                                  reason=Data(reason or "no reason given"), actor=Data(event.actor)),
+                          sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
+    fx.update_alert(sb.mrkdwn(":wastebasket: {lead}: terminated.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
     if trial.instance_host:
         fx.out.release_instance(trial.instance_host)
 
 
-def _on_feedback(fx, ctx, trial, event):
+def _on_feedback(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.email("feedback", "feedback_request", trial.email, sender=ctx.settings.feedback_sender, name=trial.name or "",
              cc=[trial.ce])
 

@@ -7,11 +7,14 @@ is the truth); instances are merged, because a pool instance claimed at run time
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Literal, overload
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
@@ -74,6 +77,10 @@ def _text(value: str, column: str, limit: int, path: str, line: int) -> str:
     return value
 
 
+@overload
+def _email(value: str, column: str, path: str, line: int, required: Literal[True]) -> str: ...
+@overload
+def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None: ...
 def _email(value: str, column: str, path: str, line: int, required: bool = False) -> str | None:
     if not value:
         if required:
@@ -85,8 +92,8 @@ def _email(value: str, column: str, path: str, line: int, required: bool = False
         raise ConfigError(f"{column}: {e.message}", path, line) from None
 
 
-def parse_accounts(path: Path, progress: Progress | None = None, total: int | None = None) -> list[dict]:
-    out: dict[str, dict] = {}
+def parse_accounts(path: Path, progress: Progress | None = None, total: int | None = None) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     p = str(path)
     for line, row in _rows(path, ACCOUNT_COLUMNS):
         try:
@@ -118,8 +125,8 @@ def parse_accounts(path: Path, progress: Progress | None = None, total: int | No
     return list(out.values())
 
 
-def parse_staff(path: Path) -> list[dict]:
-    out: dict[str, dict] = {}
+def parse_staff(path: Path) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     p = str(path)
     for line, row in _rows(path, STAFF_COLUMNS):
         email = _email(row["email"], "email", p, line, required=True)
@@ -139,8 +146,8 @@ def parse_staff(path: Path) -> list[dict]:
     return list(out.values())
 
 
-def parse_instances(path: Path) -> list[dict]:
-    out: dict[str, dict] = {}
+def parse_instances(path: Path) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     p = str(path)
     for line, row in _rows(path, INSTANCE_COLUMNS):
         try:
@@ -162,7 +169,7 @@ def _count_lines(path: Path) -> int:
         return max(sum(1 for _ in fh) - 1, 0)
 
 
-def load_reference_data(session_factory, config_dir: Path, now, progress: Progress | None = None) -> LoadReport:
+def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path, now: datetime, progress: Progress | None = None) -> LoadReport:
     config_dir = Path(config_dir)
     accounts_path = config_dir / "accounts.csv"
     total = _count_lines(accounts_path) if accounts_path.exists() else 0

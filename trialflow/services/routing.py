@@ -10,6 +10,7 @@ email and domain (``Known``, read in one round trip by ``services.signups``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import Email
 from trialflow.domain.trial import CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_UNNAMED, SYSTEM, PlainTrial
 
+T = TypeVar("T")
 Owner = tuple[str | None, str | None, str | None]  # (account_name, ae, ce) of the trial that claimed a domain
 
 # How a colleague joins the domain's instance (case 1), decided from what is known of it:
@@ -66,7 +68,7 @@ class Known:
     accounts: dict[str, Account] = field(default_factory=dict)
     has_marketing_events: bool = False
 
-    def first(self, found: dict, candidates: list[str]):
+    def first(self, found: dict[str, T], candidates: list[str]) -> T | None:
         for domain in candidates:  # most specific first
             if domain in found:
                 return found[domain]
@@ -129,7 +131,7 @@ def how_to_join(instance: Instance, account: Account | None) -> str:
     return JOIN_REQUEST
 
 
-def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account,
+def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account: Account | None,
                   instance: Instance = Instance()) -> None:
     """Case 1: the domain's people are the ones who own its instance (its first trial's, or the account's)."""
     owner_name, owner_ae, owner_ce = owner or (None, None, None)
@@ -155,4 +157,4 @@ def join_claimed(session: Session, trial: PlainTrial, domain: str, host: str, ow
     seen = session.execute(select(i.admin_email, i.admin_seen_at).where(i.host == host)).first()
     instance = Instance(owner.state if owner else None, seen.admin_email if seen else None,
                         bool(owner_trial_id) and seen is not None and seen.admin_seen_at is None)
-    join_existing(trial, domain, host, tuple(owner)[:3] if owner else None, account, instance)  # type: ignore[arg-type]
+    join_existing(trial, domain, host, (owner.account_name, owner.ae, owner.ce) if owner else None, account, instance)

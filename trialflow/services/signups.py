@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import String, bindparam, select, text
 from sqlalchemy.orm import Session
 
+from trialflow.clock import Clock
 from trialflow.db import tables
+from trialflow.db.engine import LoopConnections
+from trialflow.db.sql import driver_of, session_driver, session_engine
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions
 from trialflow.domain.normalize import Email, normalize_email
@@ -31,6 +35,7 @@ from trialflow.services import capacity, outbox, policies, writer
 from trialflow.services.directory import Directory, Person, next_in_rotation
 from trialflow.services.routing import Account, Claim, Instance, Known, needs_claim, route
 from trialflow.services.uow import UnitOfWork, wake_safely
+from trialflow.settings import Settings
 
 log = logging.getLogger("trialflow.signups")
 
@@ -50,6 +55,10 @@ REDIRECTED = frozenset({lc.JOINING_EXISTING, lc.JOINED, lc.ACTIVE, lc.EXTENDED, 
 # Name, company and source end up in Slack messages and GitHub issues: one line of plain text,
 # nothing Slack or Markdown could read as a mention, a link or a hidden comment.
 _FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f<>]")
+# Characters that change how the text around them reads without being seen: bidirectional
+# embeddings, overrides and isolates (a name that displays reversed), and Unicode's own line and
+# paragraph separators (a second line that no control-character check sees).
+_INVISIBLE_LAYOUT = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029\x85]")
 
 
 @dataclass
@@ -72,7 +81,7 @@ class SignupResult:
     created: bool
 
     @classmethod
-    def of(cls, trial: PlainTrial, created: bool) -> "SignupResult":
+    def of(cls, trial: PlainTrial, created: bool) -> SignupResult:
         return cls(trial.id, trial.case, trial.state, trial.domain, trial.email, trial.instance_url, created)
 
     @property
@@ -97,20 +106,9 @@ def _clean(value: Any, field: str, limit: int = 200) -> str | None:
         raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
     if _FORBIDDEN_IN_TEXT.search(value):
         raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
-    return value or None
-
-
-
-def _clean(value: Any, field: str, limit: int = 200) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidSignup(f"{field} must be text.", field)
-    value = value.strip()
-    if len(value) > limit:
-        raise InvalidSignup(f"{field} is too long ({limit} characters at most).", field)
-    if _FORBIDDEN_IN_TEXT.search(value):
-        raise InvalidSignup(f"{field} must be one line of plain text, without < or >.", field)
+    if _INVISIBLE_LAYOUT.search(value):
+        raise InvalidSignup(f"{field} must be one line of plain text, without direction-changing "
+                            "or line-separator characters.", field)
     return value or None
 
 
@@ -133,7 +131,8 @@ def _cleaned(data: SignupInput) -> _Cleaned:
                     _clean(data.source, "source", 100))
 
 
-def _result(trial_id, case, state, domain, email, instance_host) -> SignupResult:
+def _result(trial_id: str, case: str | None, state: str, domain: str, email: str,
+            instance_host: str | None) -> SignupResult:
     return SignupResult(trial_id, case, state, domain, email,
                         f"https://{instance_host}" if instance_host else None, created=False)
 
@@ -206,13 +205,13 @@ def _candidates(email: Email) -> list[str]:
 
 def _look_up(session: Session, email: Email) -> Known:
     if session.get_bind().dialect.name == "postgresql":
-        with session.connection().connection.driver_connection.cursor() as cursor:
+        with session_driver(session).cursor() as cursor:
             return _known(email, cursor.execute(*_lookup_params(email.address, _candidates(email))).fetchall())
     rows = session.connection().execute(_LOOKUP, {"email": email.address, "candidates": _candidates(email)}).all()
     return _known(email, rows)
 
 
-def _known(email: Email, rows) -> Known:
+def _known(email: Email, rows: Iterable[Sequence[Any]]) -> Known:
     known = Known()
     for kind, k, a, b, c, d, e, f, g in rows:
         if kind == "trial":
@@ -241,7 +240,7 @@ def find_by_email(session: Session, address: str) -> SignupResult | None:
 
 # --- the write -----------------------------------------------------------------------------
 
-def submit_signup(uow_factory: Callable[[], UnitOfWork], settings, clock, data: SignupInput) -> SignupResult:
+def submit_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, data: SignupInput) -> SignupResult:
     """Route one signup and commit it with its effects, in one transaction.
 
     Inserting the trial with ON CONFLICT (email) DO NOTHING is the per-email lock: a second
@@ -261,13 +260,13 @@ def submit_signup(uow_factory: Callable[[], UnitOfWork], settings, clock, data: 
         return _submit_in_transaction(uow, settings, clock, signup, known)
 
 
-def _submit_in_autocommit(uow: UnitOfWork, settings, clock, signup: _Cleaned) -> SignupResult | None:
+def _submit_in_autocommit(uow: UnitOfWork, settings: Settings, clock: Clock, signup: _Cleaned) -> SignupResult | None:
     """PostgreSQL: the read and, for a signup that claims nothing, its one statement, on a pooled
     connection of its own in autocommit (checking one out through the session, with its isolation
     level set and reset, cost ~0.1 ms of CPU per signup). None: the signup needs the transaction."""
-    raw = uow.session.get_bind().raw_connection()
+    raw = session_engine(uow.session).raw_connection()
     try:
-        driver = raw.driver_connection
+        driver = driver_of(raw)
         driver.autocommit = True
         try:
             with driver.cursor() as cursor:
@@ -292,7 +291,7 @@ def _submit_in_autocommit(uow: UnitOfWork, settings, clock, signup: _Cleaned) ->
     return SignupResult.of(trial, created=True)
 
 
-def _submit_in_transaction(uow: UnitOfWork, settings, clock, signup: _Cleaned, known: Known) -> SignupResult:
+def _submit_in_transaction(uow: UnitOfWork, settings: Settings, clock: Clock, signup: _Cleaned, known: Known) -> SignupResult:
     session = uow.session
     trial = signup.new_trial(clock.now())
     decisions = Decisions()
@@ -344,7 +343,7 @@ _PEOPLE = "SELECT email, name, role, slack_user_id, github_login, active FROM st
 _BY_EMAIL = 'SELECT id, "case", state, domain, email, instance_host FROM trials WHERE email = %s'
 
 
-async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
+async def submit_signup_on_loop(connections: LoopConnections, settings: Settings, clock: Clock, data: SignupInput,
                                 wake: Callable[[list[int]], None] | None = None) -> SignupResult | None:
     """``submit_signup``'s PostgreSQL fast path, on the event loop: the same read, routing,
     decisions and one statement, through ``connections`` (``db.engine.LoopConnections``), so no
@@ -377,7 +376,10 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
         decisions = policies.decide(trial, policies.Context(people, settings))
         try:
             await cursor.execute(*writer.new_trial_statement(trial, decisions))
-            inserted, effect_ids = await cursor.fetchone()
+            written = await cursor.fetchone()
+            if written is None:  # the statement always answers one row; without it, nothing is known
+                raise RuntimeError("the signup statement answered no row")
+            inserted, effect_ids = written
         except Exception as exc:
             raise WriteInDoubt(trial.id) from exc
         if not inserted:  # the same email's other signup committed first: answer with its trial
@@ -395,22 +397,28 @@ async def submit_signup_on_loop(connections, settings, clock, data: SignupInput,
 
 # --- the failsafe --------------------------------------------------------------------------
 
-def keep_failed_signup(uow_factory, settings, clock, body: bytes, error: BaseException) -> None:
+def keep_failed_signup(uow_factory: Callable[[], UnitOfWork], settings: Settings, clock: Clock, body: bytes,
+                       error: BaseException, key: str | None = None) -> None:
     """The failsafe: routing failed, so keep the raw signup and queue an email to support.
 
     ``uow_factory`` is the same one the signup used (``Runtime.uow``), so the support email is
-    woken for delivery as soon as it is committed, like any other effect.
+    woken for delivery as soon as it is committed, like any other effect. ``key`` names a signup
+    that may be handed over more than once (a spooled one, whose replay may be interrupted after
+    this commits): it is then kept, and support emailed, only the first time.
     """
     now = clock.now()
     raw = body.decode("utf-8", "replace")
     with uow_factory() as uow:
+        if key is not None and uow.session.execute(
+                select(tables.outbox.c.id).where(tables.outbox.c.key == f"failed-signup:{key}")).first():
+            return
         row_id = uow.session.execute(tables.failed_signups.insert().values(
             received_at=now, body=raw, error=f"{type(error).__name__}: {error}").returning(tables.failed_signups.c.id)).scalar_one()
         try:
             submitted = json.loads(raw)
         except ValueError:
             submitted = {"raw": raw[:2000]}
-        outbox.enqueue(uow, key=f"failed-signup:{row_id}", kind="email", now=now, payload={
+        outbox.enqueue(uow, key=f"failed-signup:{key or row_id}", kind="email", now=now, payload={
             "template": "support_failsafe", "to": settings.support_email, "cc": [], "from": None,
             "context": {"signup": json.dumps(submitted, indent=2, default=str)[:4000], "error": type(error).__name__,
                         "failed_signup_id": row_id},

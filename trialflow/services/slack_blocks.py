@@ -1,12 +1,16 @@
 """Block Kit for the messages trialflow posts. Buttons carry the trial id as their value.
 
 Every button's ``action_id`` is ``trial:<action>``; ``trialflow.api.slack`` maps it to a command.
+Texts are fitted to Slack's limits where they are built (``mrkdwn``, ``services.fit``); the
+blocks here clip whatever reaches them anyway, never inside an escape sequence or a mention.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from trialflow.domain import lifecycle as lc
+from trialflow.services import fit as limits
+from trialflow.services.fit import Field
 
 ACTIONS = {
     lc.QUALIFY: ("Qualify", "primary"),
@@ -28,12 +32,25 @@ def escape(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def mrkdwn(template: str, /, **fields: Field) -> str:
+    """A section's text: ``Data`` fields (people's data) escaped, and shortened if the whole would
+    pass Slack's 3,000 characters; ``str`` fields (mentions, links, our words) kept whole."""
+    return limits.fit(limits.SLACK_SECTION_TEXT, template, escape, **fields)
+
+
+def mailto(email: str) -> str:
+    """An email as a Slack link; a ``|`` (legal in an address) would end the link early, so such an
+    address is shown as plain text."""
+    shown = escape(email)
+    return shown if "|" in email else f"<mailto:{shown}|{shown}>"
+
+
 def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": limits.clip(text, limits.SLACK_SECTION_TEXT)}}
 
 
 def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": limits.clip(text, limits.SLACK_CONTEXT_TEXT)}]}
 
 
 def buttons(trial_id: str, *actions: str) -> dict[str, Any]:
@@ -49,4 +66,5 @@ def buttons(trial_id: str, *actions: str) -> dict[str, Any]:
 
 
 def message(text: str, *blocks: dict[str, Any]) -> dict[str, Any]:
-    return {"text": text, "blocks": [section(text), *blocks]}
+    first = section(text)
+    return {"text": first["text"]["text"], "blocks": [first, *blocks][:limits.SLACK_MESSAGE_BLOCKS]}

@@ -7,17 +7,21 @@ only active staff (staff.csv, by Slack user id) get one.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain, normalize_email
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
+from trialflow.services import fit as limits
 from trialflow.services.directory import Directory, Person
 from trialflow.services.slack_steps import esc, run_command
 from trialflow.services.timers import deadlines
+from trialflow.services.uow import App
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -32,7 +36,7 @@ QUEUE_LIMIT = 20
 LIST_LIMIT = 20
 
 
-def handle_slash_command(rt, form: dict[str, str]) -> dict:
+def handle_slash_command(rt: App, form: dict[str, str]) -> dict[str, Any]:
     user_id = form.get("user_id", "")
     words = (form.get("text") or "").split()
     sub = words[0].lower() if words else "help"
@@ -60,11 +64,12 @@ def handle_slash_command(rt, form: dict[str, str]) -> dict:
     return _answer(f"I do not know `/trial {esc(sub)}`.\n{HELP}")
 
 
-def _answer(text: str) -> dict:
-    return {"response_type": "ephemeral", "text": text}
+def _answer(text: str) -> dict[str, Any]:
+    # Slack truncates a text past 40,000 characters wherever it falls; we cut between escapes and mentions.
+    return {"response_type": "ephemeral", "text": limits.clip(text, limits.SLACK_MESSAGE_TEXT)}
 
 
-def _deadline_text(session, trial: Trial) -> str:
+def _deadline_text(session: Session, trial: Trial) -> str:
     upcoming = deadlines(session, trial.id)
     if not upcoming:
         return ""
@@ -72,7 +77,7 @@ def _deadline_text(session, trial: Trial) -> str:
     return f" · next: {kind.replace('_', ' ')} on {due[:10]}"
 
 
-def _trial_line(session, trial: Trial) -> str:
+def _trial_line(session: Session, trial: Trial) -> str:
     people = Directory(session)
     bits = [f"*{esc(trial.email)}* (`{trial.id}`) — *{trial.state.replace('_', ' ')}*",
             f"{esc(trial.account_name or trial.domain)}"]
@@ -85,7 +90,7 @@ def _trial_line(session, trial: Trial) -> str:
     return f"{line}\n      {owners} · {score}{activity}{_deadline_text(session, trial)}"
 
 
-def _status(session, query: str) -> str:
+def _status(session: Session, query: str) -> str:
     query = query.strip().strip("<>")
     if query.startswith("mailto:"):
         query = query.split("|", 1)[0][len("mailto:"):]
@@ -104,7 +109,7 @@ def _status(session, query: str) -> str:
     return "\n".join(_trial_line(session, t) for t in trials)
 
 
-def _mine(session, person: Person) -> str:
+def _mine(session: Session, person: Person) -> str:
     t = tables.trials
     mine = or_(t.c.sdr == person.email, t.c.ae == person.email, t.c.ce == person.email)
     open_states = [s for s in lc.STATES if s not in lc.FINAL_STATES]
@@ -112,12 +117,12 @@ def _mine(session, person: Person) -> str:
                              .order_by(t.c.created_at.desc()).limit(LIST_LIMIT)).all()
     if not trials:
         return f"No open trials where you ({esc(person.name)}) are the SDR, AE or CE."
-    total = session.scalar(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states)))
+    total = session.execute(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states))).scalar_one()
     head = f"*Your open trials* ({total}{f', newest {LIST_LIMIT} shown' if total > LIST_LIMIT else ''}):"
     return "\n".join([head, *(_trial_line(session, trial) for trial in trials)])
 
 
-def triage_queue(session, limit: int = QUEUE_LIMIT) -> list[Trial]:
+def triage_queue(session: Session, limit: int = QUEUE_LIMIT) -> list[Trial]:
     """Triage, highest lead score first: MQL points, then PQL grade (A best, ungraded last), then oldest."""
     t = tables.trials
     return list(session.scalars(select(Trial).where(t.c.state == lc.TRIAGE)
@@ -125,7 +130,7 @@ def triage_queue(session, limit: int = QUEUE_LIMIT) -> list[Trial]:
                                 .limit(limit)))
 
 
-def _queue(session) -> str:
+def _queue(session: Session) -> str:
     trials = triage_queue(session)
     waiting = session.scalar(select(func.count()).select_from(tables.trials)
                              .where(tables.trials.c.state == lc.WAITING_FOR_CAPACITY))
@@ -145,7 +150,7 @@ def _queue(session) -> str:
     return text
 
 
-def _domain_change(rt, form: dict[str, str], user_id: str, target: str, subdomain: str) -> str:
+def _domain_change(rt: App, form: dict[str, str], user_id: str, target: str, subdomain: str) -> str:
     with rt.session_factory() as session:
         if target.startswith("tr_"):
             trial_id = target
@@ -154,9 +159,10 @@ def _domain_change(rt, form: dict[str, str], user_id: str, target: str, subdomai
                 address = normalize_email(target.strip("<>").removeprefix("mailto:").split("|", 1)[0]).address
             except InvalidSignup as exc:
                 return f":warning: {esc(exc.message)}"
-            trial_id = session.scalar(select(tables.trials.c.id).where(tables.trials.c.email == address))
-            if trial_id is None:
+            found: str | None = session.scalar(select(tables.trials.c.id).where(tables.trials.c.email == address))
+            if found is None:
                 return f"No trial for `{esc(address)}`."
+            trial_id = found
     outcome = run_command(rt, key=f"command:{form.get('trigger_id') or ''}:{trial_id}" if form.get("trigger_id") else None,
                           trial_id=trial_id, action=lc.REQUEST_DOMAIN_CHANGE, actor=user_id,
                           detail={"subdomain": subdomain}, person_of=lambda people: people.by_slack_id(user_id),

@@ -9,19 +9,30 @@ Each step runs once, with the request's de-duplication key (``slack_steps.run_co
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, SlackCallFailed
+from trialflow.services import fit as limits
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.slack_modals import FIELD_BLOCK, MODAL_ACTIONS, build_modal, detail_from_view
-from trialflow.services.slack_steps import (claim_request, esc, explain_refusal, label_of, log_refusal, no_trial_text,
-                                            refused_text, run_command, trigger_of)
+from trialflow.services.slack_payloads import Interaction
+from trialflow.services.slack_steps import (
+    claim_request,
+    esc,
+    explain_refusal,
+    label_of,
+    log_refusal,
+    no_trial_text,
+    refused_text,
+    run_command,
+    trigger_of,
+)
 from trialflow.services.trials import NO_CE, authorize, get_trial, has_active
+from trialflow.services.uow import App
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -29,7 +40,7 @@ log = logging.getLogger("trialflow.interactions")
 class SlackWeb(Protocol):
     """The two calls made while the person waits (``trialflow.delivery.slack.slack_web``)."""
 
-    def open_view(self, trigger_id: str, view: dict) -> None:
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         """Show a form; SlackCallFailed when Slack will not."""
 
     def respond(self, response_url: str, text: str) -> None:
@@ -41,44 +52,41 @@ class SlackReply:
     """What goes back: ``body`` is the HTTP answer (None: an empty 200, which closes a modal);
     ``notify`` is an ephemeral text also sent on ``response_url`` (Slack ignores the body of a
     block_actions answer, so the body alone would never be seen)."""
-    body: dict | None = None
+    body: dict[str, Any] | None = None
     notify: str | None = None
     response_url: str | None = None
 
 
 def ephemeral(text: str, response_url: str | None = None) -> SlackReply:
+    text = limits.clip(text, limits.SLACK_MESSAGE_TEXT)
     return SlackReply(body={"response_type": "ephemeral", "replace_original": False, "text": text},
                       notify=text, response_url=response_url)
 
 
-def handle_interaction(rt, payload: dict, web: SlackWeb) -> SlackReply:
-    kind = payload.get("type")
-    if kind == "block_actions":
+def handle_interaction(rt: App, payload: Interaction, web: SlackWeb) -> SlackReply:
+    if payload.type == "block_actions":
         return _on_block_action(rt, payload, web)
-    if kind == "view_submission":
+    if payload.type == "view_submission":
         return _on_view_submission(rt, payload)
     return SlackReply()  # view_closed, shortcuts, ...: acknowledged, nothing to do
 
 
-def _slack_user(payload: dict) -> str:
-    return str((payload.get("user") or {}).get("id") or "")
-
-
-def _on_block_action(rt, payload: dict, web: SlackWeb) -> SlackReply:
-    actions = payload.get("actions") or []
-    action = actions[0] if actions else {}
-    action_id = str(action.get("action_id") or "")
-    response_url = payload.get("response_url")
+def _on_block_action(rt: App, payload: Interaction, web: SlackWeb) -> SlackReply:
+    if not payload.actions:
+        return SlackReply()
+    action = payload.actions[0]
+    action_id = action.action_id or ""
+    response_url = payload.response_url
     if not action_id.startswith("trial:"):
         return SlackReply()  # not one of ours (a select in a modal, another app's button)
     name = action_id.split(":", 1)[1]
-    trial_id = str(action.get("value") or "")
-    user_id = _slack_user(payload)
+    trial_id = action.value or ""
+    user_id = payload.user_id
     if name not in sb.ACTIONS or not trial_id:
         return ephemeral(f":warning: This button (`{esc(action_id)}`) is not one trialflow knows.", response_url)
-    key = f"action:{trial_id}:{action_id}:{action.get('action_ts') or payload.get('trigger_id')}"
+    key = f"action:{trial_id}:{action_id}:{action.action_ts or payload.trigger_id}"
     if name in MODAL_ACTIONS:
-        return _open_modal(rt, web, name, trial_id, user_id, key, payload.get("trigger_id"), response_url)
+        return _open_modal(rt, web, name, trial_id, user_id, key, payload.trigger_id, response_url)
     outcome = run_command(rt, key=key, trial_id=trial_id, action=name, actor=user_id, detail={},
                           person_of=lambda people: people.by_slack_id(user_id))
     if outcome.status == "duplicate":
@@ -86,7 +94,7 @@ def _on_block_action(rt, payload: dict, web: SlackWeb) -> SlackReply:
     return ephemeral(outcome.text, response_url)
 
 
-def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: str, trigger_id: str | None,
+def _open_modal(rt: App, web: SlackWeb, name: str, trial_id: str, user_id: str, key: str, trigger_id: str | None,
                 response_url: str | None) -> SlackReply:
     """Check who and when *before* showing a form, so nobody fills in a modal that will be refused."""
     trigger = trigger_of(name)
@@ -127,27 +135,21 @@ def _open_modal(rt, web: SlackWeb, name: str, trial_id: str, user_id: str, key: 
     return SlackReply()
 
 
-def _on_view_submission(rt, payload: dict) -> SlackReply:
-    view = payload.get("view") or {}
-    callback = str(view.get("callback_id") or "")
-    if not callback.startswith("trial:"):
+def _on_view_submission(rt: App, payload: Interaction) -> SlackReply:
+    view = payload.view
+    callback = (view.callback_id if view else None) or ""
+    if view is None or not callback.startswith("trial:"):
         return SlackReply()
     name = callback.split(":", 1)[1]
-    raw = view.get("private_metadata") or ""
-    try:
-        metadata = json.loads(raw) if raw.startswith("{") else {"trial_id": raw}
-    except ValueError:
-        metadata = {}
-    trial_id = str(metadata.get("trial_id") or "")
-    response_url = metadata.get("response_url")
-    user_id = _slack_user(payload)
+    trial_id, response_url = view.trial_id, view.response_url
+    user_id = payload.user_id
     if name not in MODAL_ACTIONS or not trial_id:
         return _info_view("trialflow", ":warning: This form is not one trialflow knows.")
     try:
-        detail = detail_from_view(name, (view.get("state") or {}).get("values") or {})
+        detail = detail_from_view(name, view.values())
     except InvalidSignup as exc:
         return SlackReply(body={"response_action": "errors", "errors": {FIELD_BLOCK.get(exc.field, exc.field): exc.message}})
-    key = f"view:{view.get('id') or payload.get('trigger_id')}"
+    key = f"view:{view.id or payload.trigger_id}"
     outcome = run_command(rt, key=key, trial_id=trial_id, action=name, actor=user_id, detail=detail,
                           person_of=lambda people: people.by_slack_id(user_id), keep_key_on_invalid=False)
     if outcome.status == "duplicate":
@@ -167,5 +169,5 @@ def _on_view_submission(rt, payload: dict) -> SlackReply:
 def _info_view(title: str, text: str) -> SlackReply:
     """Replace the modal with an explanation (a refusal is not a field error)."""
     return SlackReply(body={"response_action": "update", "view": {
-        "type": "modal", "title": {"type": "plain_text", "text": title[:24]},
+        "type": "modal", "title": {"type": "plain_text", "text": limits.shorten(title, limits.SLACK_VIEW_TITLE)},
         "close": {"type": "plain_text", "text": "Close"}, "blocks": [sb.section(text)]}})

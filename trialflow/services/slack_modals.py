@@ -11,13 +11,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from trialflow.domain import lifecycle as lc
 from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
+from trialflow.services import fit as limits
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
+from trialflow.services.fit import Data
+from trialflow.services.slack_payloads import StateValue
 from trialflow.services.timers import EXTENSION_DAYS
 from trialflow.services.trials import current_end
 
@@ -36,6 +40,10 @@ DISQUALIFICATION_REASONS = {
     "other": "Other (see note)",
 }
 EXTENSION_CHOICES = (7, 15, 30, 45, 60, 90)
+# What the forms let a person type (Slack enforces ``max_length`` in the form; the submission is checked again).
+NOTE_MAX = 500
+REASON_MAX = 300
+OPPORTUNITY_MAX = 64
 # An InvalidSignup's field → the block whose input Slack marks as wrong.
 FIELD_BLOCK = {"opportunity_id": "opportunity_id", "reason": "reason", "note": "note", "ae": "ae", "ce": "ce",
                "days": "days"}
@@ -43,11 +51,11 @@ FIELD_BLOCK = {"opportunity_id": "opportunity_id", "reason": "reason", "note": "
 esc = sb.escape
 
 
-def _option(text: str, value: str) -> dict:
-    return {"text": {"type": "plain_text", "text": text[:75]}, "value": value}
+def _option(text: str, value: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": limits.shorten(text, limits.SLACK_OPTION_TEXT)}, "value": value}
 
 
-def _input(block_id: str, label: str, element: dict, optional: bool = False, hint: str | None = None) -> dict:
+def _input(block_id: str, label: str, element: dict[str, Any], optional: bool = False, hint: str | None = None) -> dict[str, Any]:
     block = {"type": "input", "block_id": block_id, "optional": optional,
              "label": {"type": "plain_text", "text": label}, "element": {"action_id": "value", **element}}
     if hint:
@@ -55,7 +63,7 @@ def _input(block_id: str, label: str, element: dict, optional: bool = False, hin
     return block
 
 
-def _select(options: list[dict], initial: str | None = None, placeholder: str = "Choose") -> dict:
+def _select(options: list[dict[str, Any]], initial: str | None = None, placeholder: str = "Choose") -> dict[str, Any]:
     element = {"type": "static_select", "options": options, "placeholder": {"type": "plain_text", "text": placeholder}}
     chosen = next((o for o in options if o["value"] == initial), None)
     if chosen:
@@ -63,14 +71,16 @@ def _select(options: list[dict], initial: str | None = None, placeholder: str = 
     return element
 
 
-def build_modal(session, name: str, trial: Trial, response_url: str | None) -> dict:
+def build_modal(session: Session, name: str, trial: Trial, response_url: str | None) -> dict[str, Any]:
     """The form behind a button. ``callback_id`` says which step; ``private_metadata`` which trial."""
-    lead = f"*{esc(trial.name or trial.email)}* {esc(trial.email)} · {esc(trial.account_name or trial.domain)}"
+    lead = sb.mrkdwn("*{name}* {email} · {account}", name=Data(trial.name or trial.email), email=esc(trial.email),
+                     account=Data(trial.account_name or trial.domain, keep_end=True))
     score = f"MQL {trial.mql_points or 0} pts · PQL grade {trial.pql_grade or '-'}"
-    blocks: list[dict] = [sb.section(lead), sb.context(score)]
+    blocks: list[dict[str, Any]] = [sb.section(lead), sb.context(score)]
     if name == lc.QUALIFY:
         title, submit = "Qualify lead", "Qualify"
-        blocks.append(_input("opportunity_id", "Salesforce opportunity id", {"type": "plain_text_input", "max_length": 64},
+        blocks.append(_input("opportunity_id", "Salesforce opportunity id",
+                             {"type": "plain_text_input", "max_length": OPPORTUNITY_MAX},
                              optional=True, hint="Converting to Opp is part of qualifying; leave empty if it is not created yet."))
         blocks.append(sb.context("Qualifying assigns an AE and a CE by round robin, creates the account channel, "
                                  "raises the instance request with the CE's email, and sends the welcome email."))
@@ -78,7 +88,8 @@ def build_modal(session, name: str, trial: Trial, response_url: str | None) -> d
         title, submit = "Disqualify lead", "Disqualify"
         blocks.append(_input("reason", "Reason (qualification criteria)",
                              _select([_option(text, value) for value, text in DISQUALIFICATION_REASONS.items()])))
-        blocks.append(_input("note", "Note", {"type": "plain_text_input", "multiline": True, "max_length": 500}, optional=True))
+        blocks.append(_input("note", "Note", {"type": "plain_text_input", "multiline": True, "max_length": NOTE_MAX},
+                             optional=True))
         blocks.append(sb.context("The lead gets an email recommending a self-hosted Sourcegraph instance."))
     elif name == lc.REASSIGN:
         title, submit = "Reassign AE / CE", "Reassign"
@@ -86,11 +97,13 @@ def build_modal(session, name: str, trial: Trial, response_url: str | None) -> d
         for role in ("ae", "ce"):
             staff = session.execute(select(tables.staff.c.email, tables.staff.c.name).where(
                 tables.staff.c.role == role, tables.staff.c.active.is_(True)).order_by(tables.staff.c.name)).all()
-            options = [_option(f"{n} ({e})", e) for e, n in staff][:99] + [_option("Next in the round robin", "next")]
+            # An option's value is at most 150 characters: a longer address cannot be offered.
+            options = [_option(f"{n} ({e})", e) for e, n in staff if len(e) <= limits.SLACK_OPTION_VALUE][:99]
+            options.append(_option("Next in the round robin", "next"))
             current = getattr(trial, role)
             person = people.by_email(current)
-            blocks.append(_input(role, role.upper(), _select(options, current), optional=True,
-                                 hint=f"Now: {person.name if person else current or 'nobody'}"))
+            now = limits.shorten(f"Now: {person.name if person else current or 'nobody'}", limits.SLACK_INPUT_HINT)
+            blocks.append(_input(role, role.upper(), _select(options, current), optional=True, hint=now))
     elif name == lc.EXTEND:
         title, submit = "Extend trial", "Extend"
         end = _trial_end(trial)
@@ -98,10 +111,12 @@ def build_modal(session, name: str, trial: Trial, response_url: str | None) -> d
                                                           str(EXTENSION_DAYS)),
                              hint=f"Today it ends on {end:%Y-%m-%d}. More than {EXTENSION_DAYS} extra days "
                                   "also raises a license change request." if end else None))
-        blocks.append(_input("reason", "Why", {"type": "plain_text_input", "max_length": 300}, optional=True))
+        blocks.append(_input("reason", "Why", {"type": "plain_text_input", "max_length": REASON_MAX}, optional=True))
     else:
         raise ValueError(f"no modal for {name}")
     metadata = json.dumps({"trial_id": trial.id, "response_url": response_url})
+    if len(metadata) > limits.SLACK_PRIVATE_METADATA:  # the form still works; only its confirmation goes unsent
+        metadata = json.dumps({"trial_id": trial.id, "response_url": None})
     return {"type": "modal", "callback_id": f"trial:{name}", "private_metadata": metadata,
             "title": {"type": "plain_text", "text": title}, "submit": {"type": "plain_text", "text": submit},
             "close": {"type": "plain_text", "text": "Cancel"}, "blocks": blocks}
@@ -111,20 +126,27 @@ def _trial_end(trial: Trial) -> datetime | None:
     return current_end(trial) if trial.started_at else None
 
 
-def _value(values: dict, block_id: str) -> str | None:
-    element = (values.get(block_id) or {}).get("value") or {}
-    if element.get("type") == "static_select":
-        return (element.get("selected_option") or {}).get("value")
-    value = element.get("value")
-    return value.strip() if isinstance(value, str) and value.strip() else None
+def _value(values: dict[str, dict[str, StateValue]], block_id: str) -> str | None:
+    element = (values.get(block_id) or {}).get("value")
+    if element is None:
+        return None
+    if element.type == "static_select":
+        return element.selected_option.value if element.selected_option else None
+    value = element.value
+    return value.strip() if value and value.strip() else None
 
 
-def detail_from_view(name: str, values: dict) -> dict[str, Any]:
+def detail_from_view(name: str, values: dict[str, dict[str, StateValue]]) -> dict[str, Any]:
     if name == lc.QUALIFY:
-        return {"opportunity_id": _value(values, "opportunity_id") or ""}
+        opportunity = _value(values, "opportunity_id") or ""
+        if len(opportunity) > OPPORTUNITY_MAX:
+            raise InvalidSignup(f"An opportunity id has at most {OPPORTUNITY_MAX} characters.", "opportunity_id")
+        return {"opportunity_id": opportunity}
     if name == lc.DISQUALIFY:
         reason = _value(values, "reason")
         note = _value(values, "note")
+        if note and len(note) > NOTE_MAX:
+            raise InvalidSignup(f"The note is too long ({NOTE_MAX} characters at most).", "note")
         if reason not in DISQUALIFICATION_REASONS:
             raise InvalidSignup("Choose the qualification criterion the lead does not meet.", "reason")
         if reason == "other" and not note:
@@ -136,6 +158,8 @@ def detail_from_view(name: str, values: dict) -> dict[str, Any]:
     if name == lc.EXTEND:
         detail = {"days": _value(values, "days") or str(EXTENSION_DAYS)}
         reason = _value(values, "reason")
+        if reason and len(reason) > REASON_MAX:
+            raise InvalidSignup(f"The reason is too long ({REASON_MAX} characters at most).", "reason")
         if reason:
             detail["reason"] = reason
         return detail

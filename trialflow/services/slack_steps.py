@@ -12,18 +12,22 @@ the answer goes back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-from trialflow.domain import lifecycle as lc
+from sqlalchemy.orm import Session
+
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
+from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import Command, get_trial, handle
+from trialflow.services.uow import App
 
 log = logging.getLogger("trialflow.interactions")
 
@@ -51,7 +55,7 @@ class Outcome:
     trial_state: str | None = None
 
 
-def claim_request(session, key: str, now: datetime) -> bool:
+def claim_request(session: Session, key: str, now: datetime) -> bool:
     """Record a Slack request's key; False when it was already processed (a retry or a replay).
 
     On PostgreSQL a concurrent insert of the same key waits for the first transaction, then
@@ -60,7 +64,7 @@ def claim_request(session, key: str, now: datetime) -> bool:
     return insert_ignore(session, tables.slack_requests, {"key": key[:200], "received_at": now})
 
 
-def who(session, actor: str) -> str:
+def who(session: Session, actor: str) -> str:
     """How an actor from the history reads in Slack."""
     if actor == SYSTEM:
         return "trialflow (the 15/30-day clock)"
@@ -73,7 +77,7 @@ def who(session, actor: str) -> str:
     return esc(actor)
 
 
-def explain_refusal(session, trial: Trial, trigger: str, action: str) -> str:
+def explain_refusal(session: Session, trial: Trial, trigger: str, action: str) -> str:
     """The polite answer to a step the trial has moved past: who did what, and when."""
     same = next((h for h in reversed(trial.history) if h.trigger == trigger), None)
     if same is not None:
@@ -98,7 +102,7 @@ def log_refusal(actor: str, trigger: str, trial_id: str, exc: NotAllowed) -> Non
     log.warning("refused: %s may not %s trial %s: %s", actor, trigger, trial_id, exc, extra={"trial_id": trial_id})
 
 
-def run_command(rt, *, key: str | None, trial_id: str, action: str, actor: str, detail: dict[str, Any],
+def run_command(rt: App, *, key: str | None, trial_id: str, action: str, actor: str, detail: dict[str, Any],
                 person_of: Callable[[Directory], Person | None], keep_key_on_invalid: bool = True) -> Outcome:
     """Run one person's command in one transaction, with its de-duplication key."""
     trigger = trigger_of(action)

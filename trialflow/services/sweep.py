@@ -43,7 +43,7 @@ from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.timers import step_for
 from trialflow.services.trials import Command, promote_waiting, step
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.uow import App, UnitOfWork
 from trialflow.services.writer import among
 
 log = logging.getLogger("trialflow.sweep")
@@ -67,7 +67,7 @@ class SweepReport:
         self.actions.append(text)
 
 
-def sweep(rt, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
+def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
     started = time.perf_counter()
     now = at or rt.clock.now()
     report = SweepReport(at=now, dry_run=dry_run)
@@ -101,7 +101,7 @@ def _more(claimed: int, settled: int, batch: int) -> bool:
     return claimed == batch and settled > 0
 
 
-def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int,
+def _sweep_timers(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int,
                   lock: bool) -> tuple[int, int]:
     """Claim up to ``batch`` due timers and take the step each one causes. Returns (claimed, settled):
     settled leaves out timers left due because their step failed.
@@ -122,8 +122,8 @@ def _sweep_timers(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch
     return _claim_and_step(uow, rt, now, report, batch, lock, careful=True)
 
 
-def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, batch: int, lock: bool,
-                    careful: bool) -> int:
+def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, batch: int, lock: bool,
+                    careful: bool) -> tuple[int, int]:
     t = tables.timers
     session = uow.session
     # Ordered by due_at alone: exactly the partial index's order, so a batch reads only its own rows
@@ -139,7 +139,8 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
 
     trial_ids = sorted({row.trial_id for row in due if row.trial_id is not None})
     trials_stmt = (select(Trial).where(among(session, tables.trials.c.id, trial_ids)).order_by(tables.trials.c.id)
-                   .options(selectinload(Trial.history)))
+                   # Trial is mapped imperatively (db.mapping): mypy sees the plain list, not the relationship.
+                   .options(selectinload(Trial.history)))  # type: ignore[misc, arg-type]
     if lock:
         trials_stmt = trials_stmt.with_for_update(of=tables.trials)
     trials = {trial.id: trial for trial in session.scalars(trials_stmt)} if trial_ids else {}
@@ -152,7 +153,9 @@ def _claim_and_step(uow: UnitOfWork, rt, now: datetime, report: SweepReport, bat
     left_due = 0
     for row in due:
         trial = trials.get(row.trial_id)
-        decision = step_for(trial, row.kind, usage.get(trial.id)) if trial is not None else None
+        if trial is None:
+            continue
+        decision = step_for(trial, row.kind, usage.get(trial.id))
         if decision is None:
             continue
         trigger, detail = decision
@@ -198,7 +201,7 @@ def _waiting(uow: UnitOfWork, lock: bool, ids: list[str] | None = None) -> list[
     return list(uow.session.scalars(stmt).all())
 
 
-def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
+def _promote(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, trial: Trial) -> bool | None:
     """Try to move one waiting trial on. True: moved; False: not now; None: the cap is reached."""
     with uow.session.begin_nested():
         moved = promote_waiting(uow, rt.settings, now, trial)
@@ -211,7 +214,7 @@ def _promote(uow: UnitOfWork, rt, now: datetime, report: SweepReport, trial: Tri
     return None if not capacity.has_capacity(uow.session, rt.settings) else False
 
 
-def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: bool) -> None:
+def _sweep_queue(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport, lock: bool) -> None:
     """Waiting trials move on, oldest first, while capacity (and, for pre-qualified ones, the pool) allows."""
     waiting = _waiting(uow, lock)
     # Nobody can move while the cap is reached: one count instead of one attempt per waiting trial.
@@ -222,7 +225,7 @@ def _sweep_queue(uow: UnitOfWork, rt, now: datetime, report: SweepReport, lock: 
             break
 
 
-def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
+def _sweep_queue_durably(rt: App, now: datetime, report: SweepReport) -> None:
     """As ``_sweep_queue``, one transaction per trial.
 
     A promotion takes its domain's claim row and then the capacity lock, as a signup does; holding
@@ -244,7 +247,7 @@ def _sweep_queue_durably(rt, now: datetime, report: SweepReport) -> None:
             break
 
 
-def _sweep_program(uow: UnitOfWork, rt, now: datetime, report: SweepReport) -> None:
+def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, report: SweepReport) -> None:
     """Program-wide chores: license rotation reminders, the pool's low-water mark, usage polls and
     chasing the cloud team's overdue requests."""
     last = uow.session.scalar(select(tables.kv.c.value).where(tables.kv.c.key == "license_rotated_at"))

@@ -4,9 +4,10 @@ declared in the lifecycle table (``lifecycle.TIMERS``) with the steps it may cau
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
@@ -33,6 +34,13 @@ class Usage:
     API (a token for its host), and whether it ever answered a usage poll or sent a report."""
     pollable: bool = False
     answered: bool = False
+
+
+def review_at(trial: PlainTrial) -> datetime:
+    """Day 15 of a started trial. Every step that asks is one the table allows only after the start."""
+    if trial.started_at is None:
+        raise ValueError(f"trial {trial.id} has not started, so it has no day-15 review")
+    return trial.started_at + timedelta(days=REVIEW_DAYS)
 
 
 def step_for(trial: PlainTrial, kind: str, usage: Usage | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -83,7 +91,23 @@ def is_active(trial: PlainTrial) -> bool:
     """
     if trial.pql_grade in ("A", "B", "C"):
         return True
-    return bool(trial.last_activity_at and trial.started_at and trial.last_activity_at >= trial.started_at)
+    return bool(trial.last_activity_at and trial.started_at
+                and trial.last_activity_at >= activity_counts_from(trial.started_at))
+
+
+def activity_counts_from(started_at: datetime) -> datetime:
+    """The first moment whose activity counts for a trial: the start of the second it started in.
+
+    A report is timed to the second (its signed Unix timestamp), the start to the microsecond:
+    a report sent in the same second as the hand-off counts (the boundary is inclusive)."""
+    return started_at.replace(microsecond=0)
+
+
+def activity_counts_from_sql(started_at: ColumnElement[datetime], dialect: str) -> ColumnElement[datetime]:
+    """``activity_counts_from`` in SQL, for the grading query (SQLite keeps times as ISO text)."""
+    if dialect == "postgresql":
+        return func.date_trunc("second", started_at)
+    return func.substr(started_at, 1, 19)
 
 
 def deadlines(session: Session, trial_id: str) -> dict[str, str]:

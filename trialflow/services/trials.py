@@ -3,11 +3,13 @@ transaction: load the trial with a row lock, check who may act, take the lifecyc
 its effects to the outbox, commit."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
@@ -17,8 +19,9 @@ from trialflow.domain.trial import CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import capacity, policies
 from trialflow.services.directory import Directory, Person, next_in_rotation
-from trialflow.services.timers import EXTENSION_DAYS, REVIEW_DAYS
-from trialflow.services.uow import UnitOfWork
+from trialflow.services.timers import EXTENSION_DAYS, review_at
+from trialflow.services.uow import App, UnitOfWork
+from trialflow.settings import Settings
 
 SDR_ROLES = {"inbound_sdr", "named_sdr", "admin"}
 CLOUD_ROLES = {"cloud", "admin"}
@@ -69,7 +72,7 @@ def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, int
     raise NotAllowed(f"only {needed} can do this ({trigger}); {person.name} is {person.role}")
 
 
-def step(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial,
+def step(uow: UnitOfWork, settings: Settings, now: datetime, cmd: Command, trial: Trial,
          ctx: policies.Context) -> Decisions:
     """Take one command's step on ``trial`` (loaded *and row-locked* by the caller) and return
     what it decided, unwritten: the sweep writes a whole batch's decisions at once."""
@@ -83,7 +86,7 @@ def step(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial,
     return policies.decide(trial, ctx)
 
 
-def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial | None = None,
+def handle(uow: UnitOfWork, settings: Settings, now: datetime, cmd: Command, trial: Trial | None = None,
            ctx: policies.Context | None = None) -> Trial:
     """One command in the caller's transaction: lock the trial, take its step, write what it decided.
     ``ctx``: a policy context shared across commands of one transaction (its staff lookups are cached)."""
@@ -92,7 +95,7 @@ def handle(uow: UnitOfWork, settings, now: datetime, cmd: Command, trial: Trial 
     return trial
 
 
-def run(rt, cmd: Command) -> Trial:
+def run(rt: App, cmd: Command) -> Trial:
     """One command, one transaction."""
     with rt.uow() as uow:
         trial = handle(uow, rt.settings, rt.clock.now(), cmd)
@@ -100,14 +103,14 @@ def run(rt, cmd: Command) -> Trial:
         return trial
 
 
-def _plain(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _plain(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     trial.fire(cmd.trigger, actor=cmd.actor, at=now, **cmd.detail)
 
 
 NO_CE = "no active CE in staff.csv to assign"
 
 
-def has_active(session, role: str) -> bool:
+def has_active(session: Session, role: str) -> bool:
     return session.scalar(select(tables.staff.c.email).where(
         tables.staff.c.role == role, tables.staff.c.active.is_(True)).limit(1)) is not None
 
@@ -120,7 +123,7 @@ def account_name_for(trial: Trial) -> str:
     return trial.email if is_public_domain(trial.domain) else trial.domain
 
 
-def _qualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _qualify(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     # The instance request names the CE who hands the instance off: never a blank in their place.
     if not trial.ce and not has_active(uow.session, "ce"):
         raise InvalidSignup(f"{NO_CE}: add one (role ce, active true) and qualify again", "staff")
@@ -139,7 +142,7 @@ def _qualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.QUALIFY, actor=cmd.actor, at=now, **cmd.detail)
 
 
-def _disqualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _disqualify(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     reason = (cmd.detail.get("reason") or "").strip()
     if not reason:
         raise InvalidSignup("a disqualification needs a reason", "reason")
@@ -148,7 +151,7 @@ def _disqualify(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.DISQUALIFY, actor=cmd.actor, at=now, reason=reason)
 
 
-def _convert_to_opp(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _convert_to_opp(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     opp = (cmd.detail.get("opportunity_id") or "").strip()
     if opp:
         trial.opportunity_id = opp
@@ -157,7 +160,7 @@ def _convert_to_opp(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.CONVERT_TO_OPPORTUNITY, actor=cmd.actor, at=now, opportunity_id=trial.opportunity_id)
 
 
-def _reassign(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _reassign(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     people = Directory(uow.session)
     for role in ("ae", "ce"):
         wanted = cmd.detail.get(role)
@@ -171,7 +174,7 @@ def _reassign(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce)
 
 
-def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _mark_ready(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     host = cmd.detail.get("host")
     if not host:
         raise InvalidSignup("the instance's URL or host is needed to mark it ready", "host")
@@ -180,7 +183,7 @@ def _mark_ready(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.MARK_INSTANCE_READY, actor=cmd.actor, at=now, instance=host)
 
 
-def _keep(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _keep(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     trial.kept = True
     trial.fire(lc.KEEP, actor=cmd.actor, at=now)
 
@@ -190,10 +193,10 @@ def current_end(trial: Trial) -> datetime:
     for entry in reversed(trial.history):
         if entry.trigger == lc.EXTEND and entry.detail.get("until"):
             return datetime.fromisoformat(entry.detail["until"])
-    return trial.started_at + timedelta(days=REVIEW_DAYS)
+    return review_at(trial)
 
 
-def _extend(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _extend(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     try:
         days = int(cmd.detail.get("days") or EXTENSION_DAYS)
     except (TypeError, ValueError):
@@ -201,14 +204,14 @@ def _extend(uow, settings, now, trial: Trial, cmd: Command) -> None:
     if not 1 <= days <= 90:
         raise InvalidSignup("an extension is between 1 and 90 days", "days")
     until = current_end(trial) + timedelta(days=days)
-    extra = until - (trial.started_at + timedelta(days=REVIEW_DAYS))
+    extra = until - review_at(trial)
     # The seed: a 15-day extension needs no license change; anything beyond 15 extra days does.
     license_change = extra > timedelta(days=EXTENSION_DAYS)
     trial.fire(lc.EXTEND, actor=cmd.actor, at=now, days=days, until=until.isoformat(), license_change=license_change,
                **{k: v for k, v in cmd.detail.items() if k not in ("days",)})
 
 
-def _domain_change(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _domain_change(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     sub = (cmd.detail.get("subdomain") or "").strip().lower()
     if not sub or not all(c.isalnum() or c == "-" for c in sub) or sub.startswith("-") or len(sub) > 63:
         raise InvalidSignup("the new subdomain must be letters, digits and dashes, like acme-corp", "subdomain")
@@ -216,7 +219,7 @@ def _domain_change(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.REQUEST_DOMAIN_CHANGE, actor=cmd.actor, at=now, new_host=f"{sub}.{parent}")
 
 
-def _request_done(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _request_done(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     detail = {k: v for k, v in cmd.detail.items() if k != "new_host"}
     if detail.get("kind") == "domain-change" and cmd.detail.get("new_host"):
         # The trial follows its instance to the new host; the step's decisions move the instance and its claim.
@@ -225,7 +228,7 @@ def _request_done(uow, settings, now, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.CONFIRM_REQUEST_DONE, actor=cmd.actor, at=now, **detail)
 
 
-def _terminate(uow, settings, now, trial: Trial, cmd: Command) -> None:
+def _terminate(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.TERMINATE, actor=cmd.actor, at=now, reason=(cmd.detail.get("reason") or "").strip())
 
 
@@ -259,7 +262,7 @@ ROUTING_STEPS = frozenset({lc.ROUTE_TO_EXISTING, lc.CLAIM_POOL_INSTANCE, lc.WAIT
                            lc.REQUEST_INSTANCE})
 
 
-def promote_waiting(uow: UnitOfWork, settings, now: datetime, trial: Trial) -> bool:
+def promote_waiting(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial) -> bool:
     """Capacity freed: move one waiting trial on, and write what that decided. True when it moved."""
     decisions = Decisions()
     if trial.case in (CASE_NAMED, CASE_UNNAMED):

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from trialflow.clock import Clock
 from trialflow.domain.decisions import Decisions
 from trialflow.services import writer
+from trialflow.settings import Settings
 
 
 def wake_safely(wake: Callable[[list[int]], None], ids: list[int]) -> None:
@@ -27,12 +31,13 @@ class UnitOfWork:
         self.session: Session
         self.new_effect_ids: list[int] = []
 
-    def __enter__(self) -> "UnitOfWork":
+    def __enter__(self) -> UnitOfWork:
         self.session = self._factory()
         self.new_effect_ids = []
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self.session.rollback()
         finally:
@@ -54,3 +59,19 @@ class UnitOfWork:
     def rollback(self) -> None:
         self.session.rollback()
         self.new_effect_ids = []
+
+
+class App(Protocol):
+    """What a service that opens its own transactions takes (as ``rt``): ``trialflow.runtime.Runtime``
+    in production, a test's runtime in the tests."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def session_factory(self) -> sessionmaker[Session]: ...
+
+    def uow(self) -> UnitOfWork: ...

@@ -7,14 +7,15 @@ signup's fast paths also run on their own connections.
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
-from sqlalchemy import any_, bindparam, delete, insert, select, update
+from sqlalchemy import ColumnElement, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from trialflow.db import statements, tables
-from trialflow.db.sql import insert_ignore
+from trialflow.db.sql import insert_ignore, session_driver
 from trialflow.domain.decisions import Decisions, Effect
 from trialflow.domain.trial import PlainTrial
 
@@ -112,7 +113,7 @@ def write_new_trial(session: Session, trial: PlainTrial, decisions: Decisions) -
     concurrent signup of the same email waits here for the first to commit)."""
     if session.get_bind().dialect.name == "postgresql":
         sql, params = new_trial_statement(trial, decisions)
-        with session.connection().connection.driver_connection.cursor() as cursor:
+        with session_driver(session).cursor() as cursor:
             inserted, effect_ids = cursor.execute(sql, params).fetchone()
         if inserted:
             track_cloud_requests(session, decisions.effects)  # a claim's pool-replenish request
@@ -136,11 +137,11 @@ def new_trial_statement(trial: PlainTrial, decisions: Decisions) -> tuple[str, l
     return sql, statements.new_trial_params(trial_row(trial), history_rows(trial), timers, effects)
 
 
-def _dialect(session: Session):
+def _dialect(session: Session) -> ModuleType:
     return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
-def among(session: Session, column, values: list):
+def among(session: Session, column: ColumnElement[Any], values: list[Any]) -> ColumnElement[bool]:
     """``column IN values``. On PostgreSQL as ``= ANY(array)``: one parameter instead of hundreds,
     so the statement stays short enough for psycopg to cache (parsing a 500-placeholder statement
     costs more than running it)."""
@@ -162,7 +163,7 @@ def _insert_effects(session: Session, rows: list[dict[str, Any]]) -> list[int]:
            "ON CONFLICT (key) DO NOTHING RETURNING id")
     params = [tuple(Jsonb(row[c]) if c == "payload" else row[c] for c in columns) for row in rows]
     ids: list[int] = []
-    with session.connection().connection.driver_connection.cursor() as cursor:
+    with session_driver(session).cursor() as cursor:
         if len(params) == 1:
             found = cursor.execute(sql, params[0]).fetchone()
             return [found[0]] if found else []

@@ -1,13 +1,14 @@
 """trials, reference data, timers and outbox
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 15:53:48.838872
 """
-from alembic import op
 import sqlalchemy as sa
-import trialflow.db.tables
+from alembic import op
 from sqlalchemy.dialects import postgresql
+
+import trialflow.db.tables
 
 revision = '0001'
 down_revision = None

@@ -4,10 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-22 15:55:44.784006
 """
-from alembic import op
 import sqlalchemy as sa
-import trialflow.db.tables
+from alembic import op
 
+import trialflow.db.tables
 
 revision = '0002'
 down_revision = '0001'

@@ -1,8 +1,8 @@
 """The trial instances' API and the cloud team's loop: instances' API answers, admin of record and
 confirmed teardown; accounts.auto_add_colleagues; cloud_requests
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
@@ -10,8 +10,8 @@ from sqlalchemy.dialects import postgresql
 
 import trialflow.db.tables
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
