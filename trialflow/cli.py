@@ -18,7 +18,7 @@ from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
 from trialflow.db.migrate import upgrade
 from trialflow.delivery.core import retry
-from trialflow.delivery.wiring import build_deliverer, start_delivery
+from trialflow.delivery.wiring import build_deliverer, run_reconcile, start_delivery
 from trialflow.demo import run_demo
 from trialflow.domain.trial import Trial
 from trialflow.errors import ConfigError, TrialflowError
@@ -232,6 +232,20 @@ def cmd_trials(args) -> int:
     return 0
 
 
+def cmd_reconcile(args) -> int:
+    rt = _runtime()
+    prepare_database(rt, load_config=False)
+    report = run_reconcile(rt)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    print(f"reconcile at {report.at.isoformat()}: {len(report.findings)} finding(s), "
+          f"{report.instances_asked} instance(s) asked; nothing was changed")
+    for line in report.lines():
+        print(f"  {line}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     return run_demo(keep=args.keep)
 
@@ -290,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=50)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_trials)
+
+    rc = sub.add_parser("reconcile",
+                        help="list where trials, claims, instances, GitHub and the instances' APIs disagree")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_reconcile)
 
     sp = sub.add_parser("spool", help="signups kept on disk while the database was unreachable")
     sp.add_argument("action", nargs="?", choices=["list", "replay"], default="list")

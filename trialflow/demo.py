@@ -21,6 +21,7 @@ from trialflow.delivery.wiring import build_deliverer
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.trial import Trial
 from trialflow.runtime import Runtime
+from trialflow.services.activity import ActivityReport, record_activity
 from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
@@ -99,11 +100,15 @@ def run_demo(keep: bool = False) -> int:
     act(ids["sam@stark-industries.com"], lc.HAND_OFF, ce_slack)
     print("  the CE clicks 'Handed off': Sam's trial starts")
 
-    # Activity: Bob and Sam use their instances; Gina never does.
+    # Activity: Bob and Sam use their instances; Gina's answers that nobody uses it.
     with rt.uow() as uow:
         for email in ("bob@acme-corp.com", "sam@stark-industries.com"):
             uow.session.get_one(Trial, ids[email]).last_activity_at = clock.now()
+        gina_host = uow.session.get_one(Trial, ids["gina@globex.com"]).instance_host
         uow.commit()
+    if gina_host is None:
+        raise RuntimeError("the demo's idle trial has no instance")
+    record_activity(rt, gina_host, ActivityReport(clock.now(), 0, 0, 0, 0))
 
     for day in (13, 16, 31, 34):
         clock.set(clock.now().replace(hour=9) + timedelta(days=day - _day(clock, rt, ids)))

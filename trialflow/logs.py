@@ -29,6 +29,7 @@ from trialflow.settings import get_settings
 REDACTED = "[redacted]"
 _TOKEN = re.compile(
     r"(xox[abeprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]+"
+    r"|sgp_[A-Za-z0-9_]{16,}"                                      # Sourcegraph access tokens
     r"|(?<=[?&]code=)[A-Za-z0-9_\-]+|(?<=password-reset\?)[^\s\"'<>]+"
     r"|(?<=://)[^\s/:@\"']+:[^\s/@\"']+(?=@)"                      # user:password@ in a URL
     r"|(?i:(?<=authorization: )(?:bearer |token |basic )?[^\s\"']+)"
@@ -62,6 +63,8 @@ def register_secrets(settings) -> None:
             # Not a URL SQLAlchemy knows: the regex still masks user:pass@.
             with contextlib.suppress(Exception):
                 register_secret(make_url(value).password, MIN_URL_PASSWORD_LENGTH)
+    for token in getattr(settings, "instance_tokens", {}).values():  # the per-host tokens file's
+        register_secret(token.get_secret_value())
     # The whole TRIALFLOW_API_TOKENS value is masked above; each token is masked on its own too.
     for _name, token in getattr(settings, "api_token_pairs", list)():
         register_secret(token)

@@ -1,13 +1,14 @@
 """All configuration, from ``TRIALFLOW_*`` environment variables or a ``.env`` file."""
 from __future__ import annotations
 
+import csv
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Tokens and secrets shorter than this are guessable or typed by hand.
@@ -46,6 +47,15 @@ class Settings(BaseSettings):
     activity_secret: SecretStr | None = None
     # Bearer token the marketing site uses for /api/events (unset: events are refused)
     events_token: SecretStr | None = None
+
+    # The trial instances' admin API (Sourcegraph GraphQL). ``{host}`` is the instance's host.
+    instance_api_url: str = "https://{host}/.api/graphql"
+    # The access token of the site-admin automation account the cloud team creates on every trial
+    # instance; ``instance_tokens_file`` (CSV ``host,token``) overrides it per host. Neither: dry-run.
+    instance_token: SecretStr | None = None
+    instance_tokens_file: Path | None = None
+    usage_poll_hours: float = Field(6.0, gt=0, description="how often each trial instance is asked for its usage")
+    cloud_sla_hours: float = Field(24.0, gt=0, description="a cloud-team request open this long is chased daily")
 
     instance_cap: int = Field(100, ge=0, description="trials that may hold or await an instance at once")
     pool_low_water: int = Field(3, ge=0)
@@ -90,10 +100,12 @@ class Settings(BaseSettings):
     signup_rate_per_domain: str = "200/hour"
     trusted_proxies: str = ""                # CIDRs whose X-Forwarded-For names the real client
 
+    _instance_tokens: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret", "events_token", "oidc_issuer", "oidc_client_id", "oidc_client_secret",
-                     "public_url", "session_secret", "api_tokens", "metrics_token", "data_dir",
-                     mode="before")
+                     "activity_secret", "events_token", "instance_token", "instance_tokens_file", "oidc_issuer",
+                     "oidc_client_id", "oidc_client_secret", "public_url", "session_secret", "api_tokens",
+                     "metrics_token", "data_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value
@@ -127,7 +139,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholder_secrets(self):
         for name in ("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
-                     "activity_secret", "events_token", "oidc_client_secret", "session_secret", "metrics_token"):
+                     "activity_secret", "events_token", "instance_token", "oidc_client_secret", "session_secret",
+                     "metrics_token"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"TRIALFLOW_{name.upper()} is still a placeholder: set a real value or unset it")
@@ -135,11 +148,30 @@ class Settings(BaseSettings):
             raise ValueError("TRIALFLOW_GITHUB_REPO (owner/name) is required when TRIALFLOW_GITHUB_TOKEN is set")
         if self.github_repo and self.github_repo.count("/") != 1:
             raise ValueError("TRIALFLOW_GITHUB_REPO must be owner/name")
+        if "{host}" not in self.instance_api_url:
+            raise ValueError("TRIALFLOW_INSTANCE_API_URL must contain {host}, like https://{host}/.api/graphql")
+        if self.instance_tokens_file is not None:
+            self._instance_tokens = read_instance_tokens(self.instance_tokens_file)
         self.api_token_pairs()  # a malformed or short token stops trialflow here, not at the first request
         self._check_sign_in()
         if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return self
+
+    def instance_token_for(self, host: str | None) -> SecretStr | None:
+        """The automation account's token for ``host``: its own line in the tokens file, else the
+        shared token. None: trialflow cannot administer that instance (dry-run)."""
+        if not host:
+            return None
+        return self._instance_tokens.get(host.lower(), self.instance_token)
+
+    def instance_api_for(self, host: str) -> str:
+        return self.instance_api_url.replace("{host}", host)
+
+    @property
+    def instance_tokens(self) -> dict[str, SecretStr]:
+        """The per-host tokens of ``instance_tokens_file`` (for masking them in logs)."""
+        return dict(self._instance_tokens)
 
     def _check_sign_in(self) -> None:
         named = {"TRIALFLOW_OIDC_ISSUER": self.oidc_issuer, "TRIALFLOW_OIDC_CLIENT_ID": self.oidc_client_id,
@@ -191,6 +223,25 @@ class Settings(BaseSettings):
     @property
     def license_tags(self) -> list[str]:
         return [t.strip() for t in self.trial_license_tags.split(",") if t.strip()]
+
+
+def read_instance_tokens(path: Path) -> dict[str, SecretStr]:
+    """``host,token`` lines (a header row is optional). Fails fast, naming the line, on anything else;
+    the token itself never appears in the message."""
+    if not path.is_file():
+        raise ValueError(f"TRIALFLOW_INSTANCE_TOKENS_FILE: {path} does not exist")
+    tokens: dict[str, SecretStr] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        for line, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or cells[0].startswith("#") or (line == 1 and cells[:2] == ["host", "token"]):
+                continue
+            if len(cells) != 2 or not cells[0] or not cells[1]:
+                raise ValueError(f"TRIALFLOW_INSTANCE_TOKENS_FILE {path}:{line}: expected host,token")
+            if cells[1].lower() in _PLACEHOLDERS:
+                raise ValueError(f"TRIALFLOW_INSTANCE_TOKENS_FILE {path}:{line}: the token is still a placeholder")
+            tokens[cells[0].lower().rstrip(".")] = SecretStr(cells[1])
+    return tokens
 
 
 @lru_cache

@@ -10,7 +10,7 @@ from celery import shared_task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from trialflow.delivery.core import batches
-from trialflow.delivery.wiring import build_deliverer
+from trialflow.delivery.wiring import build_deliverer, reconcile_daily
 from trialflow.runtime import Runtime
 from trialflow.services.spooled_signups import replay_if_any
 from trialflow.services.sweep import sweep as run_sweep
@@ -63,6 +63,7 @@ def sweep() -> int:
     report = run_sweep(_runtime())
     if report.actions:
         log.info("sweep: %s", "; ".join(report.actions))
+    reconcile_daily(_runtime())
     return len(report.actions)
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from tests.e2e.test_journeys import github, journey, settings, slack, smtp  # noqa: F401  (fixtures)
+from tests.e2e.test_journeys import journey, settings  # noqa: F401  (fixtures; the servers are in conftest.py)
 
 HOSTILE = "@octocat ![x](https://evil.example/p.png) [click](https://evil.example/x)"
 _CODE = re.compile(r"<code>.*?</code>", re.DOTALL)

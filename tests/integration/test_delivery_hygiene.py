@@ -7,9 +7,12 @@ from tests.conftest import make_settings
 from tests.support.config import ACCOUNTS, STAFF, write_config
 from trialflow.db import tables
 from trialflow.delivery.dryrun import DryRunTransport
+from trialflow.delivery.instance import InstanceTransport
+from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.wiring import build_deliverer
 from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory
+from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
@@ -18,18 +21,27 @@ from trialflow.services.trials import Command, run
 NO_POOL = "host,admin_email,status\ninitech.sourcegraph.com,peter@initech.com,live\n"
 
 
-def test_a_delivered_password_reset_link_is_not_kept_in_the_outbox(runtime, clock):
+def test_a_delivered_password_reset_link_is_not_kept_in_the_outbox(db_url, config_dir, clock, fake_sourcegraph):
+    runtime = Runtime(make_settings(db_url, config_dir, **fake_sourcegraph.settings()), clock=clock)
+    load_reference_data(runtime.session_factory, config_dir, clock.now())
     bob = submit_signup(runtime.uow, runtime.settings, clock, SignupInput(email="bob@acme-corp.com"))
     transports = {k: DryRunTransport(k) for k in ("slack", "github", "email")}
+    transports["instance"] = InstanceTransport(SourcegraphAdmin(runtime.settings), transports["email"],
+                                               InstanceRecorder(runtime), clock.now)
     build_deliverer(runtime, transports).drain_all()
     sent = [e for e in transports["email"].delivered if e.payload["template"] == "password_reset"]
     assert sent and sent[0].payload["context"]["reset_link"].startswith("https://")  # the recipient got it
+    [link] = fake_sourcegraph.reset_links
+    assert sent[0].payload["context"]["reset_link"] == link
     with runtime.session_factory() as s:
-        kept = s.execute(select(tables.outbox.c.payload, tables.outbox.c.status)
-                         .where(tables.outbox.c.trial_id == bob.trial_id, tables.outbox.c.kind == "email")).one()
+        o = tables.outbox.c
+        kept = s.execute(select(o.payload, o.result, o.status)
+                         .where(o.trial_id == bob.trial_id, o.kind == "instance.account")).one()
+    runtime.close()
     assert kept.status == "delivered"
-    assert kept.payload["context"]["reset_link"] == "[redacted]"
-    assert kept.payload["to"] == "bob@acme-corp.com"
+    assert "reset_link" not in kept.payload["mail"]["context"], "never even written: asked, emailed, forgotten"
+    assert link not in str(kept.payload) + str(kept.result) and kept.result["link"] == "emailed"
+    assert kept.payload["mail"]["to"] == "bob@acme-corp.com"
 
 
 def test_after_waiting_then_getting_an_instance_updates_edit_the_latest_alert(db_url, tmp_path, clock, fake_slack):

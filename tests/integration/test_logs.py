@@ -5,14 +5,15 @@ import json
 import logging
 
 import pytest
-from sqlalchemy import select
 
 from tests.conftest import make_settings
-from trialflow.db import tables
 from trialflow.delivery.dryrun import DryRunTransport
+from trialflow.delivery.instance import InstanceTransport
+from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.wiring import build_deliverer
 from trialflow.errors import PermanentFailure
 from trialflow.logs import bind_trial, configure_logging
+from trialflow.services.instance_sync import InstanceRecorder
 
 # Configured secrets: Slack's documented signing-secret example, GitHub's webhook example, made-up tokens.
 BOT_TOKEN = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
@@ -24,11 +25,11 @@ SMTP_PASSWORD = "mail-pass-5521"
 
 
 @pytest.fixture
-def settings(db_url, config_dir):
+def settings(db_url, config_dir, fake_sourcegraph):
     return make_settings(db_url, config_dir, slack_bot_token=BOT_TOKEN, github_token=GITHUB_TOKEN,
                          github_repo="acme/cloud", slack_signing_secret=SIGNING_SECRET,
                          github_webhook_secret=WEBHOOK_SECRET, activity_secret=ACTIVITY_SECRET,
-                         smtp_url=f"smtp://trialflow:{SMTP_PASSWORD}@127.0.0.1:2525")
+                         smtp_url=f"smtp://trialflow:{SMTP_PASSWORD}@127.0.0.1:2525", **fake_sourcegraph.settings())
 
 
 @pytest.fixture(autouse=True)
@@ -68,24 +69,23 @@ def lines_of(captured: str) -> list[dict]:
     return [json.loads(line) for line in captured.splitlines() if line.strip()]
 
 
-def test_delivery_logs_carry_the_trial_id_and_never_a_secret(client, runtime, settings, capsys):
+def test_delivery_logs_carry_the_trial_id_and_never_a_secret(client, runtime, settings, capsys, fake_sourcegraph):
     configure_logging(json_lines=True, settings=settings)
     trial_id = client.post("/api/signups", json={"email": "bob@acme-corp.com"}).json()["trial_id"]
-    with runtime.session_factory() as s:
-        payloads = s.scalars(select(tables.outbox.c.payload).where(tables.outbox.c.kind == "email")).all()
-    reset_link = next(p["context"]["reset_link"] for p in payloads if p["template"] == "password_reset")
-    slack = CarelessSlack()
-    deliverer = build_deliverer(runtime, transports={"slack": slack, "github": DryRunTransport("github"),
-                                                     "email": BouncingMail()})
+    slack, mail = CarelessSlack(), BouncingMail()
+    deliverer = build_deliverer(runtime, transports={
+        "slack": slack, "github": DryRunTransport("github"), "email": mail,
+        "instance": InstanceTransport(SourcegraphAdmin(settings), mail, InstanceRecorder(runtime), runtime.clock.now)})
     deliverer.drain_all()
     runtime.clock.advance(minutes=5)           # past the retry backoff of the Slack failure
     deliverer.drain_all()
+    [reset_link] = fake_sourcegraph.reset_links  # the link the instance made, which the mail server quoted back
     captured = capsys.readouterr().err
     logged = lines_of(captured)                # every line is one JSON document
     assert slack.failed and any("chat.postMessage failed" in line["message"] for line in logged)
     assert any("parked as failed" in line["message"] for line in logged)
     for secret in (BOT_TOKEN, GITHUB_TOKEN, SIGNING_SECRET, WEBHOOK_SECRET, ACTIVITY_SECRET, SMTP_PASSWORD,
-                   reset_link, reset_link.split("code=")[1]):
+                   reset_link, reset_link.split("code=")[1], fake_sourcegraph.token):
         assert secret not in captured
     assert "[redacted]" in captured
     about_trial = [line for line in logged if trial_id in line["message"] or "parked" in line["message"]

@@ -32,8 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def settings(db_url, config_dir, fake_slack, fake_github, smtp_server):
-    return make_settings(db_url, config_dir, **fake_slack.settings(), **fake_github.settings(), **smtp_server.settings())
+def instance_api() -> bool:
+    """Parametrize True to administer the trial instances (the fake Sourcegraph) too."""
+    return False
+
+
+@pytest.fixture
+def settings(db_url, config_dir, fake_slack, fake_github, smtp_server, instance_api, request):
+    instances = request.getfixturevalue("fake_sourcegraph").settings() if instance_api else {}
+    return make_settings(db_url, config_dir, **fake_slack.settings(), **fake_github.settings(),
+                         **smtp_server.settings(), **instances)
 
 
 def real_transports(settings) -> dict:
@@ -75,15 +83,19 @@ def assert_each_effect_arrived_exactly_once(rt, fake_slack, fake_github, smtp_se
             assert github[r.key] == 1, r.key
         elif r.kind == "email":
             assert emails.count(message_id(r.key)) == 1, r.key
+        elif r.kind == "instance.account":  # its email is sent inside the delivery, one per attempt's fresh link
+            assert emails.count(message_id(f"{r.key}:mail:{r.attempts}")) == 1, r.key
     assert sum(slack.values()) == sum(1 for r in delivered if r.kind == "slack.message")
     assert sum(github.values()) == sum(1 for r in delivered if r.kind.startswith("github."))
-    assert len(emails) == sum(1 for r in delivered if r.kind == "email")
+    assert len(emails) == sum(1 for r in delivered if r.kind in ("email", "instance.account"))
 
 
 # --- whole flows -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("instance_api", [True])
 def test_a_named_account_signup_over_http_reaches_slack_and_the_person_s_inbox(client, runtime, fake_slack,
-                                                                              fake_github, smtp_server):
+                                                                              fake_github, smtp_server,
+                                                                              fake_sourcegraph):
     response = client.post("/api/signups", json={"email": "bob@acme-corp.com", "name": "Bob"})
     assert response.status_code == 201, response.text
 
@@ -97,6 +109,7 @@ def test_a_named_account_signup_over_http_reaches_slack_and_the_person_s_inbox(c
     [reset] = smtp_server.messages
     assert reset["To"] == "bob@acme-corp.com"
     assert "https://pool-a.sourcegraph.com/password-reset?code=" in reset.get_content()
+    assert fake_sourcegraph.reset_links[-1] in reset.get_content(), "the link the instance made"
     assert "password-reset" not in str(fake_slack.state())
     assert fake_github.issues == []
     assert_each_effect_arrived_exactly_once(runtime, fake_slack, fake_github, smtp_server)
@@ -306,20 +319,37 @@ def dry_runtime(db_url, config_dir, clock):
     rt.close()
 
 
-def test_without_tokens_effects_are_logged_and_marked_delivered_but_the_reset_link_is_never_logged(dry_runtime,
-                                                                                                  caplog):
+def test_without_tokens_effects_are_logged_and_marked_delivered_but_the_reset_link_is_never_logged(
+        db_url, config_dir, clock, caplog, fake_sourcegraph):
+    # No Slack, GitHub or SMTP tokens; trialflow does hold the instance's: the link it returns is
+    # "emailed" by the dry-run sink and never logged.
     caplog.set_level(logging.DEBUG)
-    submit_signup(dry_runtime.uow, dry_runtime.settings, dry_runtime.clock, SignupInput(email="bob@acme-corp.com"))
-    [reset] = rows(dry_runtime, tables.outbox.c.kind == "email")
-    link = reset.payload["context"]["reset_link"]
+    rt = Runtime(make_settings(db_url, config_dir, **fake_sourcegraph.settings()), clock=clock)
+    load_reference_data(rt.session_factory, config_dir, clock.now())
+    submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email="bob@acme-corp.com"))
+
+    assert build_deliverer(rt).drain_all() == {"delivered": 3}
+    [link] = fake_sourcegraph.reset_links
     assert link.startswith("https://pool-a.sourcegraph.com/password-reset?code=")
 
-    assert build_deliverer(dry_runtime).drain_all() == {"delivered": 3}
-
-    assert {(r.kind, r.status, str(r.result)) for r in rows(dry_runtime)} == {
-        ("slack.message", "delivered", "{'dry_run': True}"), ("slack.channel", "delivered", "{'dry_run': True}"),
-        ("email", "delivered", "{'dry_run': True}")}
+    dry_run = {r.kind: (r.status, r.result.get("dry_run", (r.result.get("email") or {}).get("dry_run")))
+               for r in rows(rt)}
+    assert dry_run == {"slack.message": ("delivered", True), "slack.channel": ("delivered", True),
+                       "instance.account": ("delivered", True)}
     assert "dry-run email → bob@acme-corp.com: password_reset" in caplog.text
     assert "dry-run slack.channel" in caplog.text
     assert link not in caplog.text
     assert link.split("code=")[1] not in caplog.text
+    assert link.split("code=")[1] not in str([tuple(r) for r in rows(rt)])
+    rt.close()
+
+
+def test_without_an_instance_token_no_reset_link_is_invented(dry_runtime, caplog):
+    caplog.set_level(logging.DEBUG)
+    submit_signup(dry_runtime.uow, dry_runtime.settings, dry_runtime.clock, SignupInput(email="bob@acme-corp.com"))
+    assert build_deliverer(dry_runtime).drain_all() == {"delivered": 3}
+    [pending] = rows(dry_runtime, tables.outbox.c.kind == "email")
+    assert pending.payload["template"] == "account_pending" and "reset_link" not in pending.payload["context"]
+    [alert] = rows(dry_runtime, tables.outbox.c.kind == "slack.message")
+    assert "?sourcegraph-operator" in json.dumps(alert.payload), "the CE gets today's manual step"
+    assert "password-reset?" not in caplog.text + str([tuple(r) for r in rows(dry_runtime)])

@@ -10,7 +10,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
-from sqlalchemy import select
 
 from tests.conftest import LOOPBACK_CLIENT, make_settings
 from tests.support.staff_site import (
@@ -42,6 +41,15 @@ def site(sqlite_template, tmp_path, config_dir):
     import shutil
     shutil.copy(sqlite_template, tmp_path / "staff.db")
     with StaffSite(f"sqlite:///{tmp_path / 'staff.db'}", config_dir) as s:
+        yield s
+
+
+@pytest.fixture
+def site_with_instances(sqlite_template, tmp_path, config_dir, fake_sourcegraph):
+    """The site, with the trial instances' API (the fake Sourcegraph) that makes the reset links."""
+    import shutil
+    shutil.copy(sqlite_template, tmp_path / "staff.db")
+    with StaffSite(f"sqlite:///{tmp_path / 'staff.db'}", config_dir, **fake_sourcegraph.settings()) as s:
         yield s
 
 
@@ -267,7 +275,9 @@ def test_a_short_api_token_stops_trialflow_at_start_without_printing_it(tmp_path
     assert "too-short-a-token" not in refused.stderr
 
 
-def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_link(site):
+def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_link(site_with_instances,
+                                                                                     fake_sourcegraph):
+    site = site_with_instances
     import io
 
     from trialflow.delivery.wiring import build_deliverer
@@ -282,10 +292,8 @@ def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_l
     root.setLevel(logging.INFO)
     try:
         trial_id = a_trial(site)                                   # acme-corp: a pool instance and a reset link
-        with site.runtime.session_factory() as s:
-            [reset_link] = [p["context"]["reset_link"] for p in s.scalars(select(tables.outbox.c.payload))
-                            if (p.get("context") or {}).get("reset_link")]
-        build_deliverer(site.runtime).drain_all()                  # dry-run: every effect is logged
+        build_deliverer(site.runtime).drain_all()                  # dry-run (but the instance's API): every effect is logged
+        [reset_link] = fake_sourcegraph.reset_links                # the link the instance made for Bob
         staff = site.signed_in(STAFF)
         staff.get(f"/api/trials/{trial_id}")
         site.client(authorization=f"Bearer {API_TOKEN}").get(f"/api/trials/{trial_id}")
@@ -301,5 +309,5 @@ def test_the_logs_say_who_and_from_where_and_never_a_token_a_secret_or_a_reset_l
     assert f"refused GET /api/trials/{trial_id}: wrong token; by anonymous from 127.0.0.1" in logged
     assert f"not active staff; by {STRANGER} from 127.0.0.1" in logged
     for secret in (API_TOKEN, WRONG_TOKEN, SESSION_SECRET, CLIENT_SECRET, cookie, reset_link,
-                   reset_link.split("code=")[1]):
+                   reset_link.split("code=")[1], fake_sourcegraph.token):
         assert secret and secret not in logged

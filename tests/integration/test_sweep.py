@@ -17,6 +17,7 @@ from tests.support.processes import trialflow_env
 from trialflow.db import tables
 from trialflow.metrics import SWEEP_KEY
 from trialflow.runtime import Runtime
+from trialflow.services.activity import ActivityReport, record_activity
 from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
@@ -40,6 +41,15 @@ def used(rt, trial_id: str) -> None:
     """The instance reported use now (what POST /api/instances/{host}/activity records)."""
     with rt.session_factory() as s, s.begin():
         s.execute(update(tables.trials).where(tables.trials.c.id == trial_id).values(last_activity_at=rt.clock.now()))
+
+
+def unused(rt, trial_id: str) -> None:
+    """The instance answered, and shows no use: a report of all zeros (what a usage poll or
+    POST /api/instances/{host}/activity records). With no answer at all, day 15 asks the CE instead."""
+    with rt.session_factory() as s:
+        host = s.scalar(select(tables.trials.c.instance_host).where(tables.trials.c.id == trial_id))
+    record_activity(rt, host, ActivityReport(at=rt.clock.now(), active_users=0, searches=0, code_intel_actions=0,
+                                             repositories=0))
 
 
 def state(rt, trial_id: str) -> str:
@@ -102,6 +112,7 @@ def test_at_day_15_no_activity_terminates_and_frees_the_instance_unless_the_ce_k
     idle = signup(runtime, "gina@globex.com")
     kept = signup(runtime, "bob@acme-corp.com")
     act(runtime, kept, "keep", "U0CE00001")
+    unused(runtime, idle)
     with runtime.session_factory() as s:
         host = s.scalar(select(tables.trials.c.instance_host).where(tables.trials.c.id == idle))
     clock.advance(days=15, minutes=1)
@@ -193,7 +204,7 @@ def test_a_sweep_run_twice_for_the_same_moment_does_nothing_the_second_time(runt
     assert snapshot(runtime) == before
 
 
-def test_freeing_an_instance_moves_the_capacity_queue_in_the_same_sweep(db_url, config_dir, clock):
+def test_a_termination_frees_capacity_for_the_queue_once_the_cloud_team_confirms_it(db_url, config_dir, clock):
     rt = Runtime(make_settings(db_url, config_dir, instance_cap=1), clock=clock)
     load_reference_data(rt.session_factory, config_dir, clock.now())
     holder = signup(rt, "gina@globex.com")
@@ -201,8 +212,13 @@ def test_freeing_an_instance_moves_the_capacity_queue_in_the_same_sweep(db_url, 
     act(rt, lead, "qualify", "U0SDR0001", opportunity_id="006W")
     assert state(rt, lead) == "waiting_for_capacity"
     clock.advance(days=1)
+    unused(rt, holder)
     assert sweep(rt).promoted == 0, "no capacity yet"
     clock.advance(days=14, minutes=1)
+    asked = sweep(rt)
+    assert (state(rt, holder), state(rt, lead)) == ("terminated", "waiting_for_capacity")
+    assert asked.promoted == 0, "the instance is still running until the cloud team confirms its termination"
+    act(rt, holder, "confirm_request_done", "U0CLOUD01", kind="termination", number=7)
     report = sweep(rt)
     rt_state = (state(rt, holder), state(rt, lead))
     issues = [i["issue_kind"] for i in effects(rt, lead, "github.issue")]
@@ -286,6 +302,7 @@ def test_a_dry_run_from_the_cli_prints_what_it_would_do_and_changes_nothing(db_u
     idle = signup(runtime, "gina@globex.com")
     busy = signup(runtime, "bob@acme-corp.com")
     used(runtime, busy)
+    unused(runtime, idle)
     sweep(runtime)                                      # the license rotation clock has started
     at = (clock.now() + timedelta(days=15, minutes=1)).isoformat()
     before = snapshot(runtime)
@@ -306,6 +323,7 @@ def test_a_dry_run_from_the_cli_prints_what_it_would_do_and_changes_nothing(db_u
 def test_a_sweep_for_a_future_time_decides_as_of_then_and_has_its_effects_delivered_now(db_url, config_dir,
                                                                                        runtime):
     idle = signup(runtime, "gina@globex.com")
+    unused(runtime, idle)   # its instance answered with no use: day 15 terminates (no answer would ask the CE)
     sweep(runtime)
     future = datetime.now(UTC) + timedelta(days=400)
 
@@ -350,6 +368,10 @@ def test_two_sweepers_at_once_never_process_a_trial_twice(pg_url, config_dir, cl
         s.execute(insert(tables.trials), trials)
         s.execute(insert(tables.timers), [{"trial_id": t["id"], "kind": "day15_review", "due_at": now - timedelta(minutes=i % 60),
                                            "created_at": started} for i, t in enumerate(trials)])
+        # The idle ones' instances answered with no use (with no answer at all, day 15 asks the CE).
+        s.execute(insert(tables.instance_activity), [{"host": t["instance_host"], "trial_id": t["id"], "at": started,
+                                                      "active_users": 0, "searches": 0, "code_intel_actions": 0,
+                                                      "repositories": 0} for t in trials if not t["last_activity_at"]])
     setup.close()
 
     runtimes = [Runtime(settings, clock=clock) for _ in range(2)]

@@ -200,6 +200,17 @@ def issue_comment(issue_number: int, issue_body: str, comment: str, login: str) 
     return payload
 
 
+def issue_closed(issue_number: int, issue_body: str, login: str, repo: str = FIXTURE_REPO) -> dict:
+    """fixtures/github/webhooks/issues.closed.json for our issue, closed by ``login`` in ``repo``
+    (the fixture's own issue lives in another repository)."""
+    payload = fixture_json("github/webhooks/issues.closed.json")
+    # Each close is its own event: GitHub moves the issue's updated_at (what a replay's fingerprint reads).
+    payload["issue"].update(number=issue_number, body=issue_body, updated_at=_github_time())
+    payload["repository"]["full_name"] = repo
+    payload["sender"]["login"] = login
+    return payload
+
+
 def comment_as(github, number: int, login: str, body: str) -> None:
     """A comment on a FakeGitHub issue, written by ``login`` (GitHub records the author; the fake
     authenticates every request as its bot, so the stored author is set to ``login``)."""

@@ -48,7 +48,8 @@ def github_signature(secret: bytes, body: bytes) -> str:
     responses=docs.answers({200: (DeliveryAnswer, "Processed, ignored or a duplicate; status says which.")},
                            400, 401, 413, 503))
 async def github_webhooks(request: Request, rt: RT):
-    """Deliveries from the cloud repository: ``ping``, and the "instance ready" signal on instance-request issues."""
+    """Deliveries from the cloud repository: ``ping``, the "instance ready" signal on instance-request issues, and
+    the cloud team's other requests closed or marked ``/done``."""
     secret = rt.settings.github_webhook_secret
     if secret is None:
         return error(503, "GitHub webhooks cannot be verified: TRIALFLOW_GITHUB_WEBHOOK_SECRET is not set. "

@@ -193,7 +193,7 @@ class SlackAnswer(BaseModel):
 class DeliveryAnswer(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: str = Field(json_schema_extra={"enum": ["pong", "duplicate", "ignored", "needs_url", "refused",
-                                                    "instance_ready"]})
+                                                    "instance_ready", "request_done"]})
     reason: str | None = None
     trial_id: str | None = None
 

@@ -99,6 +99,8 @@ accounts = Table(
     Column("named_sdr", String(254)),
     Column("owner_ae", String(254)),
     Column("owner_ce", String(254)),
+    # Case 1 on a trial instance: a colleague's signup gets them an account (false: their admin is asked).
+    Column("auto_add_colleagues", Boolean, nullable=False, default=True, server_default="1"),
 )
 
 staff = Table(
@@ -115,9 +117,16 @@ instances = Table(
     "instances", metadata,
     Column("host", String(253), primary_key=True),
     Column("admin_email", String(254)),
-    Column("status", String(16), nullable=False, index=True),  # pool | live | terminated
+    Column("status", String(16), nullable=False, index=True),  # pool | live | terminated | moved
     Column("trial_id", String(32)),
     Column("claimed_at", UTCDateTime()),
+    # What its admin API last answered (usage polls), and when trialflow last asked.
+    Column("api_asked_at", UTCDateTime()),
+    Column("api_answered_at", UTCDateTime()),
+    # When admin_email was seen signed in: until then a claim is provisional (it may be a squatter's).
+    Column("admin_seen_at", UTCDateTime()),
+    # Terminated: when the cloud team confirmed the instance is gone. Until then it holds capacity.
+    Column("teardown_confirmed_at", UTCDateTime()),
 )
 
 # One row per domain that has an instance: inserting the row is how a domain claims a pool
@@ -236,6 +245,24 @@ instance_activity = Table(
 # Terminating a trial frees its instance and deletes the domain's claim by host: without this
 # index each termination the sweep makes would scan every claim ever made.
 Index("ix_domain_claims_instance_host", domain_claims.c.instance_host)
+
+# The cloud team's requests trialflow raised as GitHub issues (termination, trial-extend,
+# license-change, domain-change, pool-replenish), from the moment the issue was decided: closing
+# the issue or commenting /done completes one; one still open past the SLA is chased once a day.
+cloud_requests = Table(
+    "cloud_requests", metadata,
+    Column("key", String(200), primary_key=True),        # the github.issue effect's idempotency key
+    Column("trial_id", String(32), index=True),
+    Column("kind", String(32), nullable=False),
+    Column("ref", String(200), nullable=False),
+    Column("detail", JSONType, nullable=False, default=dict),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime()),
+    Column("completed_by", String(64)),
+    Column("chased_at", UTCDateTime()),
+)
+Index("ix_cloud_requests_open", cloud_requests.c.requested_at,
+      postgresql_where=cloud_requests.c.completed_at.is_(None), sqlite_where=cloud_requests.c.completed_at.is_(None))
 
 marketing_events = Table(
     "marketing_events", metadata,

@@ -37,7 +37,7 @@ DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
 # Context values people typed (the failsafe's ``signup`` is the whole request they sent): made
 # inert for a mail client, which links whatever looks like an address or a URL.
-TYPED = frozenset({"name", "company", "source", "note", "reason", "signup"})
+TYPED = frozenset({"name", "company", "source", "note", "reason", "signup", "colleague_name"})
 # Values a template may use when the effect's context leaves them empty.
 _FALLBACKS: dict[str, dict[str, str]] = {
     "welcome": {"ce_name": "your customer engineer", "ae_name": "your account executive"},

@@ -171,6 +171,19 @@ def issue_comments(settings, repo: str, number: int) -> list[tuple[str, str]]:
         return []
 
 
+def issue_states(settings, numbers: list[int]) -> dict[int, str]:
+    """The state ("open" or "closed") of each issue GitHub can show; a read, for ``trialflow reconcile``."""
+    states: dict[int, str] = {}
+    try:
+        repo = Github(auth=Auth.Token(settings.github_token.get_secret_value()), base_url=settings.github_api_url,
+                      timeout=READ_TIMEOUT_SECONDS, retry=None, lazy=True).get_repo(settings.github_repo)
+        for number in numbers:
+            states[number] = repo.get_issue(number).state
+    except (GithubException, OSError) as exc:
+        log.warning("could not read issue states from GitHub: %s", type(exc).__name__)
+    return states
+
+
 def _issue_result(issue) -> dict[str, Any]:
     return {"number": issue.number, "url": issue.html_url}
 

@@ -1,13 +1,20 @@
 """Choose each provider's transport from the settings: real when configured, dry-run otherwise."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport
 from trialflow.delivery.github import GitHubTransport
+from trialflow.delivery.instance import InstanceFacts, InstanceTransport
 from trialflow.delivery.slack import SlackTransport
+from trialflow.delivery.sourcegraph import SourcegraphAdmin
 
 
-def build_transports(settings) -> dict:
+def build_transports(settings, facts: InstanceFacts | None = None, now: Callable[[], datetime] | None = None) -> dict:
+    """``facts`` and ``now``: where the instance transport records what instances answer, and the
+    clock (``services.instance_sync.InstanceRecorder``); without them there is no instance transport."""
     transports: dict = {}
     if settings.slack_bot_token is not None:
         transports["slack"] = SlackTransport(settings)
@@ -21,4 +28,8 @@ def build_transports(settings) -> dict:
         transports["email"] = EmailTransport(settings)
     else:
         transports["email"] = DryRunTransport("email")
+    if facts is not None and now is not None:
+        # With no token for a host its effects are never decided (the policies take the manual
+        # path), so the adapter only meets hosts it may administer.
+        transports["instance"] = InstanceTransport(SourcegraphAdmin(settings), transports["email"], facts, now)
     return transports

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
 
 from trialflow.delivery.coalesce import Coalescer
 from trialflow.delivery.core import Deliverer
+from trialflow.delivery.github import issue_states
 from trialflow.delivery.relay import InProcessRelay
+from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.transports import build_transports
+from trialflow.services import reconcile
+from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.sweep import sweep
 
 log = logging.getLogger("trialflow.delivery")
@@ -17,8 +22,25 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    return Deliverer(rt, transports or build_transports(rt.settings),
+    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now),
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
+
+
+def run_reconcile(rt) -> reconcile.Report:
+    """``trialflow reconcile``: the instances asked through their API, GitHub's issues read when configured."""
+    api = SourcegraphAdmin(rt.settings)
+    try:
+        states = partial(issue_states, rt.settings) if rt.settings.github_token is not None else None
+        return reconcile.reconcile(rt, api, states)
+    finally:
+        api.close()
+
+
+def reconcile_daily(rt) -> None:
+    """Once a day, its report in #cloud-trial-alerts (run from serve's loop and Celery's sweep)."""
+    now = rt.clock.now()
+    if reconcile.due_today(rt, now):
+        reconcile.post_daily(rt, run_reconcile(rt))
 
 
 def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..., None] | None = None):
@@ -37,6 +59,15 @@ def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..
         return sender.stop
 
     last = {"at": 0.0}
+    reconciling = threading.Event()
+
+    def reconcile_in_background() -> None:
+        try:
+            reconcile_daily(rt)
+        except Exception:  # noqa: BLE001 - a report that failed today is tried again at the next tick
+            log.warning("the daily reconcile failed", exc_info=True)
+        finally:
+            reconciling.clear()
 
     def tick() -> None:
         if with_scheduler and time.monotonic() - last["at"] >= SWEEP_EVERY_SECONDS:
@@ -44,6 +75,10 @@ def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..
             report = sweep(rt)
             if report.actions:
                 log.info("sweep: %s", "; ".join(report.actions))
+            if not reconciling.is_set() and reconcile.due_today(rt, rt.clock.now()):
+                # Its probes may take a while: never in the way of delivery.
+                reconciling.set()
+                threading.Thread(target=reconcile_in_background, name="reconcile", daemon=True).start()
 
     relay = InProcessRelay(build_deliverer(rt), rt.settings.relay_interval_seconds, on_tick=tick)
     rt.wake = relay.wake

@@ -33,6 +33,16 @@ class InstanceReady:
     at: datetime
 
 
+@dataclass(frozen=True)
+class InstanceMoved:
+    """The cloud team changed ``old_host``'s domain to ``new_host``: the instance, its domain's claim
+    and its trial follow (routing, activity reports, usage polls, the admin of record)."""
+    old_host: str
+    new_host: str
+    trial_id: str
+    at: datetime
+
+
 @dataclass
 class Decisions:
     """Effects keep their order; a repeated idempotency key is a no-op when written. Timer changes
@@ -42,6 +52,9 @@ class Decisions:
     timers: dict[tuple[str, str], tuple[datetime, datetime] | None] = field(default_factory=dict)  # None: cancel
     released_hosts: list[str] = field(default_factory=list)
     ready_instances: list[InstanceReady] = field(default_factory=list)
+    # Terminated instances the cloud team confirmed gone: only now is their capacity free.
+    confirmed_teardowns: list[tuple[str, datetime]] = field(default_factory=list)
+    moved_instances: list[InstanceMoved] = field(default_factory=list)
 
     def effect(self, key: str, kind: str, payload: dict[str, Any], at: datetime, trial_id: str | None = None) -> None:
         self.effects.append(Effect(key, kind, payload, trial_id, at))
@@ -59,17 +72,25 @@ class Decisions:
     def instance_ready(self, ready: InstanceReady) -> None:
         self.ready_instances.append(ready)
 
+    def confirm_teardown(self, host: str, at: datetime) -> None:
+        self.confirmed_teardowns.append((host, at))
+
+    def move_instance(self, moved: InstanceMoved) -> None:
+        self.moved_instances.append(moved)
+
     def extend(self, other: Decisions) -> None:
         self.effects.extend(other.effects)
         self.timers.update(other.timers)
         self.released_hosts.extend(other.released_hosts)
         self.ready_instances.extend(other.ready_instances)
+        self.confirmed_teardowns.extend(other.confirmed_teardowns)
+        self.moved_instances.extend(other.moved_instances)
 
     def due(self, at: datetime) -> Decisions:
         """These decisions with their effects due at ``at``: a step decided as of another time
         (``trialflow sweep --at``) still causes what it causes when it is taken."""
-        return Decisions([replace(e, at=at) for e in self.effects], dict(self.timers), list(self.released_hosts),
-                         list(self.ready_instances))
+        # replace() carries every other field, so a kind of decision added later is never dropped here.
+        return replace(self, effects=[replace(e, at=at) for e in self.effects])
 
     @property
     def scheduled(self) -> list[tuple[str, str, datetime, datetime]]:
@@ -81,4 +102,5 @@ class Decisions:
         return [key for key, op in self.timers.items() if op is None]
 
     def __bool__(self) -> bool:
-        return bool(self.effects or self.timers or self.released_hosts or self.ready_instances)
+        return bool(self.effects or self.timers or self.released_hosts or self.ready_instances
+                    or self.confirmed_teardowns or self.moved_instances)

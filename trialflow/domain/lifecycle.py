@@ -64,6 +64,10 @@ ESCALATE_DECISION = "escalate_decision"
 CONVERT = "convert"
 TERMINATE = "terminate"
 REQUEST_FEEDBACK = "request_feedback"
+CHECK_USAGE = "check_usage"
+ASK_DECISION = "ask_decision"
+CONFIRM_ADMIN = "confirm_admin"
+CONFIRM_REQUEST_DONE = "confirm_request_done"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ TABLE: tuple[Step, ...] = (
     Step(REQUEST_DOMAIN_CHANGE, (ACTIVE, EXTENDED, CONVERTED), None, "owner", "vanity domain requested (a buying signal)"),
     # Second step: the 15/30-day clock
     Step(WARN_TERMINATION, (ACTIVE,), None, "system", "heads-up to the CE before the day-15 review"),
+    Step(CHECK_USAGE, (ACTIVE,), None, "system",
+         "day 15: the instance is asked for its last 7 days of usage before the review"),
+    Step(ASK_DECISION, (ACTIVE,), None, "system",
+         "day 15 with no usage data (the instance never answered nor reported): the CE decides, nothing is terminated"),
     Step(KEEP, (ACTIVE,), None, "owner", "CE keeps the trial: no termination at day 15"),
     Step(EXTEND, (ACTIVE, EXTENDED), EXTENDED, "owner", "trial extended (day 15 with activity, or the CE's decision)"),
     Step(REMIND_DECISION, (EXTENDED,), None, "system", "day 30: extend, convert or terminate"),
@@ -104,6 +112,12 @@ TABLE: tuple[Step, ...] = (
     Step(TERMINATE, (WAITING_FOR_CAPACITY, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED), TERMINATED, "owner",
          "terminated: instance (or its request, or its place in the queue) freed"),
     Step(REQUEST_FEEDBACK, (TERMINATED,), None, "owner", "feedback-request email to the user"),
+    # What the instance and the cloud team report back
+    Step(CONFIRM_ADMIN, (ACTIVE, EXTENDED, CONVERTED), None, "system",
+         "someone at the domain signed in to the instance: the first one is its admin of record (the claim is real)"),
+    Step(CONFIRM_REQUEST_DONE, (ACTIVE, EXTENDED, CONVERTED, TERMINATED), None, "cloud",
+         "the cloud team completed a request (closed its issue or commented /done): termination, extension, "
+         "license or domain change"),
 )
 
 # Steps that leave the state as it is but make sense only once: a second press is "already done".
@@ -127,7 +141,8 @@ DAY30_ESCALATION = "day30_escalation"
 TIMERS: tuple[Timer, ...] = (
     Timer(USER_ADDED_REMINDER, (REMIND_USER_ADDED,), "case 1: every 2 days until the AE confirms the user was added"),
     Timer(TERMINATION_HEADS_UP, (WARN_TERMINATION,), "day 12: the CE's heads-up before the day-15 review"),
-    Timer(DAY15_REVIEW, (EXTEND, TERMINATE), "day 15: activity extends to day 30, none terminates"),
+    Timer(DAY15_REVIEW, (EXTEND, TERMINATE, CHECK_USAGE, ASK_DECISION),
+          "day 15: usage asked first; used extends to day 30, answered and unused terminates, no data asks the CE"),
     Timer(DAY30_DECISION, (REMIND_DECISION,), "day 30 (or the extension's end): extend, convert or terminate"),
     Timer(DAY30_ESCALATION, (ESCALATE_DECISION,), "2 days after the decision was due, and every 2 days after"),
 )

@@ -24,9 +24,14 @@ CAPACITY_LOCK = "capacity"
 
 
 def has_capacity(session: Session, settings: Settings) -> bool:
+    """Trials holding or awaiting an instance, and terminated instances the cloud team has not yet
+    confirmed gone (a termination frees capacity when it is done, not when it is asked for)."""
     holding = session.scalar(
         select(func.count()).select_from(tables.trials).where(tables.trials.c.state.in_(lc.HOLDING_INSTANCE)))
-    return (holding or 0) < settings.instance_cap
+    i = tables.instances.c
+    tearing_down = session.scalar(select(func.count()).select_from(tables.instances).where(
+        i.status == "terminated", i.teardown_confirmed_at.is_(None), i.trial_id.is_not(None)))
+    return (holding or 0) + (tearing_down or 0) < settings.instance_cap
 
 
 def lock_capacity(session: Session) -> None:

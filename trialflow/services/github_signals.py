@@ -1,5 +1,6 @@
 """GitHub signals (``POST /github/webhooks``; the route has verified the signature): the cloud
-team's "instance ready" signal on the instance-request issue trialflow filed.
+team's "instance ready" signal on the instance-request issue trialflow filed, and (through
+``services.cloud_loop``) their other requests closed or marked ``/done``.
 
 Everything in an instance-request issue's body that trialflow did not write is the lead's (name,
 company), so nothing in the body is trusted: the trial is the one whose issue trialflow recorded
@@ -33,6 +34,7 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
 from trialflow.services import outbox
+from trialflow.services.cloud_loop import DoneSignal, complete_request
 from trialflow.services.directory import Directory, Person
 from trialflow.services.trials import CLOUD_ROLES, Command, authorize, get_trial, handle
 from trialflow.services.uow import App, UnitOfWork
@@ -46,6 +48,9 @@ READY_LABEL = "instance-ready"
 _MARKER = re.compile(r"<!--\s*trialflow:(tr_[0-9a-f]+):instance-request\s*-->")
 _READY_COMMAND = re.compile(r"^[ \t]*/ready\b[ \t]*(\S+)?", re.MULTILINE)
 _INSTANCE_LINE = re.compile(r"^[ \t>*_-]*instance[*_]*[ \t]*:[ \t]*<?(\S+?)>?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# The cloud team's other requests (``services.cloud_loop``): the effect marker trialflow ends each issue with.
+_EFFECT_MARKER = re.compile(r"<!-- trialflow-effect:(\S+?) -->")
+_DONE_COMMAND = re.compile(r"^[ \t]*/done\b", re.MULTILINE)
 _NOT_INSTANCES = ("github.com", "githubusercontent.com", "github.io", "githubassets.com", "ghe.com")
 
 
@@ -128,6 +133,24 @@ def ready_signal(event: str, payload: Delivery | None) -> ReadySignal | str:
     return ReadySignal(markers[-1], login, issue.number, repo, comment_body)
 
 
+def done_signal(event: str, payload: Delivery | None) -> DoneSignal | None:
+    """A closed issue, or a ``/done`` comment, on an issue trialflow opened; None otherwise."""
+    if payload is None or payload.issue is None:
+        return None
+    if event == "issues" and payload.action == "closed":
+        login, how = (payload.sender.login if payload.sender else None) or "", "closed"
+    elif event == "issue_comment" and payload.action == "created" and payload.comment is not None \
+            and _DONE_COMMAND.search(payload.comment.body or ""):
+        login, how = (payload.comment.user.login if payload.comment.user else None) or "", "/done"
+    else:
+        return None
+    markers = _EFFECT_MARKER.findall(payload.issue.body or "")
+    number = payload.issue.number
+    if not markers or number is None:
+        return None
+    return DoneSignal(markers[-1], number, login, payload.repository.full_name if payload.repository else None, how)
+
+
 def url_in_comment(text: str) -> str | None:
     """The instance URL a comment gives: ``/ready <url>``, else an ``Instance: <url>`` line."""
     command = _READY_COMMAND.search(text)
@@ -184,6 +207,8 @@ def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: Deliv
     ``fingerprint`` recognises a replay). ``comments(repo, number)`` reads an issue's comments
     (``trialflow.delivery.github.issue_comments``)."""
     signal = ready_signal(event, payload) if event != "ping" else "ping"
+    # A closed issue or a /done comment on one of the cloud team's other requests (services.cloud_loop).
+    done: DoneSignal | None = None if isinstance(signal, ReadySignal) else done_signal(event, payload)
     # (author login, comment) that may give the URL, newest first; authors are checked later.
     sources: list[tuple[str, str]] = []
     if isinstance(signal, ReadySignal):
@@ -206,6 +231,10 @@ def handle_github_delivery(rt: App, delivery_id: str, event: str, payload: Deliv
         if signal == "ping":
             uow.commit()
             return {"status": "pong", "zen": payload.zen if payload else None}
+        if done is not None:
+            result = complete_request(rt, uow, done, delivery_id, now)
+            uow.commit()
+            return result
         if not isinstance(signal, ReadySignal):
             uow.commit()
             return {"status": "ignored", "reason": signal}

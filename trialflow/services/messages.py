@@ -87,6 +87,10 @@ def instance_request_body(trial: PlainTrial, ce_email: str, settings: Settings) 
         f"- Assigned CE (needs operator access to create the password-reset link): {ce_email}",
         f"- Opportunity: {trial.opportunity_id or 'n/a'}",
         f"- Trial license: tags `{tags}`, {settings.trial_license_seats:,} users",
+        "- trialflow's automation account: create a site-admin user `trialflow-automation` with an access token "
+        "(scope `user:all`) and hand the token to trialflow's operators (their `TRIALFLOW_INSTANCE_TOKENS_FILE`, "
+        "unless the instance shares `TRIALFLOW_INSTANCE_TOKEN`). With it trialflow creates the lead's account and "
+        "emails their password-reset link itself; without it the CE does that by hand.",
         "",
         "When the instance is ready, comment `/ready https://<instance host>` (or comment a line "
         "`Instance: https://<instance host>` and add the label `instance-ready`).",

@@ -8,7 +8,6 @@ event (a retried request, a second worker) can never enqueue it twice.
 """
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -16,9 +15,10 @@ from typing import Any, Protocol
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
-from trialflow.domain.trial import CASE_NAMED, Event, PlainTrial
+from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import fit as limits
+from trialflow.services import instance_policies as instances
 from trialflow.services import slack_blocks as sb
 from trialflow.services.fit import Data, Fitted
 from trialflow.services.messages import (
@@ -121,26 +121,29 @@ class _Effects:
                                  "from": sender, "context": context})
 
     def issue(self, name: str, issue_kind: str, title: str, body: str, labels: list[str],
-              ref: str | None = None) -> None:
+              ref: str | None = None, detail: dict[str, Any] | None = None) -> None:
         # Titles and bodies are fitted where they are built; clipping here only guards the limits.
-        self.add(name, "github.issue", {"issue_kind": issue_kind, "title": limits.clip(title, limits.GITHUB_TITLE),
-                                        "body": issue_body(body), "labels": labels,
-                                        "ref": ref or f"{issue_kind}:{self.trial.id}"})
+        payload: dict[str, Any] = {"issue_kind": issue_kind, "title": limits.clip(title, limits.GITHUB_TITLE),
+                                   "body": issue_body(body), "labels": labels,
+                                   "ref": ref or f"{issue_kind}:{self.trial.id}"}
+        if detail:
+            payload["detail"] = detail  # kept with the request until the cloud team completes it
+        self.add(name, "github.issue", payload)
 
 
 def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
     named = trial.case == CASE_NAMED
     kind = "named account" if named else "pre-qualified account"
+    manual = instances.claimed(fx, ctx.people, ctx.settings, trial)
     fx.alert(
         sb.mrkdwn(":rocket: {lead} signed up: {kind} *{account}*; instance {url} claimed from the pool.",
                   lead=lead(trial), kind=kind, account=Data(trial.account_name or ""), url=trial.instance_url or ""),
         sb.section(who(ctx.people, trial)),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
+        *([sb.section(manual)] if manual else []),
         sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
-    fx.email("reset-link", "password_reset", trial.email, instance_url=trial.instance_url,
-             reset_link=f"{trial.instance_url}/password-reset?code={secrets.token_urlsafe(24)}", name=trial.name or "")
     fx.channel()
     _start_clock(fx, trial, fx.event.at)
 
@@ -177,8 +180,7 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
 def _on_route_to_existing(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.alert(sb.mrkdwn(":house: {lead} signed up; *{domain}* already has {url}: redirected there.",
                        lead=lead(trial), domain=host(trial.domain), url=trial.instance_url or ""),
-             sb.section(f"AE {ctx.people.mention(trial.ae)}: make sure the admin adds them "
-                        "(without SSO they cannot join without an invite)."),
+             sb.section(instances.colleague_joins(fx, ctx.people, ctx.settings, trial, event)),
              sb.buttons(trial.id, "user_added"))
     fx.out.schedule(trial.id, lc.USER_ADDED_REMINDER, event.at + timedelta(days=USER_ADDED_REMINDER_DAYS), event.at)
 
@@ -203,9 +205,13 @@ def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
 
 
 def _on_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    by = ctx.people.mention(trial.ae) if event.actor == trial.ae else Data(event.actor)
-    fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} was added to {url} (confirmed by {by}).",
-                              lead=lead(trial), url=trial.instance_url or "", by=by))
+    if event.actor == SYSTEM:
+        fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} was added to {url} (trialflow made their account and "
+                                  "emailed them its link).", lead=lead(trial), url=trial.instance_url or ""))
+    else:
+        by = ctx.people.mention(trial.ae) if event.actor == trial.ae else Data(event.actor)
+        fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} was added to {url} (confirmed by {by}).",
+                                  lead=lead(trial), url=trial.instance_url or "", by=by))
     fx.out.cancel(trial.id, lc.USER_ADDED_REMINDER)
 
 
@@ -238,10 +244,7 @@ def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> No
         raise ValueError(f"trial {trial.id} was marked ready without an instance")
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
-    fx.post("ready", ctx.alerts, sb.mrkdwn(":white_check_mark: Instance {url} for {lead} is ready. CE {ce}: log in with "
-                                           "`?sourcegraph-operator`, create the password-reset link and send it.",
-                                           url=trial.instance_url or "", lead=lead(trial), ce=ctx.people.mention(trial.ce)),
-            sb.buttons(trial.id, lc.HAND_OFF))
+    instances.ready(fx, ctx.people, ctx.settings, trial)
     fx.add("issue-comment", "github.comment", {
         "ref": f"instance-request:{trial.id}",
         "body": issue_body(f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off."),
@@ -249,10 +252,8 @@ def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> No
 
 
 def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    fx.to_account_channel("handed-off", sb.mrkdwn(
-        ":handshake: {ce} handed {url} off to {email}. Trial started: day-15 review on {review}.",
-        ce=ctx.people.mention(trial.ce), url=trial.instance_url or "", email=Data(trial.email),
-        review=str(review_at(trial).date())))
+    fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event,
+                                                                  str(review_at(trial).date())))
     _start_clock(fx, trial, event.at)
 
 
@@ -273,17 +274,32 @@ def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Even
     body = domain_change_body(trial, new, event.actor, len(trial.history))
     fx.issue("domain-change", "domain-change",
              issue_title("Domain name change: {old} → {new}", old=host(trial.instance_host), new=host(new)), body,
-             ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}")
+             ["cloud-trial", "domain-change"], ref=f"domain-change:{trial.id}:{len(trial.history)}",
+             detail={"new_host": new})
     fx.to_account_channel("domain-change-ae", sb.mrkdwn(
         ":money_with_wings: AE {ae}: {email} asked for the vanity domain {new} (a buying signal).",
         ae=ctx.people.mention(trial.ae), email=Data(trial.email), new=host(new)))
 
 
 def _on_warn(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    text = sb.mrkdwn(":warning: CE {ce}: {url} is up for its day-15 review on {review}. With no activity it will be "
-                     "terminated unless you keep it.", ce=ctx.people.mention(trial.ce), url=trial.instance_url or "",
-                     review=str(review_at(trial).date()))
-    fx.to_account_channel("heads-up", text, sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
+    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.people, trial, event, str(review_at(trial).date())),
+                          sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
+
+
+def _on_check_usage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    instances.check_usage(fx, trial)
+
+
+def _on_ask_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    instances.ask_decision(fx, ctx.people, trial)
+
+
+def _on_admin_confirmed(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    instances.admin_confirmed(fx, trial, event)
+
+
+def _on_request_done(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    instances.request_done(fx, trial, event)
 
 
 def _on_keep(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -393,4 +409,8 @@ HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
     lc.CONVERT: _on_convert,
     lc.TERMINATE: _on_terminate,
     lc.REQUEST_FEEDBACK: _on_feedback,
+    lc.CHECK_USAGE: _on_check_usage,
+    lc.ASK_DECISION: _on_ask_decision,
+    lc.CONFIRM_ADMIN: _on_admin_confirmed,
+    lc.CONFIRM_REQUEST_DONE: _on_request_done,
 }

@@ -10,7 +10,7 @@ email and domain (``Known``, read in one round trip by ``services.signups``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,6 +23,21 @@ from trialflow.domain.trial import CASE_EXISTING, CASE_MANUAL, CASE_NAMED, CASE_
 T = TypeVar("T")
 Owner = tuple[str | None, str | None, str | None]  # (account_name, ae, ce) of the trial that claimed a domain
 
+# How a colleague joins the domain's instance (case 1), decided from what is known of it:
+JOIN_ACCOUNT = "account"              # a trial instance: trialflow makes their account and emails them its link
+JOIN_ADMIN_ACCOUNT = "admin_account"  # its claim is provisional (nobody seen signed in): their own admin account
+JOIN_REQUEST = "request"              # a converted or customer instance, or auto-add off: its admin is asked
+TRIAL_INSTANCE_STATES = frozenset({lc.ACTIVE, lc.EXTENDED})
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What routing knows of a domain's instance: its owning trial's state (None: not a trial's, e.g.
+    from instances.csv), its admin of record, and whether that admin was ever seen signed in."""
+    owner_state: str | None = None
+    admin_email: str | None = None
+    provisional: bool = False
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -30,6 +45,7 @@ class Claim:
     instance_host: str | None
     trial_id: str | None
     owner: Owner | None
+    instance: Instance = Instance()
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class Account:
     named_sdr: str | None
     owner_ae: str | None
     owner_ce: str | None
+    auto_add_colleagues: bool = True
 
 
 @dataclass
@@ -70,7 +87,8 @@ def route(trial: PlainTrial, email: Email, known: Known) -> Account | None:
     candidates = email.domain_candidates()
     claim = known.first(known.claims, candidates)
     if claim is not None and claim.instance_host:
-        join_existing(trial, claim.domain, claim.instance_host, claim.owner, known.accounts.get(claim.domain))
+        join_existing(trial, claim.domain, claim.instance_host, claim.owner, known.accounts.get(claim.domain),
+                      claim.instance)
         return None
     account = known.first(known.accounts, candidates)
     if account is None or not account.prequalified:
@@ -102,20 +120,19 @@ def needs_claim(email: Email, known: Known) -> bool:
     return account is not None and account.prequalified
 
 
-class AccountOwners(Protocol):
-    """An account's name and owners: an ``Account``, or a row of the accounts table."""
-
-    @property
-    def account_name(self) -> str | None: ...
-
-    @property
-    def owner_ae(self) -> str | None: ...
-
-    @property
-    def owner_ce(self) -> str | None: ...
+def how_to_join(instance: Instance, account: Account | None) -> str:
+    """A provisional claim never blocks a real person at the domain: until someone is seen signed
+    in, each colleague gets an admin account of their own."""
+    if instance.provisional:
+        return JOIN_ADMIN_ACCOUNT
+    auto_add = account.auto_add_colleagues if account is not None else True
+    if instance.owner_state in TRIAL_INSTANCE_STATES and auto_add:
+        return JOIN_ACCOUNT
+    return JOIN_REQUEST
 
 
-def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account: AccountOwners | None) -> None:
+def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None, account: Account | None,
+                  instance: Instance = Instance()) -> None:
     """Case 1: the domain's people are the ones who own its instance (its first trial's, or the account's)."""
     owner_name, owner_ae, owner_ce = owner or (None, None, None)
     trial.case = CASE_EXISTING
@@ -124,13 +141,20 @@ def join_existing(trial: PlainTrial, domain: str, host: str, owner: Owner | None
     trial.account_name = owner_name or (account.account_name if account else None)
     trial.ae = owner_ae or (account.owner_ae if account else None)
     trial.ce = owner_ce or (account.owner_ce if account else None)
-    trial.fire(lc.ROUTE_TO_EXISTING, actor=SYSTEM, at=trial.created_at, instance=host)
+    trial.fire(lc.ROUTE_TO_EXISTING, actor=SYSTEM, at=trial.created_at, instance=host,
+               join=how_to_join(instance, account), admin=instance.admin_email)
 
 
 def join_claimed(session: Session, trial: PlainTrial, domain: str, host: str, owner_trial_id: str | None) -> None:
     """Case 1 found only at claim time (another signup won the domain a moment ago): read its people."""
-    t, a = tables.trials.c, tables.accounts.c
-    owner = session.execute(select(t.account_name, t.ae, t.ce).where(t.id == owner_trial_id)).first() \
+    t, a, i = tables.trials.c, tables.accounts.c, tables.instances.c
+    owner = session.execute(select(t.account_name, t.ae, t.ce, t.state).where(t.id == owner_trial_id)).first() \
         if owner_trial_id else None
-    account = session.execute(select(a.account_name, a.owner_ae, a.owner_ce).where(a.domain == domain)).first()
-    join_existing(trial, domain, host, tuple(owner) if owner else None, account)
+    row = session.execute(select(a.account_name, a.owner_ae, a.owner_ce, a.auto_add_colleagues)
+                          .where(a.domain == domain)).first()
+    account = Account(domain, row.account_name, True, False, None, row.owner_ae, row.owner_ce,
+                      bool(row.auto_add_colleagues)) if row else None
+    seen = session.execute(select(i.admin_email, i.admin_seen_at).where(i.host == host)).first()
+    instance = Instance(owner.state if owner else None, seen.admin_email if seen else None,
+                        bool(owner_trial_id) and seen is not None and seen.admin_seen_at is None)
+    join_existing(trial, domain, host, (owner.account_name, owner.ae, owner.ce) if owner else None, account, instance)

@@ -33,7 +33,7 @@ from trialflow.errors import InvalidSignup
 from trialflow.scoring import attach_marketing_events
 from trialflow.services import capacity, outbox, policies, writer
 from trialflow.services.directory import Directory, Person, next_in_rotation
-from trialflow.services.routing import Account, Claim, Known, needs_claim, route
+from trialflow.services.routing import Account, Claim, Instance, Known, needs_claim, route
 from trialflow.services.uow import UnitOfWork, wake_safely
 from trialflow.settings import Settings
 
@@ -143,7 +143,7 @@ def _result(trial_id: str, case: str | None, state: str, domain: str, email: str
 # and parents, and whether marketing actions wait for it: one round trip instead of four. Written
 # once; ``_lookup_sql`` makes the SQLite and the PostgreSQL text from it.
 #
-# On PostgreSQL the claim's owner is read through a LATERAL subquery with LIMIT 1, which runs
+# On PostgreSQL the claim's owner (and its instance) is read through a LATERAL subquery with LIMIT 1, which runs
 # per claim as a probe of the trials' primary key whatever the statistics say. As a plain join,
 # the plan kept for the connection could be a hash join over a sequential scan of trials, chosen
 # while the table was small (a fresh database, not analyzed yet) and kept as it grew.
@@ -152,18 +152,23 @@ SELECT 'trial' AS kind, t.id AS k, t."case" AS a, t.state AS b, t.domain AS c, t
        NULL AS e, NULL AS f, NULL AS g
   FROM trials t WHERE t.email = {email}
 UNION ALL
-SELECT 'claim', c.domain, c.instance_host, c.trial_id, o.account_name, o.ae, o.ce, NULL, NULL
+SELECT 'claim', c.domain, c.instance_host, c.trial_id, o.account_name, o.ae, o.ce, o.state,
+       CASE WHEN c.trial_id IS NOT NULL AND i.admin_seen_at IS NULL THEN 'p:' ELSE 'c:' END
+         || COALESCE(i.admin_email, '')
   FROM domain_claims c {owner_join} WHERE c.domain IN {candidates}
 UNION ALL
 SELECT 'account', a.domain, a.account_name, CASE WHEN a.prequalified THEN 'y' ELSE 'n' END,
-       CASE WHEN a.named_account THEN 'y' ELSE 'n' END, a.named_sdr, a.owner_ae, a.owner_ce, NULL
+       CASE WHEN a.named_account THEN 'y' ELSE 'n' END, a.named_sdr, a.owner_ae, a.owner_ce,
+       CASE WHEN a.auto_add_colleagues THEN 'y' ELSE 'n' END
   FROM accounts a WHERE a.domain IN {candidates}
 UNION ALL
 SELECT 'events', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
  WHERE EXISTS (SELECT 1 FROM marketing_events m WHERE m.email = {email} AND m.trial_id IS NULL)
 """
-_JOIN = "LEFT JOIN trials o ON o.id = c.trial_id"
-_PROBE = "LEFT JOIN LATERAL (SELECT o.account_name, o.ae, o.ce FROM trials o WHERE o.id = c.trial_id LIMIT 1) o ON true"
+_JOIN = "LEFT JOIN trials o ON o.id = c.trial_id LEFT JOIN instances i ON i.host = c.instance_host"
+_PROBE = ("LEFT JOIN LATERAL (SELECT o.account_name, o.ae, o.ce, o.state FROM trials o WHERE o.id = c.trial_id "
+          "LIMIT 1) o ON true LEFT JOIN LATERAL (SELECT i.admin_email, i.admin_seen_at FROM instances i "
+          "WHERE i.host = c.instance_host LIMIT 1) i ON true")
 
 
 def _lookup_sql(dialect: str, slots: int = 0) -> str:
@@ -208,13 +213,14 @@ def _look_up(session: Session, email: Email) -> Known:
 
 def _known(email: Email, rows: Iterable[Sequence[Any]]) -> Known:
     known = Known()
-    for kind, k, a, b, c, d, e, f, _g in rows:
+    for kind, k, a, b, c, d, e, f, g in rows:
         if kind == "trial":
             known.existing = _result(k, a, b, c, email.address, d)
         elif kind == "claim":
-            known.claims[k] = Claim(k, a, b, (c, d, e) if b else None)
+            provisional, _, admin = (g or "c:").partition(":")
+            known.claims[k] = Claim(k, a, b, (c, d, e) if b else None, Instance(f, admin or None, provisional == "p"))
         elif kind == "account":
-            known.accounts[k] = Account(k, a, b == "y", c == "y", d, e, f)
+            known.accounts[k] = Account(k, a, b == "y", c == "y", d, e, f, g != "n")
         else:
             known.has_marketing_events = True
     return known

@@ -38,7 +38,7 @@ from trialflow.domain.decisions import Decisions
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import TrialflowError
 from trialflow.metrics import record_sweep
-from trialflow.services import capacity, outbox, policies
+from trialflow.services import capacity, cloud_loop, outbox, policies, usage_polls
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.timers import step_for
@@ -49,6 +49,8 @@ from trialflow.services.writer import among
 log = logging.getLogger("trialflow.sweep")
 
 QUEUE_BATCH = 100
+# Timers whose step depends on what the instance answered about its usage.
+_USAGE_DECIDES = frozenset({lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW})
 
 
 @dataclass
@@ -147,6 +149,8 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, 
     trials = {trial.id: trial for trial in session.scalars(trials_stmt)} if trial_ids else {}
 
     ctx = policies.Context(Directory(session), rt.settings)
+    usage = usage_polls.usage_known(session, rt.settings, [
+        trials[row.trial_id] for row in due if row.kind in _USAGE_DECIDES and row.trial_id in trials])
     decided = Decisions()  # the fast path writes the whole batch's decisions at its end
     done: list[str] = []
     left_due = 0
@@ -154,7 +158,7 @@ def _claim_and_step(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, 
         trial = trials.get(row.trial_id)
         if trial is None:
             continue
-        decision = step_for(trial, row.kind)
+        decision = step_for(trial, row.kind, usage.get(trial.id))
         if decision is None:
             continue
         trigger, detail = decision
@@ -250,7 +254,8 @@ def _sweep_queue_durably(rt: App, now: datetime, send_at: datetime, report: Swee
 
 
 def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, report: SweepReport) -> None:
-    """Program-wide chores: license rotation reminders and the pool's low-water mark."""
+    """Program-wide chores: license rotation reminders, the pool's low-water mark, usage polls and
+    chasing the cloud team's overdue requests."""
     last = uow.session.scalar(select(tables.kv.c.value).where(tables.kv.c.key == "license_rotated_at"))
     if last is None:
         insert_ignore(uow.session, tables.kv, {"key": "license_rotated_at", "value": now.isoformat()})
@@ -270,3 +275,9 @@ def _sweep_program(uow: UnitOfWork, rt: App, now: datetime, send_at: datetime, r
     if uow.persist(capacity.pool_low_water(uow.session, rt.settings, now).due(send_at)):
         report.add("pool below its low-water mark: " + ("would raise a replenish request" if report.dry_run
                                                         else "replenish request raised"))
+    polled = uow.persist(usage_polls.poll_due(uow.session, rt.settings, now).due(send_at))
+    if polled:
+        report.add(f"usage asked of {len(polled)} instance(s)")
+    chased = uow.persist(cloud_loop.chase_overdue(uow.session, rt.settings, now).due(send_at))
+    if chased:
+        report.add(f"{len(chased)} cloud-team request(s) past their SLA chased")

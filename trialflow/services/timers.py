@@ -3,6 +3,7 @@ deadlines a trial has. Timers are rows (``tables.timers``) swept on a schedule; 
 declared in the lifecycle table (``lifecycle.TIMERS``) with the steps it may cause."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,8 +20,20 @@ DECISION_DAYS = 30
 ESCALATION_GRACE_DAYS = 2
 USER_ADDED_REMINDER_DAYS = 2
 EXTENSION_DAYS = 15
+# Day 15 asks the instance first, then waits this long for the answer before it decides.
+USAGE_ANSWER_MINUTES = 15
+# Day 15 with no usage data: the CE is asked again this often until they decide.
+ASK_AGAIN_DAYS = 2
 
 TIMER_KINDS: tuple[str, ...] = tuple(timer.kind for timer in lc.TIMERS)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What is known of a trial's instance when its clock decides: whether trialflow may ask its
+    API (a token for its host), and whether it ever answered a usage poll or sent a report."""
+    pollable: bool = False
+    answered: bool = False
 
 
 def review_at(trial: PlainTrial) -> datetime:
@@ -30,18 +43,28 @@ def review_at(trial: PlainTrial) -> datetime:
     return trial.started_at + timedelta(days=REVIEW_DAYS)
 
 
-def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:
-    """Which step a due timer causes now, if any (a timer left behind by a later change does nothing)."""
+def step_for(trial: PlainTrial, kind: str, usage: Usage | None = None) -> tuple[str, dict[str, Any]] | None:
+    """Which step a due timer causes now, if any (a timer left behind by a later change does nothing).
+
+    Day 15 has three outcomes, never two: *used* extends; *answered and unused* terminates (the CE
+    had the heads-up at day 12); *no data* (the instance never answered, never reported) asks the
+    CE, because silence is not proof that nobody uses it. An instance trialflow can ask is asked
+    first (``check_usage``), and the review comes back for the answer."""
+    usage = usage or Usage()
     if kind == lc.USER_ADDED_REMINDER and trial.state == lc.JOINING_EXISTING:
         return lc.REMIND_USER_ADDED, {}
     if kind == lc.TERMINATION_HEADS_UP and trial.state == lc.ACTIVE and not trial.kept and not is_active(trial):
-        return lc.WARN_TERMINATION, {}
+        return lc.WARN_TERMINATION, {} if usage.answered else {"usage": "none"}
     if kind == lc.DAY15_REVIEW and trial.state == lc.ACTIVE:
         if is_active(trial):
             return lc.EXTEND, {"days": EXTENSION_DAYS, "reason": "day 15: activity on the instance"}
         if trial.kept:
             return lc.EXTEND, {"days": EXTENSION_DAYS, "reason": "day 15: kept by the CE"}
-        return lc.TERMINATE, {"reason": "day 15: no activity on the instance"}
+        if usage.pollable and not _asked_since_last_review(trial):
+            return lc.CHECK_USAGE, {}
+        if usage.answered:
+            return lc.TERMINATE, {"reason": "day 15: the instance shows no use in its usage data"}
+        return lc.ASK_DECISION, {"reason": "day 15: no usage data from the instance"}
     if kind == lc.DAY30_DECISION and trial.state == lc.EXTENDED:
         return lc.REMIND_DECISION, {}
     if kind == lc.DAY30_ESCALATION and trial.state == lc.EXTENDED:
@@ -49,11 +72,22 @@ def step_for(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def _asked_since_last_review(trial: PlainTrial) -> bool:
+    """The instance was asked for this review: its last check comes after its last "ask the CE"."""
+    for entry in reversed(trial.history):
+        if entry.trigger == lc.CHECK_USAGE:
+            return True
+        if entry.trigger == lc.ASK_DECISION:
+            return False
+    return False
+
+
 def is_active(trial: PlainTrial) -> bool:
     """'Inactive at day 15' = no activity reported since the trial started, and PQL grade D or none.
 
-    Activity arrives from the instance (``POST /api/instances/{host}/activity``), which sets
-    ``last_activity_at`` when a report shows any use; the PQL grade comes from lead scoring.
+    Activity arrives from the instance: its usage polls (``instance.usage`` effects) and its own
+    reports (``POST /api/instances/{host}/activity``) set ``last_activity_at`` when they show any
+    use; the PQL grade comes from lead scoring.
     """
     if trial.pql_grade in ("A", "B", "C"):
         return True

@@ -219,6 +219,15 @@ def _domain_change(uow: UnitOfWork, settings: Settings, now: datetime, trial: Tr
     trial.fire(lc.REQUEST_DOMAIN_CHANGE, actor=cmd.actor, at=now, new_host=f"{sub}.{parent}")
 
 
+def _request_done(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
+    detail = {k: v for k, v in cmd.detail.items() if k != "new_host"}
+    if detail.get("kind") == "domain-change" and cmd.detail.get("new_host"):
+        # The trial follows its instance to the new host; the step's decisions move the instance and its claim.
+        detail.update(from_host=trial.instance_host, to_host=cmd.detail["new_host"])
+        trial.instance_host = cmd.detail["new_host"]
+    trial.fire(lc.CONFIRM_REQUEST_DONE, actor=cmd.actor, at=now, **detail)
+
+
 def _terminate(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     trial.fire(lc.TERMINATE, actor=cmd.actor, at=now, reason=(cmd.detail.get("reason") or "").strip())
 
@@ -243,6 +252,10 @@ COMMAND_HANDLERS: dict[str, Callable[[UnitOfWork, Any, datetime, Trial, Command]
     lc.ESCALATE_DECISION: _plain,
     lc.CONVERT: _plain,
     lc.REQUEST_FEEDBACK: _plain,
+    lc.CHECK_USAGE: _plain,
+    lc.ASK_DECISION: _plain,
+    lc.CONFIRM_ADMIN: _plain,
+    lc.CONFIRM_REQUEST_DONE: _request_done,
 }
 # Steps trialflow takes while routing a signup or moving the capacity queue, never as a command.
 ROUTING_STEPS = frozenset({lc.ROUTE_TO_EXISTING, lc.CLAIM_POOL_INSTANCE, lc.WAIT_FOR_CAPACITY, lc.SEND_TO_TRIAGE,

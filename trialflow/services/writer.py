@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, delete, insert, update
+from sqlalchemy import ColumnElement, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -65,12 +65,46 @@ def write(session: Session, decisions: Decisions) -> list[int]:
                                                           "trial_id": ready.trial_id, "claimed_at": ready.at})
     if decisions.released_hosts:
         hosts = decisions.released_hosts
+        # Out of routing and polling now; its capacity is held until the cloud team confirms (teardown_confirmed_at).
         session.execute(update(tables.instances).where(among(session, tables.instances.c.host, hosts))
                         .values(status="terminated"))
         session.execute(delete(tables.domain_claims).where(among(session, tables.domain_claims.c.instance_host, hosts)))
+    _instances_reported_back(session, decisions)
     if not decisions.effects:
         return []
+    track_cloud_requests(session, decisions.effects)
     return _insert_effects(session, [effect_row(e) for e in decisions.effects])
+
+
+def _instances_reported_back(session: Session, decisions: Decisions) -> None:
+    """What the cloud team confirmed: a teardown, a domain change (the instance, its claim and its
+    trial's activity lookups move to the new host)."""
+    i = tables.instances
+    for host, at in decisions.confirmed_teardowns:
+        session.execute(update(i).where(i.c.host == host, i.c.teardown_confirmed_at.is_(None))
+                        .values(teardown_confirmed_at=at))
+    for moved in decisions.moved_instances:
+        old = session.execute(select(i).where(i.c.host == moved.old_host)).first()
+        values = {"status": old.status, "admin_email": old.admin_email, "trial_id": moved.trial_id,
+                  "claimed_at": old.claimed_at, "admin_seen_at": old.admin_seen_at} if old is not None else \
+            {"status": "live", "admin_email": None, "trial_id": moved.trial_id, "claimed_at": moved.at}
+        if not insert_ignore(session, i, {"host": moved.new_host, **values}):
+            session.execute(update(i).where(i.c.host == moved.new_host).values(**values))
+        session.execute(update(i).where(i.c.host == moved.old_host).values(status="moved"))
+        session.execute(update(tables.domain_claims).where(tables.domain_claims.c.instance_host == moved.old_host)
+                        .values(instance_host=moved.new_host))
+
+
+# Issues that ask the cloud team to do something trialflow then waits for (``services.cloud_loop``).
+CLOUD_REQUEST_KINDS = frozenset({"termination", "trial-extend", "license-change", "domain-change", "pool-replenish"})
+
+
+def track_cloud_requests(session: Session, effects: list[Effect]) -> None:
+    rows = [{"key": e.key, "trial_id": e.trial_id, "kind": e.payload["issue_kind"], "ref": e.payload.get("ref") or "",
+             "detail": e.payload.get("detail") or {}, "requested_at": e.at}
+            for e in effects if e.kind == "github.issue" and e.payload.get("issue_kind") in CLOUD_REQUEST_KINDS]
+    for row in rows:
+        insert_ignore(session, tables.cloud_requests, row)
 
 
 def write_new_trial(session: Session, trial: PlainTrial, decisions: Decisions) -> list[int] | None:
@@ -81,6 +115,8 @@ def write_new_trial(session: Session, trial: PlainTrial, decisions: Decisions) -
         sql, params = new_trial_statement(trial, decisions)
         with session_driver(session).cursor() as cursor:
             inserted, effect_ids = cursor.execute(sql, params).fetchone()
+        if inserted:
+            track_cloud_requests(session, decisions.effects)  # a claim's pool-replenish request
         return list(effect_ids) if inserted else None
     if not insert_ignore(session, tables.trials, trial_row(trial), index_elements=["email"]):
         return None
@@ -90,7 +126,8 @@ def write_new_trial(session: Session, trial: PlainTrial, decisions: Decisions) -
 
 def new_trial_statement(trial: PlainTrial, decisions: Decisions) -> tuple[str, list[Any]]:
     """PostgreSQL: ``write_new_trial`` as one statement and its parameters."""
-    if decisions.cancelled or decisions.released_hosts or decisions.ready_instances:
+    if decisions.cancelled or decisions.released_hosts or decisions.ready_instances or decisions.confirmed_teardowns \
+            or decisions.moved_instances:
         # A new trial has no timers to cancel nor an instance of its own to release or register.
         raise ValueError("a new trial's steps decided writes that only an existing trial can have")
     timers = [{"kind": kind, "due_at": due_at, "created_at": created_at}
