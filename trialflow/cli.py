@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from trialflow.api.app import create_app
 from trialflow.api.clients import is_loopback_host
 from trialflow.api.serialize import trial_detail, trial_summary
 from trialflow.db import tables
@@ -91,6 +90,10 @@ def cmd_serve(args) -> int:
     prepare_database(rt)
     stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
     stop_spool = SpoolReplayer(rt).start()  # signups kept on disk while the database was away
+    # Imported here, not at the top: the API's web stack (FastAPI, Authlib, the docs) costs ~1.5 s
+    # to import, and every other command (sweep, outbox, trials, report) starts without it.
+    from trialflow.api.app import create_app
+
     app = create_app(rt)
     mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
     logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
