@@ -58,7 +58,9 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from machine import cpu_seconds as _cpu_seconds  # noqa: E402
 from machine import describe  # noqa: E402
+from machine import processes as _processes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -536,28 +538,6 @@ def run_generator(mode: str, port: int, seed: int, tag: str, **args) -> dict:
 
 def machine() -> str:
     return describe()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, from /proc (Linux); 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, parent pid, command name) of every process (Linux)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                before, _, after = (entry / "stat").read_text().rpartition(")")
-                found.append((int(entry.name), int(after.split()[1]), before.partition("(")[2]))
-            except OSError:
-                continue
-    return found
 
 
 def cpu_snapshot(server_pid: int) -> dict:
