@@ -108,7 +108,7 @@ def check(settings: Settings, name: str, now: float | None = None) -> tuple[bool
         return False, f"{path} is unreadable: {exc}"
     if now - status.updated_at > STATUS_STALE_SECONDS:
         return False, f"the supervisor has not written {path.name} for {now - status.updated_at:.0f}s"
-    if not _running(status.supervisor_pid):
+    if not process_alive(status.supervisor_pid):
         return False, f"the supervisor (pid {status.supervisor_pid}) is gone"
     beat = "never" if status.heartbeat_age is None else f"{status.heartbeat_age:.0f}s ago"
     why = (f"celery pid {status.celery_pid or '-'}: {status.state}, last heartbeat {beat}, "
@@ -116,7 +116,8 @@ def check(settings: Settings, name: str, now: float | None = None) -> tuple[bool
     return status.healthy, why
 
 
-def _running(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal still counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

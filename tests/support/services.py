@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from workers.liveness import process_alive
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The server (and the name prefix) of each run's database; the run's own URL is POSTGRES_URL.
@@ -165,22 +167,12 @@ _TAKE_OVER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('S
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _left_by_dead_run(owner: bytes | None) -> bool:
     if not owner:
         return False
     host, _, rest = owner.decode(errors="replace").partition(":")
     pid = rest.partition(":")[0]
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 def _redis_databases(admin) -> int:
