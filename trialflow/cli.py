@@ -192,6 +192,9 @@ def cmd_outbox(args) -> int:
     if args.action == "drain":
         print(json.dumps(build_deliverer(rt).drain_all()))
         return 0
+    if args.action == "prune":
+        from trialflow.services.prune import cli_prune
+        return cli_prune(rt, dry_run=args.dry_run)
     statuses = ("pending", "delivering", "failed") if args.status == "open" else (args.status,)
     with rt.session_factory() as s:
         rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses))
@@ -294,10 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_sweep)
 
     o = sub.add_parser("outbox", help="effects waiting or failed")
-    o.add_argument("action", nargs="?", choices=["list", "retry", "drain"], default="list")
+    o.add_argument("action", nargs="?", choices=["list", "retry", "drain", "prune"], default="list")
     o.add_argument("id", nargs="?", type=int)
     o.add_argument("--status", default="open", choices=["open", "pending", "delivering", "failed", "delivered"])
     o.add_argument("--limit", type=int, default=100)
+    o.add_argument("--dry-run", action="store_true", help="prune: show what would go; change nothing")
     o.set_defaults(func=cmd_outbox)
 
     t = sub.add_parser("trials", help="list or show trials")
@@ -338,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="the funnel: requests, starts, activation, conversion, time in each step")
     r.add_argument("--json", action="store_true")
     r.add_argument("--weeks", type=int, default=12, help="weekly cohorts to show")
+    r.add_argument("--csv", action="store_true", help="CSV: one line per week (and all) of each group")
+    r.add_argument("--by", choices=["source", "case", "ae", "ce", "reason"], help="split by this")
     r.set_defaults(func=cmd_report)
 
     g = sub.add_parser("graph", help="write the lifecycle diagram from the table the machine runs on")

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
     relay_grace_seconds: float = 10.0        # a task not finished this long after dispatch is sent again
     beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
+    # Delivered effects older than this are pruned by the sweep (services.prune); failed and
+    # undelivered ones never are.
+    outbox_retention_days: int = Field(30, ge=1)
+    prune_batch_size: int = Field(500, ge=1, le=10000)
+    prune_batches_per_sweep: int = Field(20, ge=1)
     # `trialflow worker` replaces its Celery process when that process's event loop has not turned
     # for this long while the broker answers (a hung worker). Above Celery's longest pause between
     # two attempts to reconnect (30 s), so a worker about to reconnect is not taken for hung.

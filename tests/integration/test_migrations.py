@@ -42,4 +42,4 @@ def test_serve_style_upgrade_is_a_no_op_on_an_up_to_date_database(db_url):
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     engine.dispose()
     newest = max(p.stem.split("_")[0] for p in (MIGRATIONS / "versions").glob("0*.py"))
-    assert head == newest
+    assert head.split("_")[0] == newest
