@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.api.clients import is_loopback_host
@@ -197,7 +197,9 @@ def cmd_outbox(args) -> int:
         return cli_prune(rt, dry_run=args.dry_run)
     statuses = ("pending", "delivering", "failed") if args.status == "open" else (args.status,)
     with rt.session_factory() as s:
-        rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses))
+        # Not delivered: read through the partial index of those (ix_outbox_open), not all ever stored.
+        open_only = tables.outbox.c.status != "delivered" if "delivered" not in statuses else true()
+        rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses), open_only)
                          .order_by(tables.outbox.c.id).limit(args.limit)).all()
     if not rows:
         print(f"no {args.status} effects")

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Float, and_, case, func, select
+from sqlalchemy import Float, and_, case, func, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
 from trialflow.db import tables
@@ -291,16 +291,8 @@ def _fill(cohort: Cohort, sums, medians: dict[str, float | None]) -> None:
     cohort.medians = medians
 
 
-def _medians(session, f, in_window, group: list) -> dict[tuple, dict[str, float | None]]:
-    """Median seconds of each step by ``group``: PostgreSQL works them out; elsewhere (SQLite, a
-    small database) the values are read and the median taken here."""
-    out: dict[tuple, dict[str, float | None]] = {}
-    if session.get_bind().dialect.name == "postgresql":
-        columns = [func.percentile_cont(0.5).within_group(f.c[k].cast(Float)) for k, _ in STEPS]
-        for row in session.execute(select(*group, *columns).where(in_window).group_by(*group)):
-            key, values = tuple(row[:len(group)]), row[len(group):]
-            out[key] = {k: None if v is None else round(float(v), 1) for (k, _), v in zip(STEPS, values, strict=True)}
-        return out
+def _python_medians(session, f, in_window, group: list) -> dict[tuple, dict[str, float | None]]:
+    """Median seconds of each step by ``group``, the values read and the median taken here."""
     lists: dict[tuple, dict[str, list[float]]] = {}
     for row in session.execute(select(*group, *[f.c[k] for k, _ in STEPS]).where(in_window)):
         entry = lists.setdefault(tuple(row[:len(group)]), {k: [] for k, _ in STEPS})
@@ -308,6 +300,42 @@ def _medians(session, f, in_window, group: list) -> dict[tuple, dict[str, float 
             if v is not None:
                 entry[k].append(v)
     return {key: {k: _median(v) for k, v in entry.items()} for key, entry in lists.items()}
+
+
+def _read_groups(session, f, in_window, by: str | None) -> list[tuple[str | None, str | None, list, dict]]:
+    """(value of ``by``, week or None for the total, the sums, the medians) of each group.
+
+    PostgreSQL: one scan of the window's rows (GROUPING SETS: per week and in total, with
+    percentile_cont for the medians). Elsewhere (SQLite, a small database): counted in SQL,
+    medians taken here."""
+    dims = [f.c[by]] if by else []
+    if session.get_bind().dialect.name == "postgresql":
+        medians = [func.percentile_cont(0.5).within_group(f.c[k].cast(Float)) for k, _ in STEPS]
+        dim_names = [f'"{by}"'] if by else []
+        sets = literal_column(f"GROUPING SETS (({', '.join([*dim_names, 'week'])}), ({', '.join(dim_names)}))")
+        out = []
+        for row in session.execute(select(*dims, f.c.week, func.grouping(f.c.week), *_cohort_sums(f), *medians)
+                                   .where(in_window).group_by(sets)):
+            value = row[0] if dims else None
+            week = None if row[len(dims) + 1] else row[len(dims)]
+            sums = list(row[len(dims) + 2:len(dims) + 2 + 5 + len(STEPS)])
+            values = row[len(dims) + 2 + 5 + len(STEPS):]
+            out.append((value, week, sums, {k: None if v is None else round(float(v), 1)
+                                             for (k, _), v in zip(STEPS, values, strict=True)}))
+        return out
+    by_week = session.execute(select(*dims, f.c.week, *_cohort_sums(f)).where(in_window).group_by(*dims, f.c.week)).all()
+    totals = session.execute(select(*dims, *_cohort_sums(f)).where(in_window).group_by(*dims)).all() if dims else \
+        [session.execute(select(*_cohort_sums(f)).where(in_window)).one()]
+    week_medians = _python_medians(session, f, in_window, [*dims, f.c.week])
+    total_medians = _python_medians(session, f, in_window, dims)
+    out = []
+    for row in totals:
+        value = row[0] if dims else None
+        out.append((value, None, list(row[len(dims):]), total_medians.get((value,) if dims else (), {})))
+    for row in by_week:
+        value, week = (row[0], row[1]) if dims else (None, row[0])
+        out.append((value, week, list(row[len(dims) + 1:]), week_medians.get((value, week) if dims else (week,), {})))
+    return out
 
 
 def split_from_db(rt, by: str | None, weeks: int = 12, now: datetime | None = None) -> dict[str | None, Funnel]:
@@ -320,29 +348,29 @@ def split_from_db(rt, by: str | None, weeks: int = 12, now: datetime | None = No
     now = now or rt.clock.now()
     f = tables.trial_facts
     in_window = (f.c.created_at >= window_start(now, weeks)) & (f.c.created_at <= now)
-    dims = [f.c[by]] if by else []
     with rt.session_factory() as session:
-        by_week = session.execute(select(*dims, f.c.week, *_cohort_sums(f)).where(in_window).group_by(*dims, f.c.week)).all()
-        totals = session.execute(select(*dims, *_cohort_sums(f)).where(in_window).group_by(*dims)).all() if dims else \
-            [session.execute(select(*_cohort_sums(f)).where(in_window)).one()]
-        week_medians = _medians(session, f, in_window, [*dims, f.c.week])
-        total_medians = _medians(session, f, in_window, dims)
+        groups = _read_groups(session, f, in_window, by)
+    nothing = {k: None for k, _ in STEPS}
     funnels: dict[str | None, Funnel] = {}
-    for row in totals:
-        value = row[0] if dims else None
-        cohorts = _empty_weeks(now, weeks)
+    cohorts: dict[str | None, dict[str, Cohort]] = {}
+    for value, week, sums, medians in groups:
+        if week is None:
+            cohorts[value] = _empty_weeks(now, weeks)
+            total = Cohort(f"{weeks} weeks", window_start(now, weeks).date())
+            _fill(total, sums, {**nothing, **medians})
+            funnels[value] = Funnel(now, list(cohorts[value].values()), totals=total)
+    if by is None and None not in funnels:   # no trial in the window at all
+        cohorts[None] = _empty_weeks(now, weeks)
         total = Cohort(f"{weeks} weeks", window_start(now, weeks).date())
-        _fill(total, row[len(dims):], total_medians.get((value,) if dims else (), {k: None for k, _ in STEPS}))
-        funnels[value] = Funnel(now, list(cohorts.values()), totals=total)
-    for row in by_week:
-        value, week = (row[0], row[1]) if dims else (None, row[0])
-        funnel = funnels[value]
-        cohort = next(c for c in funnel.cohorts if c.week == week)
-        _fill(cohort, row[len(dims) + 1:], week_medians.get((value, week) if dims else (week,), {}))
+        _fill(total, [0] * (5 + len(STEPS)), nothing)
+        funnels[None] = Funnel(now, list(cohorts[None].values()), totals=total)
+    for value, week, sums, medians in groups:
+        if week is not None:
+            _fill(cohorts[value][week], sums, {**nothing, **medians})
     for funnel in funnels.values():
         for cohort in funnel.cohorts:
             if cohort.medians is None:
-                _fill(cohort, [0] * (5 + len(STEPS)), {k: None for k, _ in STEPS})
+                _fill(cohort, [0] * (5 + len(STEPS)), nothing)
     return funnels
 
 

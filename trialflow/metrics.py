@@ -111,7 +111,7 @@ def render(rt) -> str:
         lines += ["# HELP trialflow_trials Trials by lifecycle state.", "# TYPE trialflow_trials gauge"]
         lines += [f'trialflow_trials{{state="{s}"}} {by_state.get(s, 0)}' for s in lc.STATES]
         latency, delivered = _latency(session)
-        # Not delivered yet: few rows, all in the partial index ix_outbox_open_created.
+        # Not delivered yet: few rows, all in the partial index ix_outbox_open.
         by_status = dict(session.execute(select(o.c.status, func.count()).where(o.c.status != "delivered")
                                          .group_by(o.c.status)).all())
         by_status["delivered"] = delivered

@@ -24,6 +24,9 @@ Split, all weeks (requests, joiners, starts, activated, converted):
   by case:    prequalified_named 1 0 1 1 1 (bob); manual_qualification 2 0 1 0 0 (lee, ann);
               prequalified_unnamed 1 0 1 0 0 (carl); existing_instance 0 1 0 0 0 (pam)
   by reason:  student project 1 0 0 0 0 (ann); none 3 1 3 1 1
+  by AE:      alice 2 0 2 1 1 (bob: acme-corp's owner; lee: first in the round robin, in email
+              order); andy 1 0 1 0 0 (carl: next in the round robin); none 1 1 0 0 0 (ann, pam)
+  by CE:      carol 2 0 2 1 1 (bob, lee); chris 1 0 1 0 0 (carl); none 1 1 0 0 0 (ann, pam)
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ EXPECTED_SPLITS = {
     "case": {"prequalified_named": (1, 0, 1, 1, 1), "manual_qualification": (2, 0, 1, 0, 0),
              "prequalified_unnamed": (1, 0, 1, 0, 0), "existing_instance": (0, 1, 0, 0, 0)},
     "reason": {"student project": (1, 0, 0, 0, 0), None: (3, 1, 3, 1, 1)},
+    "ae": {"alice.ae@example.com": (2, 0, 2, 1, 1), "andy.ae@example.com": (1, 0, 1, 0, 0), None: (1, 1, 0, 0, 0)},
+    "ce": {"carol.ce@example.com": (2, 0, 2, 1, 1), "chris.ce@example.com": (1, 0, 1, 0, 0), None: (1, 1, 0, 0, 0)},
 }
 SOURCES = {"bob@acme-corp.com": "website", "lee@randomcorp.dev": "website", "ann@gmail.com": "webinar",
            "carl@globex.com": "webinar"}

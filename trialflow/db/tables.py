@@ -327,9 +327,10 @@ pruned_keys = Table(
     Column("delivered_at", UTCDateTime(), nullable=False),
 )
 
-# /metrics counts the effects not delivered and the oldest of them from this index (few rows), and
-# pruning finds delivered rows past retention by delivery time.
-Index("ix_outbox_open_created", outbox.c.created_at,
+# The effects not delivered yet, in id order: `trialflow outbox list` pages them, /metrics counts them
+# and finds the oldest (few rows, however many were delivered); pruning finds delivered rows past
+# retention by delivery time.
+Index("ix_outbox_open", outbox.c.id,
       postgresql_where=outbox.c.status != "delivered", sqlite_where=outbox.c.status != "delivered")
 Index("ix_outbox_delivered_at", outbox.c.delivered_at,
       postgresql_where=outbox.c.status == "delivered", sqlite_where=outbox.c.status == "delivered")

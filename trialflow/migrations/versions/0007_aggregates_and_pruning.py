@@ -66,7 +66,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('key', name=op.f('pk_pruned_keys')),
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_open_created', ['created_at'], unique=False,
+        batch_op.create_index('ix_outbox_open', ['id'], unique=False,
                               postgresql_where=sa.text("status != 'delivered'"),
                               sqlite_where=sa.text("status != 'delivered'"))
         batch_op.create_index('ix_outbox_delivered_at', ['delivered_at'], unique=False,
@@ -82,7 +82,7 @@ def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_delivered_at', postgresql_where=sa.text("status = 'delivered'"),
                             sqlite_where=sa.text("status = 'delivered'"))
-        batch_op.drop_index('ix_outbox_open_created', postgresql_where=sa.text("status != 'delivered'"),
+        batch_op.drop_index('ix_outbox_open', postgresql_where=sa.text("status != 'delivered'"),
                             sqlite_where=sa.text("status != 'delivered'"))
     op.drop_table('pruned_keys')
     op.drop_table('delivery_stats')
