@@ -43,7 +43,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import psycopg  # noqa: E402
-from bench_sweep import Tsv, admin_conninfo, ts  # noqa: E402
+from bench_sweep import (  # noqa: E402
+    HISTORY_COPY,
+    INSTANCES_COPY,
+    OUTBOX_COPY,
+    TIMERS_COPY,
+    Tsv,
+    admin_conninfo,
+    copy_rows,
+    ts,
+)
 from machine import describe  # noqa: E402
 
 from trialflow import funnel  # noqa: E402
@@ -188,20 +197,15 @@ def fill(conninfo: str, stored: int) -> dict[str, float]:
                                 "failed" if i % 1000 == 0 else "pending", 1, ts(NOW + timedelta(days=1)), ts(created),
                                 None, None)
             t1 = time.perf_counter()
-            with conn.cursor() as cur:
-                for table, cols, data in (
-                    ("trials", 'id, email, domain, source, "case", state, account_name, instance_host, sdr, ae, ce, '
-                               "created_at, updated_at, started_at, kept, mql_points, pql_grade", trials),
-                    ("trial_history", "trial_id, from_state, to_state, trigger, actor, at, detail", history),
-                    ("timers", "trial_id, kind, due_at, fired_at, created_at", timers),
-                    ("instances", "host, admin_email, status, trial_id, claimed_at", instances),
-                    ("outbox", "key, trial_id, kind, payload, status, attempts, next_attempt_at, created_at, "
-                               "delivered_at, result", effects),
-                    ("trial_facts", ", ".join(f'"{c}"' for c in FACT_COLUMNS), facts),
-                ):
-                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                        copy.write(data.buf.getvalue())
-            conn.commit()
+            copy_rows(conn, (
+                ("trials", 'id, email, domain, source, "case", state, account_name, instance_host, sdr, ae, ce, '
+                           "created_at, updated_at, started_at, kept, mql_points, pql_grade", trials),
+                ("trial_history", HISTORY_COPY, history),
+                ("timers", TIMERS_COPY, timers),
+                ("instances", INSTANCES_COPY, instances),
+                ("outbox", OUTBOX_COPY, effects),
+                ("trial_facts", ", ".join(f'"{c}"' for c in FACT_COLUMNS), facts),
+            ))
             timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
             timings["copy"] = timings.get("copy", 0.0) + (time.perf_counter() - t1)
             print(f"  loaded {min(start + chunk, stored):>9,}/{stored:,}", file=sys.stderr)

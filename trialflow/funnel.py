@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Float, and_, case, func, literal_column, select
 from sqlalchemy.exc import DBAPIError
@@ -312,7 +313,7 @@ def _read_groups(session, f, in_window, by: str | None) -> list[tuple[str | None
     if session.get_bind().dialect.name == "postgresql":
         medians = [func.percentile_cont(0.5).within_group(f.c[k].cast(Float)) for k, _ in STEPS]
         dim_names = [f'"{by}"'] if by else []
-        sets = literal_column(f"GROUPING SETS (({', '.join([*dim_names, 'week'])}), ({', '.join(dim_names)}))")
+        sets: Any = literal_column(f"GROUPING SETS (({', '.join([*dim_names, 'week'])}), ({', '.join(dim_names)}))")
         out = []
         for row in session.execute(select(*dims, f.c.week, func.grouping(f.c.week), *_cohort_sums(f), *medians)
                                    .where(in_window).group_by(sets)):
@@ -350,7 +351,7 @@ def split_from_db(rt, by: str | None, weeks: int = 12, now: datetime | None = No
     in_window = (f.c.created_at >= window_start(now, weeks)) & (f.c.created_at <= now)
     with rt.session_factory() as session:
         groups = _read_groups(session, f, in_window, by)
-    nothing = {k: None for k, _ in STEPS}
+    nothing: dict[str, float | None] = {k: None for k, _ in STEPS}
     funnels: dict[str | None, Funnel] = {}
     cohorts: dict[str | None, dict[str, Cohort]] = {}
     for value, week, sums, medians in groups:
