@@ -334,3 +334,8 @@ Index("ix_outbox_open", outbox.c.id,
       postgresql_where=outbox.c.status != "delivered", sqlite_where=outbox.c.status != "delivered")
 Index("ix_outbox_delivered_at", outbox.c.delivered_at,
       postgresql_where=outbox.c.status == "delivered", sqlite_where=outbox.c.status == "delivered")
+# `/trial mine`: a person's open trials (SDR, AE or CE), each column with the state, so the few
+# open ones are found without reading every trial that person ever had.
+Index("ix_trials_sdr_state", trials.c.sdr, trials.c.state)
+Index("ix_trials_ae_state", trials.c.ae, trials.c.state)
+Index("ix_trials_ce_state", trials.c.ce, trials.c.state)

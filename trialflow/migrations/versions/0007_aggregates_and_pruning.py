@@ -1,6 +1,6 @@
 """Aggregates kept as the data changes (trial_facts, trial_counts, delivery_stats), the keys of
-pruned effects (pruned_keys), and the outbox indexes /metrics and pruning read; the aggregates are
-backfilled from the rows already stored.
+pruned effects (pruned_keys), the outbox indexes /metrics and pruning read, and the trials indexes
+`/trial mine` reads; the aggregates are backfilled from the rows already stored.
 
 Revision ID: 0007_aggregates_and_pruning
 Revises: 0006
@@ -72,6 +72,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_outbox_delivered_at', ['delivered_at'], unique=False,
                               postgresql_where=sa.text("status = 'delivered'"),
                               sqlite_where=sa.text("status = 'delivered'"))
+    with op.batch_alter_table('trials', schema=None) as batch_op:
+        for column in ('sdr', 'ae', 'ce'):
+            batch_op.create_index(f'ix_trials_{column}_state', [column, 'state'], unique=False)
     from trialflow.services import aggregates  # the backfill: the same recount the tests compare with
     session = Session(bind=op.get_bind())
     aggregates.recount(session, deliveries=True)
@@ -79,6 +82,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('trials', schema=None) as batch_op:
+        for column in ('ce', 'ae', 'sdr'):
+            batch_op.drop_index(f'ix_trials_{column}_state')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_delivered_at', postgresql_where=sa.text("status = 'delivered'"),
                             sqlite_where=sa.text("status = 'delivered'"))
