@@ -18,9 +18,11 @@ from trialflow.settings import get_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def trialflow(*args: str, cwd: Path = ROOT, **settings: str) -> subprocess.CompletedProcess:
+def trialflow(*args: str, cwd: Path = ROOT, extra: dict[str, str] | None = None,
+              **settings: str) -> subprocess.CompletedProcess:
+    """The real entry point in a new process, with only the TRIALFLOW_ settings given (and ``extra``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
-    env.update({f"TRIALFLOW_{k.upper()}": v for k, v in settings.items()})
+    env.update({f"TRIALFLOW_{k.upper()}": v for k, v in settings.items()}, **(extra or {}))
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run([sys.executable, "-m", "trialflow.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=60, check=False)
@@ -125,3 +127,26 @@ def test_each_bad_setting_has_its_own_line_and_secrets_are_never_echoed(capsys, 
     err = capsys.readouterr().err
     assert err == "error: TRIALFLOW_SLACK_BOT_TOKEN is still a placeholder: set a real value or unset it\n"
     assert "short-but-a-secret" not in err
+
+
+def test_the_same_database_is_found_from_any_folder(tmp_path):
+    """No TRIALFLOW_DATABASE_URL: the SQLite file in the per-user data directory, wherever the CLI runs."""
+    home = {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    assert trialflow("migrate", cwd=one, extra=home).returncode == 0
+    rotated = trialflow("license", "rotated", cwd=two, extra=home)
+    assert rotated.returncode == 0, rotated.stderr  # "no such table" if two had a database of its own
+    listed = trialflow("trials", "list", cwd=one, extra=home)
+    assert listed.returncode == 0 and listed.stderr == ""
+    data = tmp_path / "xdg" / "trialflow"
+    assert (data / "trialflow.db").is_file() and data.stat().st_mode & 0o777 == 0o700
+    assert list(one.iterdir()) == list(two.iterdir()) == []
+
+
+def test_trialflow_data_dir_holds_the_database(tmp_path):
+    data = tmp_path / "data"
+    assert trialflow("migrate", cwd=tmp_path, data_dir=str(data)).returncode == 0
+    assert (data / "trialflow.db").is_file() and not (tmp_path / "trialflow.db").exists()
+
