@@ -265,7 +265,7 @@ def run_size(url: str, conninfo: str, stored: int, signups: int, rate: float) ->
     from fastapi.testclient import TestClient
 
     from trialflow.api.app import create_app
-    from trialflow.cli import outbox_list
+    from trialflow.cli import outbox_list as outbox_list_command
     t0 = time.perf_counter()
     rt = fresh_runtime(url, conninfo)
     timings = fill(conninfo, stored)
@@ -286,7 +286,7 @@ def run_size(url: str, conninfo: str, stored: int, signups: int, rate: float) ->
 
         def outbox_list() -> None:   # the command as `trialflow outbox list` runs it, its own runtime included
             with contextlib.redirect_stdout(io.StringIO()):
-                assert outbox_list("open", 100) == 0
+                assert outbox_list_command("open", 100) == 0
 
         def slack(text: str, user: str) -> Callable[[], None]:
             return lambda: handle_slash_command(rt, {"user_id": user, "text": text})
