@@ -190,3 +190,22 @@ def test_recount_repairs_aggregates_that_drifted(client, runtime):
         uow.commit()
     assert (kept_facts(runtime), trial_counts(runtime)) == expected
     assert figures(split_from_db(runtime, None, weeks=2)[None]) == (4, 1, 3, 1, 1)
+
+
+def test_a_savepoint_rolled_back_after_a_step_keeps_that_steps_aggregates(client, runtime):
+    """The sweep's careful path: one trial's step inside a savepoint fails after another's was taken."""
+    from trialflow.services.trials import get_trial, handle
+    ids = play(client, runtime)
+    with runtime.uow() as uow:
+        trial = get_trial(uow, ids["lee"], lock=True)
+        handle(uow, runtime.settings, runtime.clock.now(), Command(ids["lee"], "terminate",
+                                                                   detail={"reason": "no use"}, internal=True), trial)
+        uow.session.flush()
+        with pytest.raises(ZeroDivisionError), uow.session.begin_nested():
+            get_trial(uow, ids["carl"], lock=True).kept = True
+            uow.session.flush()
+            raise ZeroDivisionError()
+        uow.commit()
+    with runtime.session_factory() as s:
+        assert s.scalar(select(tables.trial_facts.c.state).where(tables.trial_facts.c.trial_id == ids["lee"])) == "terminated"
+    assert_aggregates_match_a_recount(runtime)

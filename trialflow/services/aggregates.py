@@ -45,7 +45,10 @@ def _before_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session, _previous: Any = None) -> None:
-    touched.take(session)
+    # A savepoint rolled back (the sweep's careful path) leaves the outer transaction's changes,
+    # which still need their aggregates: only the end of the whole transaction forgets them.
+    if not session.in_transaction():
+        touched.take(session)
 
 
 def install(factory: sessionmaker[Session]) -> None:
