@@ -445,9 +445,10 @@ def license_rotated() -> int:
 
 
 @app.command()
-def doctor(instance: Annotated[str | None, typer.Option(help="the instance whose admin API to try",
+def doctor(instance: Annotated[str | None, typer.Option(metavar="HOST", help="the instance whose admin API to try",
                                                        show_default="one from the database")] = None,
-           only: Annotated[list[str] | None, typer.Option(help="check only this system (repeatable): database, "
+           only: Annotated[list[str] | None, typer.Option(metavar="SYSTEM",
+                                                          help="check only this system (repeatable): database, "
                                                                "broker, slack, github, smtp, instances",
                                                           show_default="all")] = None) -> int:
     """Check every configured system, one line each: ok, or what is wrong and how to fix it.
