@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from trialflow.settings import Settings
 
 TIMEOUT_SECONDS = 10
-WORKER_PING_SECONDS = 3.0
+WORKER_PING_SECONDS = 2.0  # Celery's ping waits this long for every answer, always
 
 
 @dataclass(frozen=True)
