@@ -157,6 +157,9 @@ def check_slack(settings: Settings) -> list[Finding]:
         return [broken("slack", f"cannot reach Slack at {settings.slack_api_url} ({_reason(exc)}): check "
                                 "TRIALFLOW_SLACK_API_URL and the network")]
     findings = [ok("slack", f"signed in as {me.get('user')} in {me.get('team')}")]
+    if settings.slack_signing_secret is None:
+        findings.append(broken("slack", "TRIALFLOW_SLACK_SIGNING_SECRET unset: every button click and /trial is "
+                                        "refused; copy the Signing Secret from the app's Basic Information page"))
     granted_header = {k.lower(): v for k, v in (me.headers or {}).items()}.get("x-oauth-scopes")
     granted_text = granted_header[0] if isinstance(granted_header, list) else granted_header
     if granted_text is None:
@@ -240,7 +243,7 @@ def _webhook(settings: Settings, repo: Any, api_error: type[Exception]) -> Findi
                                 "comments) are refused: set it to the webhook's secret")
     want = settings.public_url.rstrip("/") + WEBHOOK_PATH if settings.public_url else None
     try:
-        hooks = [hook.config for hook in repo.get_hooks() if hook.active]
+        hooks = [{**hook.config, "_events": hook.events} for hook in repo.get_hooks() if hook.active]
     except api_error as exc:
         status = getattr(exc, "status", "?")
         return ok("github", f"webhook not checked: the token may not read {repo.full_name}'s webhooks ({status}; "
@@ -252,10 +255,16 @@ def _webhook(settings: Settings, repo: Any, api_error: type[Exception]) -> Findi
         return broken("github", f"no active webhook of {repo.full_name} posts to {where}: add one (content type "
                                 f"application/json, the secret of TRIALFLOW_GITHUB_WEBHOOK_SECRET, events: "
                                 f"{', '.join(WEBHOOK_EVENTS)})")
-    if ours[0].get("content_type") != "json":
-        return broken("github", f"the webhook to {ours[0].get('url')} sends form data: set its content type to "
+    config = ours[0]
+    if config.get("content_type") != "json":
+        return broken("github", f"the webhook to {config.get('url')} sends form data: set its content type to "
                                 "application/json")
-    return ok("github", f"the webhook posts to {ours[0].get('url')}")
+    hook_events = set(config.get("_events") or ())
+    missing = [e for e in WEBHOOK_EVENTS if e not in hook_events and "*" not in hook_events]
+    if missing:
+        return broken("github", f"the webhook to {config.get('url')} is not sent {', '.join(missing)} events: tick "
+                                "Issues and Issue comments in its settings")
+    return ok("github", f"the webhook posts to {config.get('url')}")
 
 
 def _github_message(exc: Any) -> str:

@@ -186,3 +186,15 @@ def test_local_secrets_and_databases_stay_out_of_the_image():
                if line.strip() and not line.startswith("#")}
     assert {".env", ".venv", ".git", "*.db"} <= ignored
     assert "README.md" not in ignored  # pyproject's readme: pip install . needs it
+
+
+def test_the_readme_starts_and_checks_it_with_this_compose_file_s_services_and_commands(compose):
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy for your team"):]
+    assert "docker compose up -d" in deploy
+    runs = re.findall(r"docker compose run --rm (\w+) (trialflow [^\n`]+)", deploy)
+    assert {argv.split()[1] for _, argv in runs} >= {"doctor", "slack-manifest"}
+    for service, command in runs:
+        assert compose["services"][service]["image"] == compose["services"]["migrate"]["image"], service
+        argv = shlex.split(command.replace('"$TRIALFLOW_PUBLIC_URL"', "https://trialflow.example.com"))
+        assert cli.resolve(argv[1:])[0] == " ".join(argv[:2])

@@ -86,22 +86,29 @@ def test_an_unreachable_database_server_is_named(config_dir):
 
 # --- Slack -----------------------------------------------------------------------------------------
 
+SIGNING_SECRET = "slack-signing-secret-for-the-doctor-tests"
+
+
+def slack_settings(sqlite, config_dir, slack, **extra):
+    return make_settings(sqlite, config_dir, **{**slack.settings(), "slack_signing_secret": SIGNING_SECRET, **extra})
+
+
 def test_slack_working(fake_slack, sqlite, config_dir):
-    text = only_line(doctor.check_slack(make_settings(sqlite, config_dir, **fake_slack.settings())), ok=True)
+    text = only_line(doctor.check_slack(slack_settings(sqlite, config_dir, fake_slack)), ok=True)
     assert "signed in as trialflow in Acme Cloud" in text
     assert "#cloud-trial-alerts reachable" in text
     assert [r.method for r in fake_slack.requests] == ["auth.test", "conversations.list"]  # reads only
 
 
 def test_slack_with_a_wrong_token(fake_slack, sqlite, config_dir):
-    settings = make_settings(sqlite, config_dir, slack_api_url=fake_slack.url, slack_bot_token="xoxb-not-the-one")
+    settings = slack_settings(sqlite, config_dir, fake_slack, slack_bot_token="xoxb-not-the-one")
     text = only_line(doctor.check_slack(settings), ok=False)
     assert text.startswith("auth.test refused: invalid_auth") and "TRIALFLOW_SLACK_BOT_TOKEN" in text
 
 
 def test_slack_with_a_missing_scope_names_it(fake_slack, sqlite, config_dir):
     fake_slack.scopes -= {"users:read.email", "channels:join"}
-    findings = doctor.check_slack(make_settings(sqlite, config_dir, **fake_slack.settings()))
+    findings = doctor.check_slack(slack_settings(sqlite, config_dir, fake_slack))
     scope_line = [f for f in findings if "scope" in f.text]
     assert [f.ok for f in scope_line] == [False]
     assert "lacks the scope(s) channels:join, users:read.email" in scope_line[0].text
@@ -121,9 +128,15 @@ def test_slack_unreachable(sqlite, config_dir):
 ])
 def test_slack_alerts_channel_unreachable(fake_slack, sqlite, config_dir, arrange, says):
     arrange(fake_slack)
-    findings = doctor.check_slack(make_settings(sqlite, config_dir, **fake_slack.settings()))
+    findings = doctor.check_slack(slack_settings(sqlite, config_dir, fake_slack))
     assert [f.ok for f in findings] == [True, True, False]
     assert says in findings[-1].text
+
+
+def test_slack_without_its_signing_secret(fake_slack, sqlite, config_dir):
+    findings = doctor.check_slack(make_settings(sqlite, config_dir, **fake_slack.settings()))
+    assert [f.ok for f in findings] == [True, False, True, True]
+    assert "TRIALFLOW_SLACK_SIGNING_SECRET unset" in findings[1].text
 
 
 # --- GitHub ----------------------------------------------------------------------------------------
@@ -171,6 +184,10 @@ def test_github_a_webhook_elsewhere_or_none(fake_github, sqlite, config_dir):
     findings = doctor.check_github(github_settings(sqlite, config_dir, fake_github))
     assert [f.ok for f in findings] == [True, False]
     assert f"no active webhook of acme-cloud/cloud-trials posts to {PUBLIC_URL}/github/webhooks" in findings[1].text
+    fake_github.hooks.clear()
+    fake_github.add_hook(PUBLIC_URL + "/github/webhooks", events=("push",))
+    wrong_events = doctor.check_github(github_settings(sqlite, config_dir, fake_github))
+    assert wrong_events[1].ok is False and "not sent issue_comment, issues events" in wrong_events[1].text
     no_secret = doctor.check_github(github_settings(sqlite, config_dir, fake_github, github_webhook_secret=None))
     assert no_secret[1].ok is False and "TRIALFLOW_GITHUB_WEBHOOK_SECRET unset" in no_secret[1].text
 
@@ -307,7 +324,8 @@ def test_a_team_deployment_as_the_readme_says_is_all_green(tmp_path, redis_url, 
     with SmtpServer(starttls=True, credentials=("trialflow", "mail-pass-0042"), cert_dir=tmp_path) as smtp:
         settings = dict(database_url=f"sqlite:///{tmp_path / 'data' / 'trialflow.db'}", broker_url=redis_url,
                         config_dir=str(config_dir), data_dir=str(tmp_path / "data"), public_url=PUBLIC_URL,
-                        github_webhook_secret=HOOK_SECRET, smtp_url=smtp.url, **fake_slack.settings(),
+                        github_webhook_secret=HOOK_SECRET, smtp_url=smtp.url, slack_signing_secret=SIGNING_SECRET,
+                        **fake_slack.settings(),
                         **fake_github.settings(), **fake_sourcegraph.settings())
         env = trialflow_env(**settings)
         env["SSL_CERT_FILE"] = str(smtp.ca_file)
