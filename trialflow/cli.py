@@ -25,6 +25,7 @@ from trialflow.funnel import cli_report
 from trialflow.graph import cli_graph
 from trialflow.logs import configure_logging
 from trialflow.runtime import Runtime
+from trialflow.services.coverage import reassign_from_inactive
 from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
 from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
@@ -71,6 +72,8 @@ def prepare_database(rt, load_config: bool = True) -> None:
                                             config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:
             logging.getLogger("trialflow").warning(w)
+        for moved in reassign_from_inactive(rt):
+            logging.getLogger("trialflow").warning("reassigned: %s", moved.line())
 
 
 def cmd_serve(args) -> int:
@@ -127,6 +130,13 @@ def cmd_config_load(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
           f"({report.pool_added} new in the pool) from {directory}")
+    for email in report.away_kept:
+        print(f"kept: {email} is away (set with /trial away; staff.csv's away_until is blank)")
+    moved = reassign_from_inactive(rt)
+    for line in moved:
+        print(f"reassigned: {line.line()}")
+    if moved:
+        print(f"{len(moved)} assignment(s) moved off inactive staff; the new owners were told in Slack")
     return 0
 
 
