@@ -12,7 +12,7 @@ import csv
 from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
@@ -39,32 +39,44 @@ def open_trials(session: Session, role: str, emails: list[str]) -> dict[str, int
     return {email: count for email, count in rows}
 
 
-def candidates(session: Session, role: str) -> list[Candidate]:
-    s = tables.staff.c
-    people = session.execute(select(s.email, s.name, s.weight, s.max_open_trials, s.away_until)
-                             .where(s.role == role, s.active.is_(True)).order_by(s.email)).all()
-    counts = open_trials(session, role, [p.email for p in people])
-    return [Candidate(p.email, p.name, float(p.weight if p.weight is not None else 1.0), counts.get(p.email, 0),
-                      p.max_open_trials, p.away_until) for p in people]
+_s, _rc, _rr = tables.staff.c, tables.rotation_credits.c, tables.round_robin.c
+# Built once: a signup takes a turn per role, and building the statements cost more than running them.
+_PEOPLE = (select(_s.email, _s.name, _s.weight, _s.max_open_trials, _s.away_until, _rc.credit)
+           .outerjoin(tables.rotation_credits, (_rc.role == bindparam("rotation_role")) & (_rc.email == _s.email))
+           .where(_s.role == bindparam("rotation_role"), _s.active.is_(True)).order_by(_s.email))
+_BUMP = (update(tables.round_robin).where(_rr.role == bindparam("rotation_role")).values(position=_rr.position + 1)
+         .returning(_rr.position))
+_SET_CREDIT = (update(tables.rotation_credits).where(_rc.role == bindparam("r"), _rc.email == bindparam("e"))
+               .values(credit=bindparam("c")))
+
+
+def candidates(session: Session, role: str) -> tuple[list[Candidate], dict[str, float]]:
+    """The role's active staff, by email, and their running credits (one query; open trials are
+    counted only when someone has a cap)."""
+    people = session.execute(_PEOPLE, {"rotation_role": role}).all()
+    capped = [p.email for p in people if p.max_open_trials is not None]
+    counts = open_trials(session, role, capped)
+    found = [Candidate(p.email, p.name, float(p.weight if p.weight is not None else 1.0), counts.get(p.email, 0),
+                       p.max_open_trials, p.away_until) for p in people]
+    return found, {p.email: p.credit for p in people if p.credit is not None}
 
 
 def pick(session: Session, role: str, today: date, prefer: str | None = None, prefer_why: str = "") -> Pick:
     """Take the role's next turn (in the caller's transaction)."""
-    rr = tables.round_robin
-    insert_ignore(session, rr, {"role": role, "position": 0})
     # The role's lock (see the module's docstring): taken before anything is read.
-    session.execute(update(rr).where(rr.c.role == role).values(position=rr.c.position + 1))
-    people = candidates(session, role)
-    rc = tables.rotation_credits
-    credits = {email: credit for email, credit in session.execute(
-        select(rc.c.email, rc.c.credit).where(rc.c.role == role))}
+    if session.execute(_BUMP, {"rotation_role": role}).first() is None:
+        insert_ignore(session, tables.round_robin, {"role": role, "position": 0})
+        session.execute(_BUMP, {"rotation_role": role})
+    people, credits = candidates(session, role)
     chosen, after = choose(people, credits, today, prefer, prefer_why)
-    if after != credits:
-        session.execute(delete(rc).where(rc.c.role == role))
-        current = {p.email for p in people}
-        rows = [{"role": role, "email": e, "credit": c} for e, c in sorted(after.items()) if e in current]
-        if rows:
-            session.execute(insert(rc), rows)
+    changed = [{"r": role, "e": email, "c": credit} for email, credit in sorted(after.items())
+               if credits.get(email) != credit]
+    known = [row for row in changed if row["e"] in credits]
+    if known:
+        session.execute(_SET_CREDIT, known)
+    new = [{"role": role, "email": row["e"], "credit": row["c"]} for row in changed if row["e"] not in credits]
+    if new:
+        session.execute(insert(tables.rotation_credits), new)
     return chosen
 
 
