@@ -169,7 +169,8 @@ def test_an_instance_ready_but_not_handed_off_reminds_the_ce_each_business_day_a
         lc.ESCALATE_HAND_OFF, lc.REMIND_HAND_OFF, lc.REMIND_HAND_OFF]
 
 
-def test_sweep_at_moves_the_triage_clock_from_the_command_line(db_url, config_dir):
+def test_sweep_at_moves_the_triage_clock_from_the_command_line(sqlite_url, config_dir):
+    db_url = sqlite_url
     (config_dir / "holidays.csv").write_text(HOLIDAYS)
     clock = ManualClock(FRIDAY_2PM)
     rt = Runtime(make_settings(db_url, config_dir, business_timezone=PARIS), clock=clock)

@@ -50,7 +50,7 @@ def why_not(person: Candidate, today: date) -> str | None:
     if person.away_until is not None and today <= person.away_until:
         return f"away until {person.away_until:%m-%d}"
     if person.max_open_trials is not None and person.open_trials >= person.max_open_trials:
-        return f"at their cap ({person.open_trials} open trials)"
+        return f"at their cap of {person.max_open_trials} open trial{'' if person.max_open_trials == 1 else 's'}"
     if person.weight <= 0:
         return "weight 0"
     return None
