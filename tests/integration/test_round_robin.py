@@ -34,9 +34,11 @@ def service(db_url, tmp_path, clock):
     runtimes: list[Runtime] = []
 
     @contextmanager
-    def start(staff: str = STAFF, load: bool = True):
+    def start(staff: str = STAFF, load: bool = True, pairs: str | None = None, **overrides):
         config = write_config(tmp_path / f"config-{len(runtimes)}", ACCOUNTS, staff, INSTANCES)
-        rt = Runtime(make_settings(db_url, config), clock=clock)
+        if pairs is not None:
+            (config / "pairs.csv").write_text(pairs)
+        rt = Runtime(make_settings(db_url, config, **overrides), clock=clock)
         runtimes.append(rt)
         if load:
             load_reference_data(rt.session_factory, config, clock.now())
@@ -168,3 +170,16 @@ def test_weights_share_the_turns_and_a_cap_stops_them(service):
     later = next(h for h in trials[3]["history"] if h["trigger"] == "claim_pool_instance")
     assert later["detail"]["routing"]["ce"] == \
         "Carol CE: next in rotation; Chris CE skipped: at their cap of 1 open trial"
+
+
+def test_with_pairing_on_an_aes_trials_go_to_their_paired_ce_while_they_can_take_them(service):
+    pairs = "ae,ce\nandy.ae@example.com,chris.ce@example.com\n"
+    with service(staff=with_columns(**{"chris.ce": ",,,2"}), pairs=pairs, routing_pairs=True) as client:
+        trials = [history_of(client, f"lead@{d}") for d in DOMAINS[:6]]
+    picks = [(t["assignees"]["ae"], t["assignees"]["ce"]) for t in trials]
+    assert picks[:4] == [("alice.ae@example.com", "carol.ce@example.com"), ("andy.ae@example.com", "chris.ce@example.com"),
+                         ("alice.ae@example.com", "carol.ce@example.com"), ("andy.ae@example.com", "chris.ce@example.com")]
+    # Chris reached his cap of 2: Andy's next trial goes to the rotation.
+    assert picks[5] == ("andy.ae@example.com", "carol.ce@example.com")
+    paired = next(h for h in trials[1]["history"] if h["trigger"] == "claim_pool_instance")
+    assert paired["detail"]["routing"]["ce"] == "Chris CE: paired with AE andy.ae@example.com"
