@@ -51,3 +51,14 @@ def test_working_days_and_hours_read_as_people_write_them():
         parse_hours("nine to five")
     with pytest.raises(ValueError):
         BusinessCalendar(PARIS, time(17), time(9))
+
+
+def test_a_bad_business_setting_stops_trialflow_with_a_readable_message():
+    from pydantic import ValidationError
+
+    from trialflow.settings import Settings
+    for name, value, words in (("business_timezone", "Mars/Olympus", "IANA zone"),
+                               ("business_hours", "17:00-09:00", "close after"),
+                               ("business_days", "someday", "mon-fri")):
+        with pytest.raises(ValidationError, match=words):
+            Settings(_env_file=None, **{name: value})

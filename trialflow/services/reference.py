@@ -225,8 +225,9 @@ def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path
             if progress:
                 progress("accounts.csv: written", min(i + batch, len(accounts)), len(accounts))
         # /trial away is kept unless the file says otherwise (a blank cell is not "back").
+        # (An absence already over is not carried: there is nothing left to keep.)
         away = dict(session.execute(select(tables.staff.c.email, tables.staff.c.away_until)
-                                    .where(tables.staff.c.away_until.is_not(None))).all())
+                                    .where(tables.staff.c.away_until >= now.date())).all())
         for person in staff:
             if person["away_until"] is None and away.get(person["email"]) is not None:
                 person["away_until"] = away[person["email"]]
