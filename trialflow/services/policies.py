@@ -430,7 +430,7 @@ def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Ev
 def _on_escalate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     text = sb.mrkdwn(":rotating_light: No decision on {url} ({account}) after day 30. AE {ae}, CE {ce}: extend, "
                      "convert or terminate.", url=trial.instance_url or "", account=Data(account_of(trial)),
-                     ae=ctx.people.mention(trial.ae), ce=ctx.people.mention(trial.ce))
+                     ae=ctx.people.mention(trial.ae), ce=ctx.ce_mention(trial, event.at))
     fx.post("escalation", ctx.alerts, text, sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
