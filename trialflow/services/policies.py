@@ -241,7 +241,7 @@ def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
 def _on_remind_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     today = ctx.calendar.today(event.at)
     sdrs = [p for p in ctx.people.in_role("inbound_sdr") if not p.is_away(today)]
-    names = ", ".join(ctx.people.mention(p.email) for p in sdrs) or "inbound SDRs (none active in staff.csv)"
+    names = ", ".join(ctx.people.mention(p.email) for p in sdrs) or "Inbound SDRs (none is in: all away, or none active in staff.csv)"
     fx.post("reminder", ctx.alerts, sb.mrkdwn(
         ":hourglass_flowing_sand: {sdrs}: {lead} has waited {hours} business hours in triage. Qualify or disqualify.",
         sdrs=names, lead=lead(trial), hours=f"{ctx.settings.triage_reminder_business_hours:g}"),
