@@ -96,6 +96,9 @@ def prepare_database(rt: Runtime, load_config: bool = True) -> None:
                     config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:
             _log().warning(w)
+        from trialflow.services.coverage import reassign_from_inactive
+        for moved in reassign_from_inactive(rt):
+            _log().warning("reassigned: %s", moved.line())
 
 
 @app.callback()
@@ -176,6 +179,15 @@ def config_load(directory: Annotated[Path | None, typer.Option(
         print(f"warning: {w}", file=sys.stderr)
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
           f"({report.pool_added} new in the pool) from {folder}")
+    for email in report.away_kept:
+        print(f"kept: {email} is away (set with /trial away; staff.csv's away_until is blank)")
+    # Open trials of people staff.csv now marks inactive go to the rotation; their new owners are told.
+    from trialflow.services.coverage import reassign_from_inactive
+    moved = reassign_from_inactive(rt)
+    for line in moved:
+        print(f"reassigned: {line.line()}")
+    if moved:
+        print(f"{len(moved)} assignment(s) moved off inactive staff; the new owners were told in Slack")
     return 0
 
 

@@ -8,10 +8,13 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from limits import parse_many
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trialflow.domain.business_hours import parse_hours, parse_workdays
 
 # Tokens and secrets shorter than this are guessable or typed by hand.
 MIN_TOKEN_LENGTH = 32
@@ -80,6 +83,20 @@ class Settings(BaseSettings):
         "how often each live trial's instance is asked for its last 7 days of usage"))
     cloud_sla_hours: float = Field(24.0, gt=0, description=(
         "a cloud-team request (GitHub issue) open longer is chased on its issue once a day"))
+
+    # The clocks on waits for people (services.calendar): business hours, and each wait's reminder
+    # and escalation. Holidays: ``holidays.csv`` (``date,name``) in the config directory.
+    business_timezone: str = "UTC"
+    business_hours: str = "09:00-17:00"
+    business_days: str = "mon-fri"
+    triage_reminder_business_hours: float = Field(4.0, gt=0, description="triage: the inbound SDRs are reminded")
+    triage_escalation_business_days: float = Field(1.0, gt=0, description="triage: #cloud-trial-alerts and admins")
+    instance_request_business_days: float = Field(1.0, gt=0, description="instance request: issue comment and alert")
+    hand_off_reminder_business_days: float = Field(1.0, gt=0, description="instance ready: the CE, again each time")
+    hand_off_escalation_business_days: float = Field(2.0, gt=0, description="instance ready: the AE is told")
+    # Optional AE/CE pairing: ``pairs.csv`` (``ae,ce``) in the config directory; a trial whose AE has
+    # a pair gets that CE while they can take it (not away, not at their cap).
+    routing_pairs: bool = False
 
     instance_cap: int = Field(100, ge=0, description="trials that may hold or await an instance at once")
     pool_low_water: int = Field(3, ge=0, description=(
@@ -160,6 +177,30 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"TRIALFLOW_{info.field_name.upper()} must read like 30/minute or 200/hour "
                              f"(N/second|minute|hour), not {value!r}") from None
+        return value
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _a_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"TRIALFLOW_BUSINESS_TIMEZONE must be an IANA zone like Europe/Paris, not {value!r}") from None
+        return value
+
+    @field_validator("business_hours")
+    @classmethod
+    def _business_hours(cls, value: str) -> str:
+        opens, closes = parse_hours(value)
+        if closes <= opens:
+            raise ValueError(f"TRIALFLOW_BUSINESS_HOURS must close after they open, not {value!r}")
+        return value
+
+    @field_validator("business_days")
+    @classmethod
+    def _business_days(cls, value: str) -> str:
+        if not parse_workdays(value):
+            raise ValueError("TRIALFLOW_BUSINESS_DAYS needs at least one day, like mon-fri")
         return value
 
     @field_validator("trusted_proxies")
