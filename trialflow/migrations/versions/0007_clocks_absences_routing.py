@@ -1,12 +1,12 @@
 """Absences and weighted routing: staff.away_until, backup, weight, max_open_trials; rotation_credits
 
-Revision ID: 0008_clocks_absences_routing
+Revision ID: 0007
 Revises: 0006
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008_clocks_absences_routing'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None
