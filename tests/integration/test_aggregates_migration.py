@@ -27,7 +27,7 @@ def move(trial_id: str, from_state: str, to_state: str, trigger: str, at: dateti
 
 def test_upgrading_a_database_with_trials_backfills_the_aggregates(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0006")
+    upgrade(url, "0007")
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(tables.trials.insert(), [

@@ -2,8 +2,8 @@
 pruned effects (pruned_keys), the outbox indexes /metrics and pruning read, and the trials indexes
 `/trial mine` reads; the aggregates are backfilled from the rows already stored.
 
-Revision ID: 0007_aggregates_and_pruning
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 import sqlalchemy as sa
 from alembic import op
@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 import trialflow.db.tables
 
-revision = '0007_aggregates_and_pruning'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
