@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from trialflow.api import docs
 from trialflow.api.common import RT, error
-from trialflow.api.schemas import FunnelAnswer
+from trialflow.api.schemas import FunnelOrSplit
 from trialflow.funnel import STEPS, Cohort, Funnel, duration, percent, render_csv, split_from_db, split_to_dict
 
 router = APIRouter(tags=["growth"])
@@ -35,20 +35,24 @@ RATE_SERIES = (("start_rate", "start / request", "#2f6fde", ""), ("activation_ra
 
 
 @router.get("/api/funnel", responses=docs.answers(
-    {200: (FunnelAnswer, "The funnel (with by: FunnelSplit, one funnel per value).")}, *docs.STAFF, 422))
+    {200: (FunnelOrSplit, "The funnel (with by: FunnelSplit, one funnel per value).")}, *docs.STAFF, 422))
 async def funnel_json(rt: RT, weeks: Weeks = 12, by: By = None):
     """The funnel by weekly cohort, as ``trialflow report --json [--by ...]`` prints it."""
     funnels = await run_in_threadpool(split_from_db, rt, by, weeks)
     return split_to_dict(funnels, by) if by else funnels[None].to_dict()
 
 
-@router.get("/api/funnel.csv", response_class=PlainTextResponse, responses=docs.answers({}, *docs.STAFF, 422))
+class CsvResponse(PlainTextResponse):
+    media_type = "text/csv"
+
+
+@router.get("/api/funnel.csv", response_class=CsvResponse, responses=docs.answers({}, *docs.STAFF, 422))
 async def funnel_csv(rt: RT, weeks: Weeks = 12, by: By = None):
     """The funnel as CSV, as ``trialflow report --csv [--by ...]`` prints it: a line per week and
     ``all``, per value of ``by``."""
     funnels = await run_in_threadpool(split_from_db, rt, by, weeks)
-    return Response(render_csv(funnels, by), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="funnel{"-by-" + by if by else ""}.csv"'})
+    return CsvResponse(render_csv(funnels, by),
+                       headers={"Content-Disposition": f'attachment; filename="funnel{"-by-" + by if by else ""}.csv"'})
 
 
 @router.get("/dashboard", response_class=HTMLResponse, responses=docs.answers({}, *docs.STAFF, 422))

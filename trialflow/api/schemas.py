@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from trialflow import scoring
 from trialflow.domain import lifecycle as lc
@@ -236,3 +236,7 @@ class FunnelGroup(FunnelAnswer):
 class FunnelSplit(BaseModel):
     by: str = Field(description="source, case, ae, ce or reason.")
     groups: list[FunnelGroup]
+
+
+class FunnelOrSplit(RootModel[FunnelAnswer | FunnelSplit]):
+    """The funnel; with ``by``, one funnel per value of it."""
