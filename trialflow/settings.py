@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     email_from: str = "trials@example.com"
     support_email: str = "support@example.com"
     feedback_sender: str = "growth@example.com"
+    # The link in the email that tells a prospect their trial ended (a survey); unset: a mailto: feedback_sender.
+    feedback_url: str | None = None
 
     # Instance-side HMAC for POST /api/instances/{host}/activity
     activity_secret: SecretStr | None = None

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.block_kit import assert_intact_mrkdwn, assert_valid_message
 from trialflow.domain import lifecycle as lc
-from trialflow.domain.trial import CASE_MANUAL, CASE_NAMED, Event, PlainTrial
+from trialflow.domain.trial import CASE_MANUAL, CASE_NAMED, Event, PlainHistoryEntry, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import policies
 from trialflow.services import slack_blocks as sb
@@ -95,7 +95,7 @@ def every_step():
 def effects_of(case: str, source: str, trigger: str, actor: str):
     trial = longest_trial(case)
     step = lc.STEPS[trigger]
-    trial.history = [object()] * 7  # keys carry the history position
+    trial.history = [PlainHistoryEntry(source, source, "recorded", "system", NOW)] * 7  # keys carry the history position
     trial.events.append(Event(trial, trigger, source, step.dest or source, actor, NOW, detail_for(trigger)))
     return policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
 

@@ -68,6 +68,10 @@ CHECK_USAGE = "check_usage"
 ASK_DECISION = "ask_decision"
 CONFIRM_ADMIN = "confirm_admin"
 CONFIRM_REQUEST_DONE = "confirm_request_done"
+# The prospect is told (emails to the person who signed up, decided by the clock)
+TELL_DEADLINE = "tell_deadline"
+SEND_ONBOARDING_TIP = "send_onboarding_tip"
+CHECK_IN = "check_in"
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,13 @@ TABLE: tuple[Step, ...] = (
     Step(CONFIRM_REQUEST_DONE, (ACTIVE, EXTENDED, CONVERTED, TERMINATED), None, "cloud",
          "the cloud team completed a request (closed its issue or commented /done): termination, extension, "
          "license or domain change"),
+    # The prospect is told: emails to the person who signed up
+    Step(TELL_DEADLINE, (ACTIVE, EXTENDED), None, "system",
+         "3 days before the day-15 review or the day-30 decision: the prospect is told the date and how to ask for more time"),
+    Step(SEND_ONBOARDING_TIP, (ACTIVE, EXTENDED), None, "system",
+         "onboarding tip from the CE (AE in cc) on days 1, 3 and 7, while the instance is not in use yet"),
+    Step(CHECK_IN, (ACTIVE, EXTENDED), None, "system",
+         "after there is usage on the instance: the CE checks in with the prospect (AE in cc)"),
 )
 
 # Steps that leave the state as it is but make sense only once: a second press is "already done".
@@ -137,6 +148,9 @@ TERMINATION_HEADS_UP = "termination_heads_up"
 DAY15_REVIEW = "day15_review"
 DAY30_DECISION = "day30_decision"
 DAY30_ESCALATION = "day30_escalation"
+PROSPECT_DEADLINE_NOTICE = "prospect_deadline_notice"
+ONBOARDING_TIP = "onboarding_tip"
+PROSPECT_CHECK_IN = "prospect_check_in"
 
 TIMERS: tuple[Timer, ...] = (
     Timer(USER_ADDED_REMINDER, (REMIND_USER_ADDED,), "case 1: every 2 days until the AE confirms the user was added"),
@@ -145,7 +159,12 @@ TIMERS: tuple[Timer, ...] = (
           "day 15: usage asked first; used extends to day 30, answered and unused terminates, no data asks the CE"),
     Timer(DAY30_DECISION, (REMIND_DECISION,), "day 30 (or the extension's end): extend, convert or terminate"),
     Timer(DAY30_ESCALATION, (ESCALATE_DECISION,), "2 days after the decision was due, and every 2 days after"),
+    Timer(PROSPECT_DEADLINE_NOTICE, (TELL_DEADLINE,), "3 days before the day-15 review and the day-30 decision"),
+    Timer(ONBOARDING_TIP, (SEND_ONBOARDING_TIP,), "days 1, 3 and 7 after the start, until the instance is in use"),
+    Timer(PROSPECT_CHECK_IN, (CHECK_IN,), "the instance's first use, then every 7 days while the trial runs"),
 )
+# Timers that only ever email the prospect: not a deadline of anyone on the trials team.
+PROSPECT_TIMERS = frozenset({PROSPECT_DEADLINE_NOTICE, ONBOARDING_TIP, PROSPECT_CHECK_IN})
 
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(step.trigger for step in TABLE))
 STEPS = {step.trigger: step for step in TABLE}

@@ -19,6 +19,7 @@ from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
+from trialflow.services import prospect_policies as prospect
 from trialflow.services import slack_blocks as sb
 from trialflow.services.fit import Data, Fitted
 from trialflow.services.messages import (
@@ -65,6 +66,12 @@ class Context:
     @property
     def alerts(self) -> str:
         return self.settings.alerts_channel
+
+    def prospect(self, fx: _Effects) -> prospect.Prospect:
+        """The prospect's emails for this event, unless their account turned them off."""
+        lookup = getattr(self.people, "prospect_emails_on", None)
+        on = lookup(fx.trial.domain) if lookup is not None else True
+        return prospect.Prospect(fx, self.people, fx.trial, on)
 
 
 class _Effects:
@@ -146,6 +153,7 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
     )
     fx.channel()
     _start_clock(fx, trial, fx.event.at)
+    prospect.started(ctx.prospect(fx), fx.event.at)
 
 
 def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
@@ -255,6 +263,7 @@ def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
     fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event,
                                                                   str(review_at(trial).date())))
     _start_clock(fx, trial, event.at)
+    prospect.started(ctx.prospect(fx), event.at)
 
 
 def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -326,6 +335,7 @@ def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
                                                 actor=Data(event.actor)))
     fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
+    prospect.extended(ctx.prospect(fx), event, until)
 
 
 def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -349,6 +359,7 @@ def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> 
                                                  account=Data(account_of(trial)), actor=Data(event.actor)))
     fx.update_alert(sb.mrkdwn(":tada: {lead}: converted.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    prospect.converted(ctx.prospect(fx))
 
 
 def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -376,6 +387,7 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
                           sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
     fx.update_alert(sb.mrkdwn(":wastebasket: {lead}: terminated.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    prospect.ended(ctx.prospect(fx), event, ctx.settings.feedback_url or f"mailto:{ctx.settings.feedback_sender}")
     if trial.instance_host:
         fx.out.release_instance(trial.instance_host)
 
@@ -383,6 +395,18 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
 def _on_feedback(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.email("feedback", "feedback_request", trial.email, sender=ctx.settings.feedback_sender, name=trial.name or "",
              cc=[trial.ce])
+
+
+def _on_tell_deadline(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.tell_deadline(ctx.prospect(fx), event)
+
+
+def _on_onboarding_tip(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.onboarding_tip(ctx.prospect(fx), event)
+
+
+def _on_check_in(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.check_in(ctx.prospect(fx), event)
 
 
 # One handler per lifecycle step (a test checks that every trigger of the table has one).
@@ -413,4 +437,7 @@ HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
     lc.ASK_DECISION: _on_ask_decision,
     lc.CONFIRM_ADMIN: _on_admin_confirmed,
     lc.CONFIRM_REQUEST_DONE: _on_request_done,
+    lc.TELL_DEADLINE: _on_tell_deadline,
+    lc.SEND_ONBOARDING_TIP: _on_onboarding_tip,
+    lc.CHECK_IN: _on_check_in,
 }
