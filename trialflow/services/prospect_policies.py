@@ -67,7 +67,7 @@ class Prospect:
 
 
 def _day(at: datetime) -> str:
-    return f"{at:%A %d %B %Y}"
+    return f"{at.day} {at:%B %Y}"
 
 
 def started(p: Prospect, now: datetime) -> None:
