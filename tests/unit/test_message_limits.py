@@ -124,7 +124,7 @@ def test_a_disqualify_with_a_500_character_note_and_long_names_fits_and_still_sa
     trial.name, trial.company = "&" * 200, "&" * 200
     trial.events.append(Event(trial, lc.DISQUALIFY, lc.TRIAGE, lc.DISQUALIFIED, "U0SDR0001", NOW,
                               {"reason": f"Other (see note): {NOTE}"}))
-    [update, _email] = policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
+    [update, _email, _home] = policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
     text = update.payload["text"]
     assert len(text) <= 3000
     assert_valid_message(update.payload)

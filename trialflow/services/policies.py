@@ -32,6 +32,7 @@ from trialflow.services.messages import (
     issue_title,
     lead,
     score,
+    triage_reason,
     who,
 )
 from trialflow.services.timers import (
@@ -146,14 +147,24 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
         sb.mrkdwn(":rocket: {lead} signed up: {kind} *{account}*; instance {url} claimed from the pool.",
                   lead=lead(trial), kind=kind, account=Data(trial.account_name or ""), url=trial.instance_url or ""),
         sb.section(who(ctx.people, trial)),
-        sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
-                               if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
+        sb.section(_after_claim(ctx, trial, named)),
         *([sb.section(manual)] if manual else []),
         sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
     fx.channel()
     _start_clock(fx, trial, fx.event.at)
     prospect.started(ctx.prospect(fx), fx.event.at)
+
+
+def _after_claim(ctx: Context, trial: PlainTrial, named: bool) -> str:
+    """What is left to people after a claim: only what trialflow has not done itself (it routed the
+    lead to the named SDR, assigned the AE/CE and invites them to the account's channel)."""
+    channel = "#" + channel_name(trial.account_name) if trial.account_name else "the account's channel"
+    if named:
+        return sb.mrkdwn("Next: named SDR {sdr} converts to Opp. (trialflow routed the lead to them and is inviting "
+                         "the AE and CE to {channel}.)", sdr=ctx.people.mention(trial.sdr), channel=channel)
+    return sb.mrkdwn("Next: inbound SDR converts to Opp. (trialflow assigned the AE and CE by round robin and is "
+                     "inviting them to {channel}.)", channel=channel)
 
 
 def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
@@ -181,8 +192,24 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
     out = Decisions()
     events, trial.events[:] = list(trial.events), []
     for event in events:
-        HANDLERS[event.trigger](_Effects(ctx, event, out), ctx, trial, event)
+        fx = _Effects(ctx, event, out)
+        HANDLERS[event.trigger](fx, ctx, trial, event)
+        _refresh_homes(fx, trial, event)
     return out
+
+
+def _refresh_homes(fx: _Effects, trial: PlainTrial, event: Event) -> None:
+    """The App Home tabs this step changes (``services.app_home``): its people's, and every SDR's
+    when a lead enters or leaves triage. The prospect's emails change nothing they show."""
+    if event.trigger in PROSPECT_STEPS:
+        return
+    people = sorted({p for p in (trial.sdr, trial.ae, trial.ce) if p})
+    triage = lc.TRIAGE in (event.from_state, event.to_state)
+    if people or triage:
+        fx.add("home", "slack.home", {"people": people, **({"triage": True} if triage else {})})
+
+
+PROSPECT_STEPS = frozenset({lc.TELL_DEADLINE, lc.SEND_ONBOARDING_TIP, lc.CHECK_IN})
 
 
 def _on_route_to_existing(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -209,6 +236,7 @@ def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> Non
 def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.alert(sb.mrkdwn(":mag: New cloud trial request from {lead} ({domain}): inbound SDR, please triage.",
                        lead=lead(trial), domain=host(trial.domain)),
+             sb.section(sb.mrkdwn("*Why triage:* {reason}", reason=triage_reason(trial))),
              sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
 
 
