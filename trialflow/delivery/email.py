@@ -144,6 +144,8 @@ class EmailTransport:
             msg["Cc"] = ", ".join(cc)
         msg["Subject"] = rendered.subject
         msg["Message-ID"] = message_id(effect.key)
+        # Which of trialflow's emails this is, for mail filters (and for telling them apart in the tests).
+        msg["X-Trialflow-Template"] = payload.get("template") or ""
         msg["Date"] = formatdate(localtime=False, usegmt=True)
         msg.set_content(rendered.body)
         return msg

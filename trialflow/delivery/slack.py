@@ -197,7 +197,10 @@ class SlackTransport:
         """Publish each named person's App Home tab (views.publish), unless it is what this
         transport published for them last: a retry, or the rest of a burst, publishes nothing."""
         if self.homes is None:
-            raise PermanentFailure("the Slack transport was built without App Home views (delivery.wiring builds them)")
+            # A transport built for messages only (delivery.wiring always gives it the views): nothing to publish.
+            log.warning("effect %s: no App Home views to publish with (this Slack transport was built without them)",
+                        effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+            return {"published": [], "unchanged": [], "without_views": True}
         published, unchanged = [], []
         for user_id, view in self.homes.views_for(effect.payload):
             digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
