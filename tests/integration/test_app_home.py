@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.support.block_kit import assert_valid_view
 from tests.support.config import ACCOUNTS, write_config
-from tests.support.signed import signing_settings, slack_headers
+from tests.support.signed import block_action, post_interaction, signing_settings, slack_headers
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.slack import SlackTransport
@@ -88,6 +88,19 @@ def test_a_ce_sees_their_trials_soonest_deadline_first_with_the_channels_buttons
     assert buttons(home_of(fake_slack, CAROL)) == [(gina, active), (bob, ["extend", "convert", "terminate"])]
     mine = handle_slash_command(runtime, {"user_id": CAROL, "text": "mine"})["text"]
     assert mine.index(gina) < mine.index(bob)
+
+
+def test_a_button_pressed_in_the_home_tab_takes_its_step_and_the_tab_follows(client, runtime, clock, fake_slack,
+                                                                             deliver):
+    bob = signup(runtime, "bob@acme-corp.com")
+    deliver()
+    pressed = block_action("terminate", bob, CAROL)
+    pressed.pop("response_url", None)                       # a Home tab's button has none
+    pressed["container"] = {"type": "view", "view_id": fake_slack.home_views[CAROL][-1]["id"]}
+    assert post_interaction(client, pressed, clock.now()).status_code == 200
+    deliver()
+    assert client.get(f"/api/trials/{bob}").json()["state"] == "terminated"
+    assert "Your open trials (0)" in texts(home_of(fake_slack, CAROL))
 
 
 def test_sdrs_see_the_triage_queue_with_each_leads_score_and_why_it_is_there(runtime, fake_slack, deliver):

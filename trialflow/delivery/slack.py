@@ -201,18 +201,27 @@ class SlackTransport:
             log.warning("effect %s: no App Home views to publish with (this Slack transport was built without them)",
                         effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
             return {"published": [], "unchanged": [], "without_views": True}
-        published, unchanged = [], []
+        published, unchanged, unknown = [], [], []
         for user_id, view in self.homes.views_for(effect.payload):
             digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
             with self._lock:
                 if self._published.get(user_id) == digest:
                     unchanged.append(user_id)
                     continue
-            self.client.views_publish(user_id=user_id, view=view)
+            try:
+                self.client.views_publish(user_id=user_id, view=view)
+            except SlackApiError as exc:
+                if _error(exc) != "user_not_found":
+                    raise
+                # A slack_user_id in staff.csv that Slack does not know: the others still get theirs.
+                log.warning("App Home for %s: Slack does not know this user (check slack_user_id in staff.csv)",
+                            user_id, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+                unknown.append(user_id)
+                continue
             with self._lock:
                 self._published[user_id] = digest
             published.append(user_id)
-        return {"published": published, "unchanged": unchanged}
+        return {"published": published, "unchanged": unchanged, "user_not_found": unknown}
 
     # --- channels by name ----------------------------------------------------------------------
 
