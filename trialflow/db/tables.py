@@ -103,6 +103,8 @@ accounts = Table(
     Column("owner_ce", String(254)),
     # Case 1 on a trial instance: a colleague's signup gets them an account (false: their admin is asked).
     Column("auto_add_colleagues", Boolean, nullable=False, default=True, server_default="1"),
+    # The prospect's lifecycle and onboarding emails (services.prospect_policies); false: none are sent.
+    Column("prospect_emails", Boolean, nullable=False, default=True, server_default="1"),
 )
 
 staff = Table(

@@ -14,6 +14,7 @@ from trialflow.delivery.relay import InProcessRelay
 from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.transports import build_transports
 from trialflow.services import reconcile
+from trialflow.services.app_home import HomeViews
 from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.sweep import sweep
 
@@ -22,7 +23,7 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now),
+    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now, HomeViews(rt)),
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 
 

@@ -21,6 +21,8 @@ from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.scoring import grade_trials
+from trialflow.services import prospect_policies
+from trialflow.services.timers import used_since_start
 from trialflow.services.uow import App
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
@@ -93,8 +95,15 @@ def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str,
         recorded = insert_ignore(session, tables.instance_activity, {
             "host": host, "trial_id": trial_id, "at": report.at, **{n: getattr(report, n) for n in COUNTERS}})
         if recorded and trial_id and report.shows_use:
-            # Forward only: a late report for an earlier moment never moves activity back.
             t = tables.trials
+            before = session.execute(select(t.c.state, t.c.started_at, t.c.last_activity_at)
+                                     .where(t.c.id == trial_id)).first()
+            if before is not None and before.state in lc.LIVE_TRIAL \
+                    and not used_since_start(before.started_at, before.last_activity_at) \
+                    and used_since_start(before.started_at, report.at):
+                # The instance's first use since the start: the prospect's check-ins may begin.
+                uow.persist(prospect_policies.first_use(trial_id, rt.clock.now()))
+            # Forward only: a late report for an earlier moment never moves activity back.
             session.execute(update(t).where(t.c.id == trial_id, or_(t.c.last_activity_at.is_(None),
                                                                     t.c.last_activity_at < report.at))
                             .values(last_activity_at=report.at))
