@@ -1,13 +1,13 @@
 """accounts.prospect_emails: an account can turn off the prospect's lifecycle and onboarding emails
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
