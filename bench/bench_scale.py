@@ -1,7 +1,7 @@
 """Scale benchmark on PostgreSQL: do the reads cost what changed, not everything ever stored?
 
     .venv/bin/python bench/bench_scale.py                        # 100k and 1M stored trials
-    .venv/bin/python bench/bench_scale.py --sizes 100000 --signups 600
+    .venv/bin/python bench/bench_scale.py --sizes 100000 --signup-seconds 10
 
 For each size the database ``trialflow_bench_scale`` (created if missing) is rebuilt from the
 migrations and filled with COPY (not the API), as a program that has run at the same pace for a
@@ -15,9 +15,15 @@ instance for each started trial; plus a few hundred pending and failed effects.
 Measured in process (warm-up, then 7 runs: median and max), each through the code that serves it:
 ``GET /metrics``, ``GET /dashboard``, ``GET /api/funnel``, ``trialflow report`` (its function,
 without the interpreter's start), ``trialflow outbox list``, ``GET /api/trials?state=active&limit=50``,
-the Slack ``/trial queue`` and ``/trial mine`` commands, the sweep with nothing due, and a signup's
-latency: ``POST /api/signups`` paced at 200/s (open loop), p50/p99 against a small database (1,000
-trials) measured in the same run. Then one prune of delivered effects past retention: its rate.
+the Slack ``/trial queue`` and ``/trial mine`` commands, the sweep with nothing due. Then a signup's
+latency over real HTTP: trialflow's app under uvicorn (started as ``bench/bench_signups.py`` starts
+it: its own process tree, 2 workers, httptools and uvloop) on the benchmark's database, and that
+benchmark's open-loop load generator in its own process: ``POST /api/signups`` at a fixed 200/s,
+each latency counted from its scheduled send time (a slow answer cannot hide the signups queued
+behind it), 2 s of warm-up then 15 s measured; p50/p99 and the rate achieved, at each size and,
+right after it, on a small database (``trialflow_bench_scale_small``, rebuilt with 1,000 trials
+each time), so that the two p99s compared were measured under the same load on this shared
+machine. Then one prune of delivered effects past retention: its rate.
 
 Targets at 1,000,000: /metrics < 100 ms; dashboard, funnel, report < 500 ms; each Slack command
 < 200 ms; signup p99 at 200/s unchanged from the small database; nothing-due sweep < 50 ms; and
@@ -43,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import psycopg  # noqa: E402
+from bench_signups import free_port, run_generator, start_server, stop_server, wait_healthy  # noqa: E402
 from bench_sweep import (  # noqa: E402
     HISTORY_COPY,
     INSTANCES_COPY,
@@ -81,14 +88,19 @@ CASES = ["existing_instance", "prequalified_named", "prequalified_unnamed", "man
          "manual_qualification", "manual_qualification", "manual_qualification", "manual_qualification",
          "manual_qualification", "manual_qualification"]
 SMALL = 1_000
+SMALL_DB = f"{DB_NAME}_small"
+UNCHANGED = 1.5   # "unchanged": p99 at most this many times the small database's, measured right after it
 LOADER = ("127.0.0.1", 50000)   # loopback, as the staff surfaces expect without sign-in configured
+SERVER_WORKERS = 2
+SIGNUP_WARMUP_S = 2.0
 
 
-def ensure_database(host: str, port: int, user: str) -> str:
+def ensure_database(host: str, port: int, user: str, name: str = DB_NAME) -> tuple[str, str]:
+    """The database's SQLAlchemy URL and psycopg conninfo (created if missing)."""
     with psycopg.connect(admin_conninfo(host, port, user), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    return f"postgresql+psycopg://{user}@{host}:{port}/{DB_NAME}"
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://{user}@{host}:{port}/{name}", f"host={host} port={port} user={user} dbname={name}"
 
 
 def a_trial(i: int, stored: int) -> dict:
@@ -235,24 +247,23 @@ def timed(fn: Callable[[], object], runs: int = 7) -> dict[str, float]:
     return {"median_ms": statistics.median(seconds) * 1000, "max_ms": max(seconds) * 1000}
 
 
-def signup_latency(client, count: int, rate: float, tag: str) -> dict[str, float]:
-    """``count`` signups of new companies, sent at most ``rate``/s from one thread, each timed from
-    its request to its answer (the in-process client cannot keep 200/s on this machine: the rate
-    it achieved is reported with it)."""
-    latencies = []
-    begin = time.perf_counter()
-    for n in range(count):
-        due = begin + n / rate
-        while (now := time.perf_counter()) < due:
-            time.sleep(min(due - now, 0.001))
-        sent = time.perf_counter()
-        answer = client.post("/api/signups", json={"email": f"new{n}@{tag}-{n}.example", "source": "bench"})
-        assert answer.status_code == 201, answer.text
-        latencies.append(time.perf_counter() - sent)
-    latencies.sort()
-    return {"p50_ms": latencies[len(latencies) // 2] * 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-            "achieved_per_s": count / (time.perf_counter() - begin)}
+def signup_latency(url: str, rate: float, seconds: float, tag: str) -> dict[str, float]:
+    """Signups over HTTP at a fixed ``rate`` (open loop) for ``seconds`` after a warm-up, against
+    trialflow's app under uvicorn on the database at ``url`` (reference data from ``config/``):
+    p50/p99 from each signup's scheduled send time, and the rate the server kept up with."""
+    port = free_port()
+    server = start_server(port, SERVER_WORKERS, ROOT / "config", url=url)
+    try:
+        wait_healthy(server, port)
+        found = run_generator("open", port, sum(map(ord, tag)), tag, rate=rate, warmup=SIGNUP_WARMUP_S,
+                              seconds=seconds)
+    finally:
+        stop_server(server)
+    refused = {status: n for status, n in found["statuses"].items() if status not in (200, 201)}
+    if refused:
+        raise SystemExit(f"signups answered other than 200/201: {refused}")
+    return {"p50_ms": found["p50"], "p99_ms": found["p99"], "max_ms": found["max"],
+            "achieved_per_s": found["achieved"], "completed": found["completed"]}
 
 
 def explain(conninfo: str, sql: str, params: tuple = ()) -> str:
@@ -260,7 +271,8 @@ def explain(conninfo: str, sql: str, params: tuple = ()) -> str:
         return "\n".join(r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params).fetchall())
 
 
-def run_size(url: str, conninfo: str, stored: int, signups: int, rate: float) -> dict:
+def run_size(url: str, conninfo: str, stored: int, signup_seconds: float, rate: float,
+             small: tuple[str, str]) -> dict:
     print(f"\n== {stored:,} stored trials", file=sys.stderr)
     from fastapi.testclient import TestClient
 
@@ -302,9 +314,9 @@ def run_size(url: str, conninfo: str, stored: int, signups: int, rate: float) ->
             result[name] = timed(fn)
             print(f"  {name}: median {result[name]['median_ms']:.1f} ms, max {result[name]['max_ms']:.1f} ms",
                   file=sys.stderr)
-        result["signup"] = signup_latency(client, signups, rate, f"s{stored}")
-        print(f"  signups at {rate:.0f}/s: p50 {result['signup']['p50_ms']:.1f} ms, "
-              f"p99 {result['signup']['p99_ms']:.1f} ms", file=sys.stderr)
+    result["signup"] = signup_latency(url, rate, signup_seconds, f"s{stored}")
+    print_signups(f"{stored:,} trials", rate, result["signup"])
+    result["signup_small"] = small_signups(*small, signup_seconds, rate)
     t0 = time.perf_counter()
     # Retention is set out of reach for the runs above (the nothing-due sweep prunes nothing); here,
     # as if all of it had passed: 20 batches of what a sweep would prune.
@@ -346,20 +358,18 @@ class FixedClock:
         return NOW
 
 
-def small_signups(url: str, conninfo: str, signups: int, rate: float) -> dict[str, float]:
-    """The signup latency against a small database (1,000 trials), for comparison."""
-    from fastapi.testclient import TestClient
-
-    from trialflow.api.app import create_app
-    rt = fresh_runtime(url, conninfo)
+def small_signups(url: str, conninfo: str, signup_seconds: float, rate: float) -> dict[str, float]:
+    """The signup latency against a small database (1,000 trials, rebuilt), for comparison."""
+    fresh_runtime(url, conninfo).close()
     fill(conninfo, SMALL)
-    with TestClient(create_app(rt), client=LOADER) as client:
-        signup_latency(client, 100, rate, "warm")
-        found = signup_latency(client, signups, rate, "small")
-    rt.close()
-    print(f"  small database: signups at {rate:.0f}/s: p50 {found['p50_ms']:.1f} ms, p99 {found['p99_ms']:.1f} ms",
-          file=sys.stderr)
+    found = signup_latency(url, rate, signup_seconds, "small")
+    print_signups(f"small database ({SMALL:,} trials)", rate, found)
     return found
+
+
+def print_signups(where: str, rate: float, found: dict[str, float]) -> None:
+    print(f"  {where}: signups at {rate:.0f}/s over HTTP: p50 {found['p50_ms']:.1f} ms, p99 {found['p99_ms']:.1f} ms, "
+          f"max {found['max_ms']:.1f} ms, {found['achieved_per_s']:.0f}/s achieved", file=sys.stderr)
 
 
 SURFACES = [("metrics", "GET /metrics", 100), ("dashboard", "GET /dashboard", 500), ("funnel", "GET /api/funnel", 500),
@@ -369,7 +379,7 @@ SURFACES = [("metrics", "GET /metrics", 100), ("dashboard", "GET /dashboard", 50
             ("sweep_nothing_due", "sweep, nothing due", 50)]
 
 
-def write_results(path: Path, results: list[dict], small: dict, rate: float, load: tuple[float, float]) -> None:
+def write_results(path: Path, results: list[dict], rate: float, seconds: float, load: tuple[float, float]) -> None:
     base, top = results[0], results[-1]
     lines = ["# Scale benchmark (PostgreSQL)", "",
              f"Generated by `bench/bench_scale.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; this machine: "
@@ -377,7 +387,13 @@ def write_results(path: Path, results: list[dict], small: dict, rate: float, loa
              "the end: the machine is shared, other engineers' test suites and benchmarks ran on the same cores.", "",
              f"A program at {PER_WEEK:,} signups a week: each size is that many weeks of it, built by COPY (history, "
              "timers, four delivered outbox rows per trial, the aggregates). Medians of 7 runs after a warm-up "
-             "(max in brackets), in process through the code that serves each surface.", "",
+             "(max in brackets), in process through the code that serves each surface. The signup row: "
+             f"`POST /api/signups` over HTTP to trialflow under uvicorn ({SERVER_WORKERS} workers, as "
+             f"`bench/bench_signups.py` runs it) at a fixed {rate:.0f}/s, open loop, latency from each signup's "
+             f"scheduled send time, {SIGNUP_WARMUP_S:g} s warm-up then {seconds:g} s measured "
+             f"({base['signup']['completed']:,} signups); right after each size, the same on a small database "
+             f"({SMALL:,} trials), whose p99 is the one each size's is compared with (\"unchanged\": at most "
+             f"{UNCHANGED:g}× it).", "",
              "| surface | " + " | ".join(f"{r['stored']:,} trials" for r in results) + " | ratio | target at the largest |",
              "| --- | " + " | ".join("---:" for _ in results) + " | ---: | --- |"]
     for key, label, target in SURFACES:
@@ -385,11 +401,15 @@ def write_results(path: Path, results: list[dict], small: dict, rate: float, loa
         ratio = top[key]["median_ms"] / base[key]["median_ms"]
         goal = f"< {target} ms: **{'met' if top[key]['median_ms'] < target else 'NOT met'}**" if target else "–"
         lines.append(f"| {label} | {' | '.join(cells)} | {ratio:.2f} {'✓' if ratio < 2 else '✗'} | {goal} |")
-    cells = [f"p50 {r['signup']['p50_ms']:.1f} / p99 {r['signup']['p99_ms']:.1f} ms at {r['signup']['achieved_per_s']:.0f}/s"
-             for r in results]
-    lines.append(f"| signup (up to {rate:.0f}/s) | {' | '.join(cells)} | "
-                 f"{top['signup']['p99_ms'] / base['signup']['p99_ms']:.2f} | p99 vs {SMALL:,} trials: "
-                 f"p50 {small['p50_ms']:.1f} / p99 {small['p99_ms']:.1f} ms at {small['achieved_per_s']:.0f}/s |")
+    def signups(found: dict) -> str:
+        return f"p50 {found['p50_ms']:.1f} / p99 {found['p99_ms']:.1f} ms at {found['achieved_per_s']:.0f}/s"
+    ratios = [r["signup"]["p99_ms"] / r["signup_small"]["p99_ms"] for r in results]
+    lines.append(f"| signup over HTTP at {rate:.0f}/s, open loop | {' | '.join(signups(r['signup']) for r in results)} | "
+                 f"{top['signup']['p99_ms'] / base['signup']['p99_ms']:.2f} | |")
+    lines.append(f"| the same on {SMALL:,} trials, right after | "
+                 f"{' | '.join(signups(r['signup_small']) for r in results)} | | |")
+    lines.append(f"| signup p99 ÷ the small database's | {' | '.join(f'{x:.2f}' for x in ratios)} | | "
+                 f"unchanged (≤ {UNCHANGED:g}): **{'met' if ratios[-1] <= UNCHANGED else 'NOT met'}** |")
     prunes = " | ".join(f"{r['prune_per_s']:,.0f} rows/s" for r in results)
     setups = " | ".join(f"{r['setup_s']:.0f} s" for r in results)
     lines.append(f"| prune (20 batches of 500) | {prunes} | | |")
@@ -403,7 +423,7 @@ def write_results(path: Path, results: list[dict], small: dict, rate: float, loa
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000,1000000")
-    p.add_argument("--signups", type=int, default=1000)
+    p.add_argument("--signup-seconds", type=float, default=15.0, help="open-loop signups measured per size")
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--host", default=os.environ.get("PGHOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", "5432")))
@@ -413,11 +433,11 @@ def main(argv=None) -> int:
     import logging
     logging.basicConfig(level=logging.WARNING)
     load_start = os.getloadavg()[0]
-    url = ensure_database(args.host, args.port, args.user)
-    conninfo = f"host={args.host} port={args.port} user={args.user} dbname={DB_NAME}"
-    small = small_signups(url, conninfo, args.signups, args.rate)
-    results = [run_size(url, conninfo, int(size), args.signups, args.rate) for size in args.sizes.split(",")]
-    write_results(Path(args.output), results, small, args.rate, (load_start, os.getloadavg()[0]))
+    url, conninfo = ensure_database(args.host, args.port, args.user)
+    small = ensure_database(args.host, args.port, args.user, SMALL_DB)
+    results = [run_size(url, conninfo, int(size), args.signup_seconds, args.rate, small)
+               for size in args.sizes.split(",")]
+    write_results(Path(args.output), results, args.rate, args.signup_seconds, (load_start, os.getloadavg()[0]))
     print(f"\nwrote {args.output}", file=sys.stderr)
     return 0
 
