@@ -247,23 +247,36 @@ def timed(fn: Callable[[], object], runs: int = 7) -> dict[str, float]:
     return {"median_ms": statistics.median(seconds) * 1000, "max_ms": max(seconds) * 1000}
 
 
-def signup_latency(url: str, rate: float, seconds: float, tag: str) -> dict[str, float]:
+def signup_latency(url: str, conninfo: str, rate: float, seconds: float, tag: str) -> dict[str, float]:
     """Signups over HTTP at a fixed ``rate`` (open loop) for ``seconds`` after a warm-up, against
     trialflow's app under uvicorn on the database at ``url`` (reference data from ``config/``):
-    p50/p99 from each signup's scheduled send time, and the rate the server kept up with."""
+    p50/p99 from each signup's scheduled send time, and the rate the server kept up with. With
+    them, the WAL written meanwhile per signup (bytes, full-page images): commits wait for it."""
     port = free_port()
     server = start_server(port, SERVER_WORKERS, ROOT / "config", url=url)
     try:
         wait_healthy(server, port)
+        before = wal(conninfo)
         found = run_generator("open", port, sum(map(ord, tag)), tag, rate=rate, warmup=SIGNUP_WARMUP_S,
                               seconds=seconds)
+        after = wal(conninfo)
     finally:
         stop_server(server)
     refused = {status: n for status, n in found["statuses"].items() if status not in (200, 201)}
     if refused:
         raise SystemExit(f"signups answered other than 200/201: {refused}")
+    sent = (SIGNUP_WARMUP_S + seconds) * rate
     return {"p50_ms": found["p50"], "p99_ms": found["p99"], "max_ms": found["max"],
-            "achieved_per_s": found["achieved"], "completed": found["completed"]}
+            "achieved_per_s": found["achieved"], "completed": found["completed"],
+            "wal_kb": (after[1] - before[1]) / sent / 1024, "fpi": (after[0] - before[0]) / sent}
+
+
+def wal(conninfo: str) -> tuple[int, int]:
+    """Full-page images and bytes written to the WAL so far, by the whole server (other
+    databases' work included: on a shared machine, an upper bound for the benchmark's)."""
+    with psycopg.connect(conninfo) as conn:
+        fpi, written = conn.execute("SELECT wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+    return int(fpi), int(written)
 
 
 def explain(conninfo: str, sql: str, params: tuple = ()) -> str:
@@ -314,7 +327,7 @@ def run_size(url: str, conninfo: str, stored: int, signup_seconds: float, rate: 
             result[name] = timed(fn)
             print(f"  {name}: median {result[name]['median_ms']:.1f} ms, max {result[name]['max_ms']:.1f} ms",
                   file=sys.stderr)
-    result["signup"] = signup_latency(url, rate, signup_seconds, f"s{stored}")
+    result["signup"] = signup_latency(url, conninfo, rate, signup_seconds, f"s{stored}")
     print_signups(f"{stored:,} trials", rate, result["signup"])
     result["signup_small"] = small_signups(*small, signup_seconds, rate)
     t0 = time.perf_counter()
@@ -362,14 +375,15 @@ def small_signups(url: str, conninfo: str, signup_seconds: float, rate: float) -
     """The signup latency against a small database (1,000 trials, rebuilt), for comparison."""
     fresh_runtime(url, conninfo).close()
     fill(conninfo, SMALL)
-    found = signup_latency(url, rate, signup_seconds, "small")
+    found = signup_latency(url, conninfo, rate, signup_seconds, "small")
     print_signups(f"small database ({SMALL:,} trials)", rate, found)
     return found
 
 
 def print_signups(where: str, rate: float, found: dict[str, float]) -> None:
     print(f"  {where}: signups at {rate:.0f}/s over HTTP: p50 {found['p50_ms']:.1f} ms, p99 {found['p99_ms']:.1f} ms, "
-          f"max {found['max_ms']:.1f} ms, {found['achieved_per_s']:.0f}/s achieved", file=sys.stderr)
+          f"max {found['max_ms']:.1f} ms, {found['achieved_per_s']:.0f}/s achieved; WAL per signup "
+          f"{found['wal_kb']:.1f} kB, {found['fpi']:.1f} full-page images", file=sys.stderr)
 
 
 SURFACES = [("metrics", "GET /metrics", 100), ("dashboard", "GET /dashboard", 500), ("funnel", "GET /api/funnel", 500),
@@ -401,6 +415,9 @@ def write_results(path: Path, results: list[dict], rate: float, seconds: float, 
         ratio = top[key]["median_ms"] / base[key]["median_ms"]
         goal = f"< {target} ms: **{'met' if top[key]['median_ms'] < target else 'NOT met'}**" if target else "–"
         lines.append(f"| {label} | {' | '.join(cells)} | {ratio:.2f} {'✓' if ratio < 2 else '✗'} | {goal} |")
+    def wal_cells(found: dict) -> str:
+        return f"{found['wal_kb']:.1f} kB, {found['fpi']:.1f} FPI"
+
     def signups(found: dict) -> str:
         return f"p50 {found['p50_ms']:.1f} / p99 {found['p99_ms']:.1f} ms at {found['achieved_per_s']:.0f}/s"
     ratios = [r["signup"]["p99_ms"] / r["signup_small"]["p99_ms"] for r in results]
@@ -408,6 +425,9 @@ def write_results(path: Path, results: list[dict], rate: float, seconds: float, 
                  f"{top['signup']['p99_ms'] / base['signup']['p99_ms']:.2f} | |")
     lines.append(f"| the same on {SMALL:,} trials, right after | "
                  f"{' | '.join(signups(r['signup_small']) for r in results)} | | |")
+    lines.append(f"| WAL per signup meanwhile (whole server): kB, full-page images | "
+                 f"{' | '.join(wal_cells(r['signup']) for r in results)} | | on {SMALL:,} trials: "
+                 f"{'; '.join(wal_cells(r['signup_small']) for r in results)} |")
     lines.append(f"| signup p99 ÷ the small database's | {' | '.join(f'{x:.2f}' for x in ratios)} | | "
                  f"unchanged (≤ {UNCHANGED:g}): **{'met' if ratios[-1] <= UNCHANGED else 'NOT met'}** |")
     prunes = " | ".join(f"{r['prune_per_s']:,.0f} rows/s" for r in results)
