@@ -23,7 +23,9 @@ each latency counted from its scheduled send time (a slow answer cannot hide the
 behind it), 2 s of warm-up then 15 s measured; p50/p99 and the rate achieved, at each size and,
 right after it, on a small database (``trialflow_bench_scale_small``, rebuilt with 1,000 trials
 each time), so that the two p99s compared were measured under the same load on this shared
-machine. Then one prune of delivered effects past retention: its rate.
+machine; with each, per signup, the CPU of the server and of its database's backends (which,
+unlike latency, hardly moves with the machine's other work) and the WAL written. Then one prune
+of delivered effects past retention: its rate.
 
 Targets at 1,000,000: /metrics < 100 ms; dashboard, funnel, report < 500 ms; each Slack command
 < 200 ms; signup p99 at 200/s unchanged from the small database; nothing-due sweep < 50 ms; and
@@ -60,7 +62,7 @@ from bench_sweep import (  # noqa: E402
     copy_rows,
     ts,
 )
-from machine import describe  # noqa: E402
+from machine import describe, postgres_cpu_seconds, tree_cpu_seconds  # noqa: E402
 
 from trialflow import funnel  # noqa: E402
 from trialflow.db import tables  # noqa: E402
@@ -251,15 +253,20 @@ def signup_latency(url: str, conninfo: str, rate: float, seconds: float, tag: st
     """Signups over HTTP at a fixed ``rate`` (open loop) for ``seconds`` after a warm-up, against
     trialflow's app under uvicorn on the database at ``url`` (reference data from ``config/``):
     p50/p99 from each signup's scheduled send time, and the rate the server kept up with. With
-    them, the WAL written meanwhile per signup (bytes, full-page images): commits wait for it."""
+    them, per signup: the CPU of the server's processes and of the database's PostgreSQL backends
+    (unlike latency, it barely moves when other work shares the machine) and the WAL written
+    meanwhile (bytes, full-page images): commits wait for it."""
     port = free_port()
     server = start_server(port, SERVER_WORKERS, ROOT / "config", url=url)
     try:
         wait_healthy(server, port)
-        before = wal(conninfo)
+        # A first second of signups, not measured: both workers up and past their first requests.
+        run_generator("open", port, 0, f"{tag}w", rate=rate, warmup=0.0, seconds=1.0)
+        database = psycopg.conninfo.conninfo_to_dict(conninfo)["dbname"]
+        before, cpu = wal(conninfo), tree_cpu_seconds(server.pid) + postgres_cpu_seconds(str(database))
         found = run_generator("open", port, sum(map(ord, tag)), tag, rate=rate, warmup=SIGNUP_WARMUP_S,
                               seconds=seconds)
-        after = wal(conninfo)
+        after, cpu = wal(conninfo), tree_cpu_seconds(server.pid) + postgres_cpu_seconds(str(database)) - cpu
     finally:
         stop_server(server)
     refused = {status: n for status, n in found["statuses"].items() if status not in (200, 201)}
@@ -268,7 +275,8 @@ def signup_latency(url: str, conninfo: str, rate: float, seconds: float, tag: st
     sent = (SIGNUP_WARMUP_S + seconds) * rate
     return {"p50_ms": found["p50"], "p99_ms": found["p99"], "max_ms": found["max"],
             "achieved_per_s": found["achieved"], "completed": found["completed"],
-            "wal_kb": (after[1] - before[1]) / sent / 1024, "fpi": (after[0] - before[0]) / sent}
+            "wal_kb": (after[1] - before[1]) / sent / 1024, "fpi": (after[0] - before[0]) / sent,
+            "cpu_ms": 1000 * cpu / sent}
 
 
 def wal(conninfo: str) -> tuple[int, int]:
@@ -382,7 +390,8 @@ def small_signups(url: str, conninfo: str, signup_seconds: float, rate: float) -
 
 def print_signups(where: str, rate: float, found: dict[str, float]) -> None:
     print(f"  {where}: signups at {rate:.0f}/s over HTTP: p50 {found['p50_ms']:.1f} ms, p99 {found['p99_ms']:.1f} ms, "
-          f"max {found['max_ms']:.1f} ms, {found['achieved_per_s']:.0f}/s achieved; WAL per signup "
+          f"max {found['max_ms']:.1f} ms, {found['achieved_per_s']:.0f}/s achieved; per signup: CPU "
+          f"{found['cpu_ms']:.2f} ms, WAL "
           f"{found['wal_kb']:.1f} kB, {found['fpi']:.1f} full-page images", file=sys.stderr)
 
 
@@ -416,7 +425,7 @@ def write_results(path: Path, results: list[dict], rate: float, seconds: float, 
         goal = f"< {target} ms: **{'met' if top[key]['median_ms'] < target else 'NOT met'}**" if target else "–"
         lines.append(f"| {label} | {' | '.join(cells)} | {ratio:.2f} {'✓' if ratio < 2 else '✗'} | {goal} |")
     def wal_cells(found: dict) -> str:
-        return f"{found['wal_kb']:.1f} kB, {found['fpi']:.1f} FPI"
+        return f"{found['cpu_ms']:.2f} ms, {found['wal_kb']:.1f} kB, {found['fpi']:.1f} FPI"
 
     def signups(found: dict) -> str:
         return f"p50 {found['p50_ms']:.1f} / p99 {found['p99_ms']:.1f} ms at {found['achieved_per_s']:.0f}/s"
@@ -425,7 +434,7 @@ def write_results(path: Path, results: list[dict], rate: float, seconds: float, 
                  f"{top['signup']['p99_ms'] / base['signup']['p99_ms']:.2f} | |")
     lines.append(f"| the same on {SMALL:,} trials, right after | "
                  f"{' | '.join(signups(r['signup_small']) for r in results)} | | |")
-    lines.append(f"| WAL per signup meanwhile (whole server): kB, full-page images | "
+    lines.append(f"| per signup: CPU (server + its database's backends), WAL (whole server: kB, full-page images) | "
                  f"{' | '.join(wal_cells(r['signup']) for r in results)} | | on {SMALL:,} trials: "
                  f"{'; '.join(wal_cells(r['signup_small']) for r in results)} |")
     lines.append(f"| signup p99 ÷ the small database's | {' | '.join(f'{x:.2f}' for x in ratios)} | | "
