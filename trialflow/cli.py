@@ -20,11 +20,12 @@ from trialflow.delivery.core import retry
 from trialflow.delivery.wiring import build_deliverer, run_reconcile, start_delivery
 from trialflow.demo import run_demo
 from trialflow.domain.trial import Trial
-from trialflow.errors import ConfigError, TrialflowError
+from trialflow.errors import ConfigError, DeliveryError, TrialflowError
 from trialflow.funnel import cli_report
 from trialflow.graph import cli_graph
 from trialflow.logs import configure_logging
 from trialflow.runtime import Runtime
+from trialflow.services.crm_accounts import load_from_salesforce
 from trialflow.services.outbox import redact
 from trialflow.services.reference import load_reference_data
 from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
@@ -118,16 +119,22 @@ def cmd_config_load(args) -> int:
     rt = _runtime()
     upgrade(rt.settings.database_url)
     directory = Path(args.dir or rt.settings.config_dir)
+    source = str(directory)
     try:
-        report = load_reference_data(rt.session_factory, directory, rt.clock.now(), progress=_progress)
-    except ConfigError as exc:
+        if args.source == "salesforce":
+            report, source = load_from_salesforce(rt, directory, _progress)
+        else:
+            report = load_reference_data(rt.session_factory, directory, rt.clock.now(), progress=_progress)
+    except (ConfigError, DeliveryError) as exc:
         print(f"error: {exc}\nnothing was imported.", file=sys.stderr)
         return 2
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
-          f"({report.pool_added} new in the pool) from {directory}")
+          f"({report.pool_added} new in the pool) from {source}")
+    print(f"accounts: {len(report.added):,} added, {len(report.removed):,} removed, {len(report.changed):,} changed")
     return 0
+
 
 
 def cmd_sweep(args) -> int:
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="reference data")
     c.add_argument("action", choices=["load"])
     c.add_argument("--dir", help="directory with accounts.csv, staff.csv, instances.csv (default TRIALFLOW_CONFIG_DIR)")
+    c.add_argument("--from", dest="source", choices=["files", "salesforce"], default="files",
+                   help="salesforce: accounts from Salesforce's named and pre-qualified accounts instead of "
+                        "accounts.csv (staff.csv and instances.csv still from --dir)")
     c.set_defaults(func=cmd_config_load)
 
     w = sub.add_parser("sweep", help="run the 15/30-day clock and the queues once")

@@ -86,6 +86,36 @@ class Settings(BaseSettings):
     worker_hung_seconds: float = Field(45.0, gt=0)
     log_json: bool = False
 
+    # Salesforce, the system of record (trialflow.crm.salesforce): OAuth 2.0 JWT bearer with a connected
+    # app's certificate and a pre-authorized integration user. All four or none; none: accounts.csv
+    # and opportunities recorded locally.
+    salesforce_login_url: str = "https://login.salesforce.com"
+    salesforce_client_id: str | None = None
+    salesforce_username: str | None = None
+    salesforce_private_key_file: Path | None = None
+    salesforce_api_version: str = "59.0"
+    salesforce_timeout_seconds: float = Field(30.0, gt=0)
+    salesforce_accounts_every_hours: float = Field(1.0, gt=0, description="how often accounts are read from Salesforce")
+    # Account fields (API names; a relationship path such as Owner.Email is fine).
+    salesforce_domain_field: str = "Website"              # a URL is fine: its host is the domain
+    salesforce_prequalified_field: str = "Trial_Prequalified__c"
+    salesforce_named_field: str = "Named_Account__c"
+    salesforce_named_sdr_field: str = "Named_SDR__r.Email"
+    salesforce_ae_field: str = "Owner.Email"
+    salesforce_ce_team_role: str = "Customer Engineer"    # AccountTeamMember.TeamMemberRole of the CE
+    # Opportunity fields and stages.
+    salesforce_trial_id_field: str = "Trial_Id__c"        # an External ID field: upserts are keyed on it
+    salesforce_instance_url_field: str = "Trial_Instance_URL__c"
+    salesforce_trial_end_field: str = "Trial_End_Date__c"
+    salesforce_pql_grade_field: str = "Trial_PQL_Grade__c"
+    salesforce_activated_field: str = "Trial_Activated__c"
+    salesforce_loss_reason_field: str = "Loss_Reason__c"
+    salesforce_lead_source: str = "Cloud Trial"
+    salesforce_stage_qualified: str = "Qualification"
+    salesforce_stage_started: str = "Value Proposition"
+    salesforce_stage_won: str = "Closed Won"
+    salesforce_stage_lost: str = "Closed Lost"
+
     # Staff sign-in (OpenID Connect) and machine tokens for the staff surfaces (trialflow.api.auth).
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
@@ -105,7 +135,8 @@ class Settings(BaseSettings):
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
                      "activity_secret", "events_token", "instance_token", "instance_tokens_file", "oidc_issuer",
                      "oidc_client_id", "oidc_client_secret", "public_url", "session_secret", "api_tokens",
-                     "metrics_token", "data_dir", mode="before")
+                     "metrics_token", "data_dir", "salesforce_client_id", "salesforce_username",
+                     "salesforce_private_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value
@@ -154,6 +185,7 @@ class Settings(BaseSettings):
             self._instance_tokens = read_instance_tokens(self.instance_tokens_file)
         self.api_token_pairs()  # a malformed or short token stops trialflow here, not at the first request
         self._check_sign_in()
+        self._check_salesforce()
         if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return self
@@ -192,6 +224,28 @@ class Settings(BaseSettings):
         if len(self.session_secret.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_SESSION_SECRET must be at least {MIN_TOKEN_LENGTH} characters "
                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+    def _check_salesforce(self) -> None:
+        named = {"TRIALFLOW_SALESFORCE_CLIENT_ID": self.salesforce_client_id,
+                 "TRIALFLOW_SALESFORCE_USERNAME": self.salesforce_username,
+                 "TRIALFLOW_SALESFORCE_PRIVATE_KEY_FILE": self.salesforce_private_key_file}
+        missing = [name for name, value in named.items() if value is None]
+        if len(missing) == len(named):
+            return
+        if missing:
+            raise ValueError(f"Salesforce needs {', '.join(missing)} as well (or unset all of "
+                             "TRIALFLOW_SALESFORCE_CLIENT_ID, _USERNAME and _PRIVATE_KEY_FILE)")
+        parts = urlsplit(self.salesforce_login_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("TRIALFLOW_SALESFORCE_LOGIN_URL must be an https URL, like https://login.salesforce.com "
+                             f"or https://acme.my.salesforce.com, not {self.salesforce_login_url!r}")
+        assert self.salesforce_private_key_file is not None
+        if not self.salesforce_private_key_file.is_file():
+            raise ValueError(f"TRIALFLOW_SALESFORCE_PRIVATE_KEY_FILE: {self.salesforce_private_key_file} does not exist")
+
+    @property
+    def salesforce_configured(self) -> bool:
+        return self.salesforce_client_id is not None
 
     def api_token_pairs(self) -> list[tuple[str, str]]:
         """``TRIALFLOW_API_TOKENS`` as (name, token) pairs; ValueError names what is wrong."""

@@ -19,6 +19,7 @@ from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
+from trialflow.services import opportunity_policies as opportunity
 from trialflow.services import slack_blocks as sb
 from trialflow.services.fit import Data, Fitted
 from trialflow.services.messages import (
@@ -194,6 +195,7 @@ def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> Non
             "when an instance frees up.")
     if event.from_state == lc.TRIAGE:
         fx.update_alert(sb.mrkdwn(text + " Qualified by {sdr}.", lead=lead(trial), sdr=ctx.people.mention(trial.sdr)))
+        opportunity.upsert(fx, ctx.settings, trial, event.at, always=bool(event.detail.get("qualified")))
     else:
         fx.alert(sb.mrkdwn(text, lead=lead(trial)), sb.context(score(trial)))
 
@@ -231,6 +233,7 @@ def _on_disqualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) 
 
 def _on_qualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, ctx.people.mention(trial.sdr))
+    opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)
 
 
 def _on_request_instance(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -255,9 +258,17 @@ def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
     fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event,
                                                                   str(review_at(trial).date())))
     _start_clock(fx, trial, event.at)
+    opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
 def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    if ctx.settings.salesforce_configured:
+        # The id is Salesforce's to give: its link follows in this channel once the upsert answers.
+        opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)
+        fx.to_account_channel("opp", sb.mrkdwn(":briefcase: Converted to Opp: the Opportunity for {account} is being "
+                                               "written to Salesforce. {who}", account=Data(account_of(trial)),
+                                               who=who(ctx.people, trial)))
+        return
     opp = event.detail.get("opportunity_id") or trial.opportunity_id or "n/a"
     fx.to_account_channel("opp", sb.mrkdwn(":briefcase: Opportunity {opp} created for {account}. {who}", opp=Data(opp),
                                            account=Data(account_of(trial)), who=who(ctx.people, trial)))
@@ -326,6 +337,7 @@ def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
                                                 actor=Data(event.actor)))
     fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
+    opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
 def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -349,6 +361,7 @@ def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> 
                                                  account=Data(account_of(trial)), actor=Data(event.actor)))
     fx.update_alert(sb.mrkdwn(":tada: {lead}: converted.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)  # a won deal belongs in Salesforce
 
 
 def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -376,6 +389,7 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
                           sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
     fx.update_alert(sb.mrkdwn(":wastebasket: {lead}: terminated.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    opportunity.upsert(fx, ctx.settings, trial, event.at, reason=reason or "no reason given")
     if trial.instance_host:
         fx.out.release_instance(trial.instance_host)
 
