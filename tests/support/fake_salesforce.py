@@ -57,7 +57,7 @@ class FakeSalesforce:
         self.lock = threading.RLock()
         self.sessions: set[str] = set()
         self.refuse_sessions = False
-        self.failures: list[tuple[int, Any]] = []
+        self.failures: list[tuple[str | None, int, Any]] = []   # (method or None for any, status, body)
         self.lose_answers = 0
         self.accounts: list[dict[str, Any]] = []
         self.users: dict[str, str] = {}
@@ -124,12 +124,13 @@ class FakeSalesforce:
     def keep_refusing_sessions(self, refuse: bool = True) -> None:
         self.refuse_sessions = refuse
 
-    def fail_next(self, fixture_name: str, times: int = 1) -> None:
+    def fail_next(self, fixture_name: str, times: int = 1, method: str | None = None) -> None:
+        """The next ``times`` REST calls (of ``method``, if given) answer the fixture's error."""
         answer = fixture(fixture_name)["response"]
-        self.failures.extend([(answer["status"], answer["body"])] * times)
+        self.failures.extend([(method, answer["status"], answer["body"])] * times)
 
     def lose_next_answer(self) -> None:
-        """The next REST call is carried out, then the connection drops before the answer."""
+        """The next upsert (PATCH) is carried out, then the connection drops before its answer."""
         self.lose_answers += 1
 
     def opportunity(self, trial_id: str) -> dict[str, Any] | None:
@@ -253,11 +254,13 @@ def _handler_for(fake: FakeSalesforce):
                 if fake.refuse_sessions or token not in fake.sessions:
                     self._answer(*fake.error("error.invalid_session.401.json"))
                     return
-                failure = fake.failures.pop(0) if fake.failures else None
-                lose = fake.lose_answers > 0
+                failure = next((f for f in fake.failures if f[0] in (None, self.command)), None)
+                if failure:
+                    fake.failures.remove(failure)
+                lose = fake.lose_answers > 0 and self.command == "PATCH"
                 fake.lose_answers -= lose
             if failure:
-                self._answer(*failure)
+                self._answer(failure[1], failure[2])
                 return
             answer = fake.rest(self.command, parts.path, parse_qs(parts.query), json.loads(raw) if raw else None)
             if lose:
