@@ -67,7 +67,9 @@ def prepare_database(rt, load_config: bool = True) -> None:
             "no reference data at %s (TRIALFLOW_CONFIG_DIR): every signup will go to triage until "
             "`trialflow config load --dir DIR` is run", config_dir.resolve())
     if load_config and (config_dir / "accounts.csv").exists():
-        report = load_reference_data(rt.session_factory, config_dir, rt.clock.now())
+        # With Salesforce the accounts are its own (config load --from salesforce, hourly), not the file's.
+        report = load_reference_data(rt.session_factory, config_dir, rt.clock.now(),
+                                     keep_accounts=rt.settings.salesforce_configured)
         logging.getLogger("trialflow").info("reference data loaded from %s: %s accounts, %s staff, %s instances",
                                             config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:

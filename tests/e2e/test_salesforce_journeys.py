@@ -88,6 +88,8 @@ def test_2_1_a_named_account_only_salesforce_knows_routes_as_2_1_and_converts(jo
 def qualified_and_handed_off(journey, fake_salesforce) -> dict:
     journey.sign_up("sam@stark-industries.com", name="Sam", company="Stark Industries")
     journey.press("qualify", "ivy.inbound@example.com")
+    # Nobody types the Opportunity's id: Salesforce gives it.
+    assert [b.get("block_id") for b in journey.slack.views[-1]["blocks"] if b["type"] == "input"] == []
     journey.submit("ivy.inbound@example.com", {})
     owners = journey.trial()["assignees"]
     opp = fake_salesforce.opportunity(journey.trial_id)

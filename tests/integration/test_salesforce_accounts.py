@@ -117,3 +117,10 @@ def test_salesforce_settings_are_all_or_none(db_url, config_dir, fake_salesforce
     values = {**fake_salesforce.settings(salesforce_key), missing: None}
     with pytest.raises(ValueError, match=f"TRIALFLOW_{missing.upper()}"):
         make_settings(db_url, config_dir, **values)
+
+
+def test_serve_starting_again_keeps_the_accounts_salesforce_gave(runtime, acme):
+    crm_accounts.load_from_crm(runtime, SalesforceCrm(runtime.settings))
+    from_salesforce = _accounts(runtime)
+    cli.prepare_database(runtime)  # what serve does first: staff.csv and instances.csv, not accounts.csv
+    assert _accounts(runtime) == from_salesforce and "hooli.example" in from_salesforce

@@ -208,10 +208,13 @@ def load_accounts(session_factory: sessionmaker[Session], accounts: list[dict[st
 
 def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path, now: datetime,
                         progress: Progress | None = None, accounts: list[dict[str, Any]] | None = None,
-                        accounts_source: str = "accounts.csv") -> LoadReport:
-    """``accounts``: already read from elsewhere (the CRM) instead of accounts.csv."""
+                        accounts_source: str = "accounts.csv", keep_accounts: bool = False) -> LoadReport:
+    """``accounts``: already read from elsewhere (the CRM) instead of accounts.csv. ``keep_accounts``:
+    the accounts stay as they are (they come from the CRM, on its own schedule)."""
     config_dir = Path(config_dir)
-    if accounts is None:
+    if keep_accounts:
+        accounts = []
+    elif accounts is None:
         accounts_path = config_dir / "accounts.csv"
         total = _count_lines(accounts_path) if accounts_path.exists() else 0
         accounts = parse_accounts(accounts_path, progress, total)
@@ -226,7 +229,8 @@ def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path
     del report.warnings[50:]
 
     with session_factory() as session, session.begin():
-        replace_accounts(session, accounts, report, progress, accounts_source)
+        if not keep_accounts:
+            replace_accounts(session, accounts, report, progress, accounts_source)
         session.execute(delete(tables.staff))
         if staff:
             session.execute(insert(tables.staff), staff)
