@@ -1,4 +1,13 @@
-"""The ``trialflow`` command."""
+"""The ``trialflow`` command, on Typer (help with defaults, Rich formatting).
+
+Adding a command: a function decorated with ``@app.command()`` (or ``@<group>.command()`` for a
+sub-command such as ``outbox prune``), its options as ``Annotated[..., typer.Option(help=...)]``,
+returning an exit code. Import what it needs inside the function: ``trialflow --help`` and every
+other command should not pay for the web stack, the database drivers or the provider clients.
+
+Errors: a bad argument exits 2 with one line (``main``); a bad setting prints one line per setting
+(``settings_problems``); ``ConfigError`` exits 2, other ``TrialflowError``s 1.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,143 +16,195 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+import typer
 
-from trialflow.api.clients import is_loopback_host
-from trialflow.api.serialize import trial_detail, trial_summary
-from trialflow.db import tables
-from trialflow.db.migrate import upgrade
-from trialflow.delivery.core import retry
-from trialflow.delivery.wiring import build_deliverer, run_reconcile, start_delivery
-from trialflow.demo import run_demo
-from trialflow.domain.trial import Trial
-from trialflow.errors import ConfigError, DeliveryError, TrialflowError
-from trialflow.funnel import cli_report
-from trialflow.graph import cli_graph
-from trialflow.logs import configure_logging
-from trialflow.runtime import Runtime
-from trialflow.services.crm_accounts import load_from_salesforce
-from trialflow.services.outbox import redact
-from trialflow.services.reference import load_reference_data
-from trialflow.services.spooled_signups import SpoolReplayer, replay, spool_of
-from trialflow.services.sweep import sweep
-from trialflow.spool import SpooledSignup
-from trialflow.timeline import print_timeline
-from workers.commands import cmd_beat, cmd_worker
-from workers.tasks import dispatch
+# Typer (0.20 and later) carries its own copy of Click: its usage errors are these classes.
+from typer._click import exceptions as usage
+
+from trialflow.domain.lifecycle import STATES
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from trialflow.runtime import Runtime
+
+app = typer.Typer(name="trialflow", help="Cloud-trial workflow orchestrator.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+config_app = typer.Typer(help="Reference data: accounts, staff and instances.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Effects (Slack messages, GitHub issues, emails) waiting or failed. "
+                              "Without a sub-command: list.")
+trials_app = typer.Typer(help="List or show trials.", no_args_is_help=True)
+spool_app = typer.Typer(help="Signups kept on disk while the database was unreachable. Without a sub-command: list.")
+license_app = typer.Typer(help="Trial license key bookkeeping (the key itself is never stored).",
+                          no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(trials_app, name="trials")
+app.add_typer(spool_app, name="spool")
+app.add_typer(license_app, name="license")
+
+def _flag(name: str, help: str) -> Any:
+    """An on/off option: shown as ``--name`` with its default (off), without a value to give."""
+    return typer.Option(name, help=help, show_default="off", metavar="")
 
 
-def _runtime(args=None, **kw):
-    return Runtime(**kw)
+OutboxStatusName = Literal["open", "pending", "delivering", "failed", "delivered"]
+TrialState = Literal[STATES]  # type: ignore[valid-type]  # the lifecycle's states, named once there
+
+Json = Annotated[bool, _flag("--json", "print JSON instead of text")]
+OutboxStatus = Annotated[OutboxStatusName, typer.Option(help="effects in this status (open: pending, delivering or failed)")]
+OutboxLimit = Annotated[int, typer.Option(min=1, help="show at most this many effects")]
+SpoolLimit = Annotated[int, typer.Option(min=1, help="show at most this many spooled signups")]
+
+
+def _runtime() -> Runtime:
+    from trialflow.runtime import Runtime
+    return Runtime()
 
 
 def _parse_when(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"--at: {text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)") from None
+        raise typer.BadParameter(f"{text!r} is not an ISO-8601 time (like 2026-03-01T09:00:00Z)",
+                                 param_hint="'--at'") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _progress(label: str, done: int, total: int) -> None:
-    if not sys.stderr.isatty() and done != total:
-        return
-    width = 30
-    filled = int(width * done / total) if total else width
-    end = "\n" if done >= total else "\r"
-    sys.stderr.write(f"{label:<24} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}{end}")
-    sys.stderr.flush()
+def _log() -> logging.Logger:
+    return logging.getLogger("trialflow")
 
 
-def prepare_database(rt, load_config: bool = True) -> None:
+def prepare_database(rt: Runtime, load_config: bool = True) -> None:
     """Migrations first, then the reference data from TRIALFLOW_CONFIG_DIR (if it is there)."""
-    upgrade(rt.settings.database_url)
+    from trialflow.db.migrate import upgrade
+    from trialflow.progress import progress_on_stderr
+    from trialflow.services.reference import load_reference_data
+
+    with progress_on_stderr() as progress:
+        upgrade(rt.settings.database_url, progress=progress)
     config_dir = Path(rt.settings.config_dir)
     if load_config and not (config_dir / "accounts.csv").exists():
-        logging.getLogger("trialflow").warning(
-            "no reference data at %s (TRIALFLOW_CONFIG_DIR): every signup will go to triage until "
-            "`trialflow config load --dir DIR` is run", config_dir.resolve())
+        _log().warning("no reference data at %s (TRIALFLOW_CONFIG_DIR): every signup will go to triage until "
+                       "`trialflow config load --dir DIR` is run", config_dir.resolve())
     if load_config and (config_dir / "accounts.csv").exists():
         # With Salesforce the accounts are its own (config load --from salesforce, hourly), not the file's.
         report = load_reference_data(rt.session_factory, config_dir, rt.clock.now(),
                                      keep_accounts=rt.settings.salesforce_configured)
-        logging.getLogger("trialflow").info("reference data loaded from %s: %s accounts, %s staff, %s instances",
-                                            config_dir, report.accounts, report.staff, report.instances)
+        _log().info("reference data loaded from %s: %s accounts, %s staff, %s instances",
+                    config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:
-            logging.getLogger("trialflow").warning(w)
+            _log().warning(w)
 
 
-def cmd_serve(args) -> int:
+@app.callback()
+def _everything(log_json: Annotated[bool, _flag("--log-json", "log one JSON object per line")] = False,
+                ) -> None:
+    from trialflow.logs import configure_logging
+    configure_logging(json_lines=log_json)
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs staff "
+                                                 "sign-in or API tokens")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000) -> int:
+    """API + delivery + scheduler (migrates the database first)."""
     import uvicorn
 
+    from trialflow.api.clients import is_loopback_host
+    from trialflow.delivery.wiring import start_delivery
+    from trialflow.services.spooled_signups import SpoolReplayer
+    from workers.tasks import dispatch
 
     rt = _runtime()
-    if not is_loopback_host(args.host) and not rt.settings.staff_auth_configured:
-        print(f"error: refusing to serve on {args.host}: trial data would be open to anyone who can reach it. "
+    if not is_loopback_host(host) and not rt.settings.staff_auth_configured:
+        print(f"error: refusing to serve on {host}: trial data would be open to anyone who can reach it. "
               "Set staff sign-in (TRIALFLOW_OIDC_ISSUER, TRIALFLOW_OIDC_CLIENT_ID, TRIALFLOW_OIDC_CLIENT_SECRET, "
               "TRIALFLOW_PUBLIC_URL, TRIALFLOW_SESSION_SECRET) and/or machine tokens (TRIALFLOW_API_TOKENS), "
               "or serve on 127.0.0.1.", file=sys.stderr)
         return 2
-    if not is_loopback_host(args.host) and rt.settings.metrics_token is None:
-        logging.getLogger("trialflow").warning("/metrics answers this machine only: set TRIALFLOW_METRICS_TOKEN "
-                                               "for a Prometheus elsewhere")
+    if not is_loopback_host(host) and rt.settings.metrics_token is None:
+        _log().warning("/metrics answers this machine only: set TRIALFLOW_METRICS_TOKEN for a Prometheus elsewhere")
     prepare_database(rt)
     stop = start_delivery(rt, with_scheduler=True, send_to_workers=dispatch)
     stop_spool = SpoolReplayer(rt).start()  # signups kept on disk while the database was away
-    # Imported here, not at the top: the API's web stack (FastAPI, Authlib, the docs) costs ~1.5 s
-    # to import, and every other command (sweep, outbox, trials, report) starts without it.
+    # The API's web stack (FastAPI, Authlib, the docs) costs ~1.5 s to import: only serve pays it.
     from trialflow.api.app import create_app
 
-    app = create_app(rt)
+    web = create_app(rt)
     mode = "Celery via " + rt.settings.broker_url.split("@")[-1] if rt.settings.broker_url else "in-process"
-    logging.getLogger("trialflow").info("trialflow on http://%s:%s (database %s, delivery %s)", args.host, args.port,
-                                        rt.engine.url.render_as_string(hide_password=True), mode)
+    _log().info("trialflow on http://%s:%s (database %s, delivery %s)", host, port,
+                rt.engine.url.render_as_string(hide_password=True), mode)
     try:
         # log_config=None: uvicorn's lines go through our handler (JSON when asked, secrets masked).
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=None)
+        uvicorn.run(web, host=host, port=port, log_level="info", access_log=False, log_config=None)
     finally:
         stop_spool()
         stop()
     return 0
 
 
-def cmd_migrate(args) -> int:
-    rt = _runtime()
-    prepare_database(rt, load_config=False)
+@app.command()
+def migrate() -> int:
+    """Bring the database schema up to date."""
+    prepare_database(_runtime(), load_config=False)
     print("database schema is up to date")
     return 0
 
 
-def cmd_config_load(args) -> int:
+@config_app.command("load")
+def config_load(directory: Annotated[Path | None, typer.Option(
+        "--dir", help="directory with accounts.csv, staff.csv, instances.csv",
+        show_default="TRIALFLOW_CONFIG_DIR")] = None,
+                source: Annotated[Literal["files", "salesforce"], typer.Option(
+        "--from", help="salesforce: the accounts are Salesforce's named and pre-qualified accounts instead of "
+                       "accounts.csv (staff.csv and instances.csv still from --dir)")] = "files") -> int:
+    """Load accounts, staff and instances from CSV files, or the accounts from Salesforce (all or nothing)."""
+    from trialflow.db.migrate import upgrade
+    from trialflow.errors import ConfigError, DeliveryError
+    from trialflow.progress import progress_on_stderr
+    from trialflow.services.crm_accounts import load_from_salesforce
+    from trialflow.services.reference import load_reference_data
+
     rt = _runtime()
-    upgrade(rt.settings.database_url)
-    directory = Path(args.dir or rt.settings.config_dir)
-    source = str(directory)
-    try:
-        if args.source == "salesforce":
-            report, source = load_from_salesforce(rt, directory, _progress)
-        else:
-            report = load_reference_data(rt.session_factory, directory, rt.clock.now(), progress=_progress)
-    except (ConfigError, DeliveryError) as exc:
-        print(f"error: {exc}\nnothing was imported.", file=sys.stderr)
-        return 2
+    folder = directory or Path(rt.settings.config_dir)
+    where = str(folder)
+    with progress_on_stderr() as progress:
+        upgrade(rt.settings.database_url, progress=progress)
+        try:
+            if source == "salesforce":
+                report, where = load_from_salesforce(rt, folder, progress)
+            else:
+                report = load_reference_data(rt.session_factory, folder, rt.clock.now(), progress=progress)
+        except (ConfigError, DeliveryError) as exc:
+            print(f"error: {exc}\nnothing was imported.", file=sys.stderr)
+            return 2
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
-          f"({report.pool_added} new in the pool) from {source}")
+          f"({report.pool_added} new in the pool) from {where}")
     print(f"accounts: {len(report.added):,} added, {len(report.removed):,} removed, {len(report.changed):,} changed")
     return 0
 
 
+@app.command("sweep")
+def sweep_cmd(at: Annotated[str | None, typer.Option(help="sweep as of this ISO-8601 time",
+                                                     show_default="now")] = None,
+              dry_run: Annotated[bool, _flag("--dry-run", "print what would happen; change nothing")]
+              = False) -> int:
+    """Run the 15/30-day clock and the queues once."""
+    from trialflow.progress import progress_on_stderr
+    from trialflow.services.sweep import sweep
 
-def cmd_sweep(args) -> int:
+    when = _parse_when(at) if at else None
     rt = _runtime()
     prepare_database(rt, load_config=False)
-    report = sweep(rt, at=_parse_when(args.at) if args.at else None, dry_run=args.dry_run)
-    head = "would do" if args.dry_run else "did"
+    with progress_on_stderr() as progress:
+        report = sweep(rt, at=when, dry_run=dry_run, progress=progress)
+    head = "would do" if dry_run else "did"
     print(f"sweep at {report.at.isoformat()} {head} {len(report.actions)} thing(s) "
           f"({report.timers_fired} timer(s), {report.promoted} promoted) in {report.seconds * 1000:.1f} ms")
     for action in report.actions:
@@ -151,8 +212,11 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _print_spooled(rt, limit: int = 100) -> None:
+def _print_spooled(rt: Runtime, limit: int = 100) -> None:
     """The signups waiting in the spool for the database (read from disk: shown even while it is down)."""
+    from trialflow.services.spooled_signups import spool_of
+    from trialflow.spool import SpooledSignup
+
     spool = spool_of(rt.settings)
     waiting = spool.count()
     if not waiting:
@@ -170,73 +234,114 @@ def _print_spooled(rt, limit: int = 100) -> None:
     print()
 
 
-def cmd_spool(args) -> int:
+@spool_app.callback(invoke_without_command=True)
+def spool(ctx: typer.Context, limit: SpoolLimit = 100) -> int:
+    if ctx.invoked_subcommand is None:
+        return spool_list(limit)
+    return 0
+
+
+@spool_app.command("list")
+def spool_list(limit: SpoolLimit = 100) -> int:
+    """Show the spooled signups (read from disk: works while the database is down)."""
+    from trialflow.services.spooled_signups import spool_of
+
     rt = _runtime()
-    if args.action == "replay":
-        report = replay(rt)
-        print(f"routed {len(report.routed)} spooled signup(s), {len(report.to_support)} kept for support, "
-              f"{report.left} left" + (f" ({report.stopped})" if report.stopped else ""))
-        for record_id, trial_id, created in report.routed:
-            print(f"  {record_id} → {trial_id}{'' if created else ' (already there)'}")
-        return 1 if report.left else 0
-    _print_spooled(rt, args.limit)
+    _print_spooled(rt, limit)
     if not spool_of(rt.settings).count():
         print("no spooled signups")
     return 0
 
 
-def cmd_outbox(args) -> int:
+@spool_app.command("replay")
+def spool_replay() -> int:
+    """Route the spooled signups now; exits 1 if some are left (the database is still away)."""
+    from trialflow.services.spooled_signups import replay
+
+    report = replay(_runtime())
+    print(f"routed {len(report.routed)} spooled signup(s), {len(report.to_support)} kept for support, "
+          f"{report.left} left" + (f" ({report.stopped})" if report.stopped else ""))
+    for record_id, trial_id, created in report.routed:
+        print(f"  {record_id} → {trial_id}{'' if created else ' (already there)'}")
+    return 1 if report.left else 0
+
+
+@outbox_app.callback(invoke_without_command=True)
+def outbox(ctx: typer.Context, status: OutboxStatus = "open", limit: OutboxLimit = 100) -> int:
+    if ctx.invoked_subcommand is None:
+        return outbox_list(status, limit)
+    return 0
+
+
+@outbox_app.command("list")
+def outbox_list(status: OutboxStatus = "open", limit: OutboxLimit = 100) -> int:
+    """List effects (and the signups spooled on disk, if any)."""
+    from sqlalchemy import select
+
+    from trialflow.db import tables
+    from trialflow.services.outbox import redact
+
     rt = _runtime()
-    if args.action == "list":
-        _print_spooled(rt)
-    if args.action == "retry":
-        if args.id is None:
-            print("usage: trialflow outbox retry ID", file=sys.stderr)
-            return 2
-        if not retry(rt, args.id):
-            print(f"effect {args.id} is not failed or pending (or does not exist)", file=sys.stderr)
-            return 1
-        print(f"effect {args.id} re-queued")
-        return 0
-    if args.action == "drain":
-        print(json.dumps(build_deliverer(rt).drain_all()))
-        return 0
-    statuses = ("pending", "delivering", "failed") if args.status == "open" else (args.status,)
+    _print_spooled(rt)
+    statuses = ("pending", "delivering", "failed") if status == "open" else (status,)
     with rt.session_factory() as s:
         rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses))
-                         .order_by(tables.outbox.c.id).limit(args.limit)).all()
+                         .order_by(tables.outbox.c.id).limit(limit)).all()
     if not rows:
-        print(f"no {args.status} effects")
+        print(f"no {status} effects")
     for r in rows:
         summary = redact(r.payload)
         what = summary.get("text") or summary.get("title") or summary.get("template") or summary.get("name") or ""
-        print(f"{r.id:>6}  {r.status:<10} {r.kind:<14} attempts={r.attempts:<2} trial={r.trial_id or '-':<20} {str(what)[:70]}")
+        print(f"{r.id:>6}  {r.status:<10} {r.kind:<14} attempts={r.attempts:<2} trial={r.trial_id or '-':<20} "
+              f"{str(what)[:70]}")
         if r.last_error:
             print(f"        last error: {r.last_error[:160]}")
     return 0
 
 
-def cmd_trials(args) -> int:
+@outbox_app.command("retry")
+def outbox_retry(effect_id: Annotated[int, typer.Argument(metavar="ID", help="the effect's id (first column "
+                                                                               "of `trialflow outbox`)")]) -> int:
+    """Queue a failed effect again."""
+    from trialflow.delivery.core import retry
+
+    if not retry(_runtime(), effect_id):
+        print(f"effect {effect_id} is not failed or pending (or does not exist)", file=sys.stderr)
+        return 1
+    print(f"effect {effect_id} re-queued")
+    return 0
+
+
+@outbox_app.command("drain")
+def outbox_drain() -> int:
+    """Deliver every due effect now, in this process; prints the counts as JSON."""
+    from trialflow.delivery.wiring import build_deliverer
+
+    print(json.dumps(build_deliverer(_runtime()).drain_all()))
+    return 0
+
+
+@trials_app.command("list")
+def trials_list(state: Annotated[TrialState | None, typer.Option(help="only trials in this state", show_default="any")]
+                = None,
+                limit: Annotated[int, typer.Option(min=1, help="show at most this many, newest first")] = 50,
+                as_json: Json = False) -> int:
+    """List trials, newest first (and the signups spooled on disk, if any)."""
+    from sqlalchemy import select
+
+    from trialflow.api.serialize import trial_summary
+    from trialflow.db import tables
+    from trialflow.domain.trial import Trial
+
     rt = _runtime()
-    if args.action == "list" and not args.json:
+    if not as_json:
         _print_spooled(rt)
     with rt.session_factory() as s:
-        if args.action == "show":
-            trial = s.get(Trial, args.trial_id) if args.trial_id else None
-            if trial is None:
-                print(f"no trial {args.trial_id}", file=sys.stderr)
-                return 1
-            detail = trial_detail(s, trial)
-            if args.json:
-                print(json.dumps(detail, indent=2))
-            else:
-                print_timeline(detail)
-            return 0
-        stmt = select(Trial).order_by(tables.trials.c.created_at.desc()).limit(args.limit)
-        if args.state:
-            stmt = stmt.where(tables.trials.c.state == args.state)
+        stmt = select(Trial).order_by(tables.trials.c.created_at.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(tables.trials.c.state == state)
         trials = [trial_summary(t) for t in s.scalars(stmt)]
-    if args.json:
+    if as_json:
         print(json.dumps(trials, indent=2))
         return 0
     for t in trials:
@@ -244,11 +349,37 @@ def cmd_trials(args) -> int:
     return 0
 
 
-def cmd_reconcile(args) -> int:
+@trials_app.command("show")
+def trials_show(trial_id: Annotated[str, typer.Argument(metavar="TRIAL_ID", help="the trial's id")],
+                as_json: Json = False) -> int:
+    """One trial: its state, people, instance and timeline."""
+    from trialflow.api.serialize import trial_detail
+    from trialflow.domain.trial import Trial
+    from trialflow.timeline import print_timeline
+
+    rt = _runtime()
+    with rt.session_factory() as s:
+        trial = s.get(Trial, trial_id)
+        if trial is None:
+            print(f"no trial {trial_id}", file=sys.stderr)
+            return 1
+        detail = trial_detail(s, trial)
+    if as_json:
+        print(json.dumps(detail, indent=2))
+    else:
+        print_timeline(detail)
+    return 0
+
+
+@app.command()
+def reconcile(as_json: Json = False) -> int:
+    """List where trials, claims, instances, GitHub and the instances' APIs disagree (changes nothing)."""
+    from trialflow.delivery.wiring import run_reconcile
+
     rt = _runtime()
     prepare_database(rt, load_config=False)
     report = run_reconcile(rt)
-    if args.json:
+    if as_json:
         print(json.dumps(report.as_json(), indent=2))
         return 0
     print(f"reconcile at {report.at.isoformat()}: {len(report.findings)} finding(s), "
@@ -258,134 +389,154 @@ def cmd_reconcile(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    return run_demo(keep=args.keep)
+@app.command()
+def demo(keep: Annotated[bool, _flag("--keep", "keep the demo database and print its path")]
+         = False) -> int:
+    """Play the seed's story on a throw-away database."""
+    from trialflow.demo import run_demo
+    return run_demo(keep=keep)
 
 
-def cmd_report(args) -> int:
-    return cli_report(_runtime(), args)
+@app.command()
+def worker(concurrency: Annotated[int, typer.Option(min=1, help="Celery worker processes")] = 2,
+           queues: Annotated[str | None, typer.Option(help="comma-separated Celery queues to consume",
+                                                      show_default="all of trialflow's")] = None,
+           name: Annotated[str, typer.Option(help="this worker's name on the machine (its liveness files)")]
+           = "worker",
+           check: Annotated[bool, _flag("--check", "exit 0 if the worker of this --name is alive, "
+                                                                "1 if not (a health check)")] = False,
+           no_supervisor: Annotated[bool, _flag("--no-supervisor", "run the Celery worker in this "
+                                                       "process; nothing replaces it if it dies")] = False) -> int:
+    """Celery worker, supervised: replaced when it dies or hangs (needs TRIALFLOW_BROKER_URL)."""
+    from workers.commands import cmd_worker
+    return cmd_worker(argparse.Namespace(concurrency=concurrency, queues=queues, name=name, check=check,
+                                         no_supervisor=no_supervisor))
 
 
-def cmd_graph(args) -> int:
-    return cli_graph(args)
+@app.command()
+def beat(check: Annotated[bool, _flag("--check", "exit 0 if beat saved its schedule lately, 1 if not")]
+         = False) -> int:
+    """Celery beat: relay and sweeps on a schedule."""
+    from workers.commands import cmd_beat
+    return cmd_beat(argparse.Namespace(check=check))
 
 
-def cmd_license(args) -> int:
+@app.command()
+def report(as_json: Json = False,
+           weeks: Annotated[int, typer.Option(min=1, max=520, help="weekly cohorts to show")] = 12) -> int:
+    """The funnel: requests, starts, activation, conversion, time in each step."""
+    from trialflow.funnel import cli_report
+    return cli_report(_runtime(), argparse.Namespace(json=as_json, weeks=weeks))
+
+
+@app.command()
+def graph(output: Annotated[str | None, typer.Option("--output", "-o", help="file to write",
+                                                     show_default="stdout")] = None,
+          fmt: Annotated[Literal["mermaid", "dot"], typer.Option("--format", help="diagram language")] = "mermaid") -> int:
+    """Write the lifecycle diagram from the table the machine runs on."""
+    from trialflow.graph import cli_graph
+    return cli_graph(argparse.Namespace(output=output, format=fmt))
+
+
+@license_app.command("rotated")
+def license_rotated() -> int:
+    """Record that the trial license key was rotated now."""
+    from sqlalchemy import CursorResult
+
+    from trialflow.db import tables
+
     rt = _runtime()
     now = rt.clock.now().isoformat()
     with rt.session_factory() as s, s.begin():
-        if not s.execute(tables.kv.update().where(tables.kv.c.key == "license_rotated_at").values(value=now)).rowcount:
+        updated = s.execute(tables.kv.update().where(tables.kv.c.key == "license_rotated_at").values(value=now))
+        if not cast(CursorResult, updated).rowcount:
             s.execute(tables.kv.insert().values(key="license_rotated_at", value=now))
     print(f"license rotation recorded at {now}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trialflow", description="Cloud-trial workflow orchestrator.")
-    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    sub = p.add_subparsers(dest="command", required=True)
+# What each kind of setting expects, by pydantic's error type: said without the value given (it may
+# be a token or a secret).
+_EXPECTS = {
+    "int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number",
+    "bool_parsing": "true or false", "path_type": "a path", "string_type": "text", "url_parsing": "a URL",
+    "greater_than_equal": "a number ≥ {ge}", "greater_than": "a number > {gt}",
+    "less_than_equal": "a number ≤ {le}", "less_than": "a number < {lt}",
+}
 
-    s = sub.add_parser("serve", help="API + delivery + scheduler (migrates the database first)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+def settings_problems(exc: ValidationError) -> list[str]:
+    """One line per wrong setting, naming its environment variable and what it expects."""
+    lines = []
+    for problem in exc.errors(include_url=False, include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        if not field:  # a check across settings: its message names them
+            lines.append(message)
+            continue
+        expects = _EXPECTS.get(problem["type"])
+        said = expects.format(**problem.get("ctx", {})) if expects else message[:1].lower() + message[1:]
+        variable = f"TRIALFLOW_{field.upper()}"
+        lines.append(message if variable in message else f"{variable} expects {said}")
+    return lines
 
-    c = sub.add_parser("config", help="reference data")
-    c.add_argument("action", choices=["load"])
-    c.add_argument("--dir", help="directory with accounts.csv, staff.csv, instances.csv (default TRIALFLOW_CONFIG_DIR)")
-    c.add_argument("--from", dest="source", choices=["files", "salesforce"], default="files",
-                   help="salesforce: accounts from Salesforce's named and pre-qualified accounts instead of "
-                        "accounts.csv (staff.csv and instances.csv still from --dir)")
-    c.set_defaults(func=cmd_config_load)
 
-    w = sub.add_parser("sweep", help="run the 15/30-day clock and the queues once")
-    w.add_argument("--at", help="sweep as of this ISO-8601 time (default: now)")
-    w.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
-    w.set_defaults(func=cmd_sweep)
-
-    o = sub.add_parser("outbox", help="effects waiting or failed")
-    o.add_argument("action", nargs="?", choices=["list", "retry", "drain"], default="list")
-    o.add_argument("id", nargs="?", type=int)
-    o.add_argument("--status", default="open", choices=["open", "pending", "delivering", "failed", "delivered"])
-    o.add_argument("--limit", type=int, default=100)
-    o.set_defaults(func=cmd_outbox)
-
-    t = sub.add_parser("trials", help="list or show trials")
-    t.add_argument("action", choices=["list", "show"])
-    t.add_argument("trial_id", nargs="?")
-    t.add_argument("--state")
-    t.add_argument("--limit", type=int, default=50)
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(func=cmd_trials)
-
-    rc = sub.add_parser("reconcile",
-                        help="list where trials, claims, instances, GitHub and the instances' APIs disagree")
-    rc.add_argument("--json", action="store_true")
-    rc.set_defaults(func=cmd_reconcile)
-
-    sp = sub.add_parser("spool", help="signups kept on disk while the database was unreachable")
-    sp.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
-    sp.add_argument("--limit", type=int, default=100)
-    sp.set_defaults(func=cmd_spool)
-
-    d = sub.add_parser("demo", help="play the seed's story on a throw-away database")
-    d.add_argument("--keep", action="store_true", help="keep the demo database and print its path")
-    d.set_defaults(func=cmd_demo)
-
-    k = sub.add_parser("worker", help="Celery worker, supervised: replaced when it dies or hangs (needs TRIALFLOW_BROKER_URL)")
-    k.add_argument("--concurrency", type=int, default=2)
-    k.add_argument("--queues")
-    k.add_argument("--name", default="worker", help="this worker's name on the machine (its liveness files)")
-    k.add_argument("--check", action="store_true",
-                   help="exit 0 if the worker of this --name is alive, 1 if not (a health check)")
-    k.add_argument("--no-supervisor", action="store_true",
-                   help="run the Celery worker in this process; nothing replaces it if it dies")
-    k.set_defaults(func=cmd_worker)
-    b = sub.add_parser("beat", help="Celery beat: relay and sweeps on a schedule")
-    b.add_argument("--check", action="store_true", help="exit 0 if beat saved its schedule lately, 1 if not")
-    b.set_defaults(func=cmd_beat)
-
-    r = sub.add_parser("report", help="the funnel: requests, starts, activation, conversion, time in each step")
-    r.add_argument("--json", action="store_true")
-    r.add_argument("--weeks", type=int, default=12, help="weekly cohorts to show")
-    r.set_defaults(func=cmd_report)
-
-    g = sub.add_parser("graph", help="write the lifecycle diagram from the table the machine runs on")
-    g.add_argument("--output", "-o", help="file to write (default: stdout)")
-    g.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
-    g.set_defaults(func=cmd_graph)
-
-    lic = sub.add_parser("license", help="trial license key bookkeeping (the key itself is never stored)")
-    lic.add_argument("action", choices=["rotated"])
-    lic.set_defaults(func=cmd_license)
-    return p
+def resolve(argv: list[str]) -> tuple[str, dict]:
+    """The command ``argv`` names (``"trialflow worker"``) and the options it would be given, without
+    running it; a usage error raises as it would on the command line (compose's commands are checked so)."""
+    ctx = typer.main.get_command(app).make_context("trialflow", list(argv))
+    while ctx._protected_args or ctx.args:
+        name, sub, rest = ctx.command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])  # type: ignore[attr-defined]
+        ctx = sub.make_context(name, rest, parent=ctx)
+    return ctx.command_path, dict(ctx.params)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(json_lines=args.log_json)
+    command = typer.main.get_command(app)
     try:
-        return args.func(args) or 0
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        code = command.main(args=argv, prog_name="trialflow", standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:
+        text = exc.ctx.get_help() if exc.ctx else exc.format_message()  # Rich prints it itself: ""
+        if text.strip():
+            print(text, file=sys.stderr)
         return 2
-    except TrialflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValidationError as exc:  # settings: say what is wrong, never echo the values (tokens, secrets)
-        for problem in exc.errors(include_url=False, include_input=False):
-            print(f"error: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+    except usage.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "trialflow"
+        reason = exc.format_message().replace("Value error, ", "")
+        print(f"error: {reason} (see `{where} --help`)", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - explained below, or raised again
+        return _explain(exc)
+    return code if isinstance(code, int) else 0
+
+
+def _explain(exc: Exception) -> int:
+    """A known failure in a line or two and its exit code; anything else is raised again.
+    (Imported here: pydantic and SQLAlchemy cost ~0.7 s, which ``--help`` need not pay.)"""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
+
+    from trialflow.errors import ConfigError, TrialflowError
+
+    if isinstance(exc, ValidationError):  # settings: say what is wrong, never echo the values (tokens, secrets)
+        for line in settings_problems(exc):
+            print(f"error: {line}", file=sys.stderr)
         return 2
-    except DBAPIError as exc:
+    if isinstance(exc, DBAPIError):
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         hint = " (run `trialflow migrate` first?)" if "no such table" in reason or "does not exist" in reason else ""
         print(f"error: database: {reason}{hint}", file=sys.stderr)
         return 1
+    if isinstance(exc, (ConfigError, ValueError)):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, TrialflowError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    raise exc
 
 
 if __name__ == "__main__":

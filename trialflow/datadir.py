@@ -1,5 +1,7 @@
-"""Where trialflow keeps its own files on this machine: beat's schedule, the worker's liveness
-files. ``TRIALFLOW_DATA_DIR``, or a per-user data directory by the platform's convention.
+"""Where trialflow keeps its own files on this machine: the SQLite database (when no
+``TRIALFLOW_DATABASE_URL`` is given), beat's schedule, the worker's liveness files, the signup
+spool. ``TRIALFLOW_DATA_DIR``, or a per-user data directory by the platform's convention
+(``settings.default_data_dir``).
 
 The directory must be private: created with mode 0700, and refused when it belongs to another
 user or others may write in it. A file at a fixed path in a shared directory (``/tmp``) could be
@@ -9,30 +11,17 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 
 from trialflow.errors import ConfigError
-from trialflow.settings import Settings
+from trialflow.settings import Settings, default_data_dir
 
-
-def default_data_dir() -> Path:
-    """The per-user data directory: ``$XDG_DATA_HOME/trialflow`` (``~/.local/share/trialflow``) on
-    Linux and the like, ``~/Library/Application Support/trialflow`` on macOS,
-    ``%LOCALAPPDATA%\\trialflow`` on Windows."""
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA")
-        return (Path(local) if local else Path.home() / "AppData" / "Local") / "trialflow"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "trialflow"
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    # The XDG spec: a relative path is invalid and must be ignored.
-    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "trialflow"
+__all__ = ["data_dir", "default_data_dir", "private_dir"]
 
 
 def data_dir(settings: Settings, *parts: str) -> Path:
     """The data directory (or a sub-directory of it), created private if it does not exist yet."""
-    path = private_dir(Path(settings.data_dir or default_data_dir()))
+    path = private_dir(settings.data_path)
     for part in parts:
         path = private_dir(path / part)
     return path

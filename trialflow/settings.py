@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +21,8 @@ _PLACEHOLDERS = {"changeme", "change-me", "changethis", "xoxb-your-token", "secr
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRIALFLOW_", env_file=".env", extra="ignore")
 
-    database_url: str = "sqlite:///trialflow.db"
+    # Unset: the SQLite file trialflow.db in the data directory, so every folder finds the same one.
+    database_url: str = ""
     broker_url: str | None = None
     config_dir: Path = Path("config")
     # trialflow's own files on this machine (beat's schedule, the worker's liveness files); unset:
@@ -131,6 +134,7 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""                # CIDRs whose X-Forwarded-For names the real client
 
     _instance_tokens: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+    _database_in_data_dir: bool = PrivateAttr(default=False)
 
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
                      "activity_secret", "events_token", "instance_token", "instance_tokens_file", "oidc_issuer",
@@ -169,6 +173,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self):
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_path / 'trialflow.db'}"
+            self._database_in_data_dir = True
         for name in ("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
                      "activity_secret", "events_token", "instance_token", "oidc_client_secret", "session_secret",
                      "metrics_token"):
@@ -189,6 +196,16 @@ class Settings(BaseSettings):
         if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return self
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory's path (``trialflow.datadir.data_dir`` creates it, private)."""
+        return Path(self.data_dir or default_data_dir()).absolute()
+
+    @property
+    def database_in_data_dir(self) -> bool:
+        """No TRIALFLOW_DATABASE_URL: the database is the SQLite file in the data directory."""
+        return self._database_in_data_dir
 
     def instance_token_for(self, host: str | None) -> SecretStr | None:
         """The automation account's token for ``host``: its own line in the tokens file, else the
@@ -277,6 +294,20 @@ class Settings(BaseSettings):
     @property
     def license_tags(self) -> list[str]:
         return [t.strip() for t in self.trial_license_tags.split(",") if t.strip()]
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory: ``$XDG_DATA_HOME/trialflow`` (``~/.local/share/trialflow``) on
+    Linux and the like, ``~/Library/Application Support/trialflow`` on macOS,
+    ``%LOCALAPPDATA%\\trialflow`` on Windows."""
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else Path.home() / "AppData" / "Local") / "trialflow"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "trialflow"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec: a relative path is invalid and must be ignored.
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "trialflow"
 
 
 def read_instance_tokens(path: Path) -> dict[str, SecretStr]:

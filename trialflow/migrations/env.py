@@ -14,6 +14,8 @@ if config.config_file_name is not None:
     url = normalize_url(Settings().database_url)
 else:
     url = config.get_main_option("sqlalchemy.url")
+# trialflow.db.migrate.upgrade's progress: called after each migration applied.
+_on_version_apply = config.attributes.get("on_version_apply")
 
 
 def run_migrations_offline() -> None:
@@ -25,7 +27,8 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
+                          on_version_apply=_on_version_apply)
         with context.begin_transaction():
             context.run_migrations()
         return
@@ -33,7 +36,8 @@ def run_migrations_online() -> None:
         raise RuntimeError("Nothing to migrate: give alembic a connection or set sqlalchemy.url.")
     engine = make_engine(url, poolclass=pool.NullPool) if not url.startswith("sqlite") else make_engine(url)
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
+        context.configure(connection=conn, target_metadata=metadata, render_as_batch=True,
+                          on_version_apply=_on_version_apply)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
 from trialflow.db import tables
@@ -67,18 +68,26 @@ class SweepReport:
         self.actions.append(text)
 
 
-def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int = 500) -> SweepReport:
+def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int = 500,
+          progress: Callable[[str, int, int], None] | None = None) -> SweepReport:
     """Take every step due at ``at`` (default: now). Only the decisions are made as of ``at``:
-    what they cause (messages, issues, emails) is due at once, not when ``at`` really comes."""
+    what they cause (messages, issues, emails) is due at once, not when ``at`` really comes.
+    ``progress`` (the command line's bar) hears of each batch of timers."""
     started = time.perf_counter()
     send_at = rt.clock.now()
     now = at or send_at
     report = SweepReport(at=now, dry_run=dry_run)
+    due = _count_due(rt, now) if progress else 0
+
+    def batch_done() -> None:
+        if progress and due:
+            progress("sweep: timers", min(report.timers_fired, due), due)
     if dry_run:
         with rt.uow() as uow:
             # fired_at is set inside this transaction, so the next batch is the next one.
             while _more(*_sweep_timers(uow, rt, now, send_at, report, batch, lock=False), batch):
-                pass
+                batch_done()
+            batch_done()
             _sweep_queue(uow, rt, now, send_at, report, lock=False)
             _sweep_program(uow, rt, now, send_at, report)
             uow.rollback()
@@ -87,6 +96,7 @@ def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int
             with rt.uow() as uow:
                 claimed, settled = _sweep_timers(uow, rt, now, send_at, report, batch, lock=True)
                 uow.commit()
+            batch_done()
             if not _more(claimed, settled, batch):
                 break
         _sweep_queue_durably(rt, now, send_at, report)
@@ -96,6 +106,12 @@ def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int
     report.seconds = time.perf_counter() - started
     record_sweep(rt, report)  # for /metrics; a dry run records nothing
     return report
+
+
+def _count_due(rt: App, now: datetime) -> int:
+    t = tables.timers
+    with rt.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(t).where(t.c.fired_at.is_(None), t.c.due_at <= now)) or 0
 
 
 def _more(claimed: int, settled: int, batch: int) -> bool:
