@@ -12,11 +12,12 @@ from tests.conftest import make_settings
 from tests.support.config import write_config
 from tests.support.journey import Journey
 from tests.support.signed import issue_comment, post_webhook, signing_settings
+from trialflow import cli
 from trialflow.crm.salesforce import SalesforceCrm
 from trialflow.db import tables
 from trialflow.delivery.crm import CrmTransport
-from trialflow.services.crm_accounts import load_from_salesforce
 from trialflow.services.opportunities import OpportunityRecorder
+from trialflow.settings import get_settings
 
 # accounts.csv knows nothing of acme-corp.com: only Salesforce does.
 ACCOUNTS = """domain,account_name,prequalified,named_account,named_sdr,owner_ae,owner_ce
@@ -49,17 +50,29 @@ def stages(fake, trial_id: str) -> list[str]:
     return [change["StageName"] for change in fake.changes.get(trial_id, [])]
 
 
-def test_2_1_a_named_account_only_salesforce_knows_routes_as_2_1_and_converts(journey, runtime, config_dir, slack,
-                                                                                 fake_salesforce):
+def config_load_from_salesforce(settings, monkeypatch, capsys) -> str:
+    """``trialflow config load --from salesforce``, as an operator runs it (settings from the environment)."""
+    for name in ("database_url", "config_dir", "salesforce_login_url", "salesforce_client_id", "salesforce_username",
+                 "salesforce_private_key_file"):
+        monkeypatch.setenv(f"TRIALFLOW_{name.upper()}", str(getattr(settings, name)))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["config", "load", "--from", "salesforce"]) == 0
+    finally:
+        get_settings.cache_clear()
+    return capsys.readouterr().out
+
+
+def test_2_1_a_named_account_only_salesforce_knows_routes_as_2_1_and_converts(journey, settings, slack,
+                                                                                 fake_salesforce, monkeypatch, capsys):
     acme = fake_salesforce.add_account("Acme Corp", "https://www.acme-corp.com", named=True,
                                        owner="alice.ae@example.com", named_sdr="nina.named@example.com",
                                        ce="carol.ce@example.com")
     fake_salesforce.add_account("Globex", "globex.com")
     fake_salesforce.add_account("Hooli", "hooli.example", prequalified=False)
 
-    report, _ = load_from_salesforce(runtime, config_dir)
     # Globex is in both; from Salesforce it also gets its Salesforce id. Hooli is not pre-qualified.
-    assert (report.added, report.removed, report.changed) == (["acme-corp.com"], [], ["globex.com"])
+    assert "accounts: 1 added, 0 removed, 1 changed" in config_load_from_salesforce(settings, monkeypatch, capsys)
 
     assert journey.sign_up("bob@acme-corp.com", name="Bob")["case"] == "prequalified_named"
     trial = journey.trial()

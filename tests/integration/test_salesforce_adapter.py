@@ -6,6 +6,7 @@ from datetime import date
 import pytest
 
 from tests.conftest import make_settings
+from tests.support.fake_salesforce import private_key_pem
 from trialflow.crm.port import OpportunityFields
 from trialflow.crm.salesforce import REQUEST_LIMIT_BACKOFF, SalesforceCrm, check
 from trialflow.errors import PayloadRefused, PermanentFailure, RetryLater
@@ -110,6 +111,16 @@ def test_a_wrong_user_is_invalid_grant_and_names_the_settings(fake_salesforce, s
                                                        "salesforce_username": "someone@else.example"})
     with pytest.raises(PermanentFailure, match="invalid_grant.*TRIALFLOW_SALESFORCE_USERNAME"):
         SalesforceCrm(settings).login()
+
+
+def test_a_key_that_is_not_the_certificate_s_is_invalid_grant(fake_salesforce, salesforce_key, tmp_path):
+    other = tmp_path / "other.key"
+    other.write_bytes(private_key_pem())
+    settings = make_settings("sqlite://", tmp_path, **{**fake_salesforce.settings(salesforce_key),
+                                                       "salesforce_private_key_file": other})
+    with pytest.raises(PermanentFailure, match="invalid_grant"):
+        SalesforceCrm(settings).login()
+    assert fake_salesforce.logins == []  # refused: no session was handed out
 
 
 def test_check_logs_in_and_queries_read_only(fake_salesforce, salesforce_key, tmp_path):

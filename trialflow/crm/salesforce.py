@@ -124,7 +124,10 @@ class SalesforceCrm:
 
         s = self.settings
         assert s.salesforce_private_key_file is not None
-        key = Path(s.salesforce_private_key_file).read_bytes()
+        try:
+            key = Path(s.salesforce_private_key_file).read_bytes()
+        except OSError as exc:
+            raise PermanentFailure(f"TRIALFLOW_SALESFORCE_PRIVATE_KEY_FILE cannot be read ({exc.strerror})") from None
         audience = s.salesforce_login_url.rstrip("/")
         claims = {"iss": s.salesforce_client_id, "sub": s.salesforce_username, "aud": audience,
                   "exp": int(self.clock()) + ASSERTION_SECONDS}
