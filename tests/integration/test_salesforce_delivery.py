@@ -154,3 +154,28 @@ def test_without_salesforce_no_opportunity_effect_is_decided(db_url, config_dir,
     assert _trial(rt, trial_id).opportunity_id == "006TYPED"
     rt.close()
 
+
+
+def test_converted_and_terminated_trials_end_in_the_configured_stages(db_url, config_dir, clock, fake_salesforce,
+                                                                      salesforce_key):
+    from trialflow.runtime import Runtime
+    from trialflow.services.reference import load_reference_data
+    stages = {"salesforce_stage_qualified": "Trial requested", "salesforce_stage_started": "Trial running",
+              "salesforce_stage_won": "Won (cloud trial)", "salesforce_stage_lost": "Lost (cloud trial)"}
+    rt = Runtime(make_settings(db_url, config_dir, **fake_salesforce.settings(salesforce_key), **stages), clock=clock)
+    load_reference_data(rt.session_factory, config_dir, clock.now())
+    won, lost = (submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email)).trial_id
+                 for email in ("bob@acme-corp.com", "gina@globex.com"))
+    for trial_id in (won, lost):
+        _act(rt, trial_id, lc.CONVERT_TO_OPPORTUNITY, "U0ADMIN01")
+    Deliverer(rt, _transports(rt)).drain_all()
+    assert {fake_salesforce.opportunity(t)["StageName"] for t in (won, lost)} == {"Trial running"}
+    _act(rt, won, lc.CONVERT, "U0ADMIN01")
+    with rt.session_factory() as s:
+        person = Directory(s).by_slack_id("U0ADMIN01")
+    run(rt, Command(lost, lc.TERMINATE, "U0ADMIN01", person, {"reason": "chose another vendor"}))
+    Deliverer(rt, _transports(rt)).drain_all()
+    assert fake_salesforce.opportunity(won)["StageName"] == "Won (cloud trial)"
+    lost_opp = fake_salesforce.opportunity(lost)
+    assert (lost_opp["StageName"], lost_opp["Loss_Reason__c"]) == ("Lost (cloud trial)", "chose another vendor")
+    rt.close()

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 from trialflow.crm.port import Crm, OpportunityFields, UpsertedOpportunity
 from trialflow.delivery.core import Effect
 from trialflow.errors import PermanentFailure, RetryLater
+from trialflow.services.opportunity_policies import KIND
 
-KIND = "crm.opportunity"
+__all__ = ["KIND", "CrmTransport", "Earlier", "OpportunityFacts"]
 
 
 @dataclass(frozen=True)
