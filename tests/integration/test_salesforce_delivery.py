@@ -179,3 +179,13 @@ def test_converted_and_terminated_trials_end_in_the_configured_stages(db_url, co
     lost_opp = fake_salesforce.opportunity(lost)
     assert (lost_opp["StageName"], lost_opp["Loss_Reason__c"]) == ("Lost (cloud trial)", "chose another vendor")
     rt.close()
+
+
+def test_a_new_ae_becomes_the_opportunity_s_owner(runtime, fake_salesforce, converted_to_opp):
+    andy = fake_salesforce.add_user("andy.ae@example.com")
+    with runtime.session_factory() as s:
+        person = Directory(s).by_slack_id("U0SDR0002")
+    run(runtime, Command(converted_to_opp, lc.REASSIGN, "U0SDR0002", person, {"ae": "andy.ae@example.com"}))
+    Deliverer(runtime, _transports(runtime)).drain_all()
+    owners = [c.get("OwnerId") for c in fake_salesforce.changes[converted_to_opp]]
+    assert owners == [fake_salesforce.users["alice.ae@example.com"], andy]

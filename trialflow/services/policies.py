@@ -278,6 +278,7 @@ def _on_reassign(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
     fx.to_account_channel("reassigned", sb.mrkdwn(":arrows_counterclockwise: {email}'s trial reassigned: {who}",
                                                   email=Data(trial.email), who=who(ctx.people, trial)))
     fx.channel()
+    opportunity.upsert(fx, ctx.settings, trial, event.at)  # the AE owns the Opportunity
 
 
 def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
