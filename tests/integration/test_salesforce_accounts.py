@@ -124,3 +124,17 @@ def test_serve_starting_again_keeps_the_accounts_salesforce_gave(runtime, acme):
     from_salesforce = _accounts(runtime)
     cli.prepare_database(runtime)  # what serve does first: staff.csv and instances.csv, not accounts.csv
     assert _accounts(runtime) == from_salesforce and "hooli.example" in from_salesforce
+
+
+def test_serve_s_scheduler_reads_the_accounts_without_anyone_asking(runtime, acme):
+    import time
+
+    from trialflow.delivery.wiring import start_delivery
+    stop = start_delivery(runtime)
+    try:
+        deadline = time.monotonic() + 10
+        while "hooli.example" not in _accounts(runtime) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop()
+    assert "hooli.example" in _accounts(runtime)
