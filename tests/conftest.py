@@ -93,6 +93,15 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
+def sqlite_url(sqlite_template, tmp_path) -> str:
+    """SQLite alone, for a test whose subject does not depend on the database (a command line's
+    report, a long simulation whose queries other tests run on both)."""
+    target = tmp_path / "trialflow-sqlite.db"
+    shutil.copy(sqlite_template, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture
 def pg_url(postgres_migrated) -> str:
     """PostgreSQL only (races, SKIP LOCKED)."""
     truncate_all(postgres_migrated)

@@ -98,6 +98,9 @@ def prepare_database(rt: Runtime, load_config: bool = True) -> None:
                     config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:
             _log().warning(w)
+        from trialflow.services.coverage import reassign_from_inactive
+        for moved in reassign_from_inactive(rt):
+            _log().warning("reassigned: %s", moved.line())
 
 
 @app.callback()
@@ -187,6 +190,15 @@ def config_load(directory: Annotated[Path | None, typer.Option(
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
           f"({report.pool_added} new in the pool) from {where}")
     print(f"accounts: {len(report.added):,} added, {len(report.removed):,} removed, {len(report.changed):,} changed")
+    for email in report.away_kept:
+        print(f"kept: {email} is away (set with /trial away; staff.csv's away_until is blank)")
+    # Open trials of people staff.csv now marks inactive go to the rotation; their new owners are told.
+    from trialflow.services.coverage import reassign_from_inactive
+    moved = reassign_from_inactive(rt)
+    for line in moved:
+        print(f"reassigned: {line.line()}")
+    if moved:
+        print(f"{len(moved)} assignment(s) moved off inactive staff; the new owners were told in Slack")
     return 0
 
 
@@ -452,6 +464,55 @@ def license_rotated() -> int:
         if not cast(CursorResult, updated).rowcount:
             s.execute(tables.kv.insert().values(key="license_rotated_at", value=now))
     print(f"license rotation recorded at {now}")
+    return 0
+
+
+@app.command()
+def doctor(instance: Annotated[str | None, typer.Option(metavar="HOST", help="the instance whose admin API to try",
+                                                       show_default="one from the database")] = None,
+           only: Annotated[list[str] | None, typer.Option(metavar="SYSTEM",
+                                                          help="check only this system (repeatable): database, "
+                                                               "broker, slack, github, smtp, instances",
+                                                          show_default="all")] = None) -> int:
+    """Check every configured system, one line each: ok, or what is wrong and how to fix it.
+    Reads only; exits 1 if something configured is broken."""
+    from functools import partial
+
+    from trialflow.doctor import CHECKS, Check, check_instance_api, run
+    from trialflow.settings import get_settings
+
+    unknown = sorted(set(only or ()) - set(CHECKS))
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: the systems are {', '.join(CHECKS)}", param_hint="'--only'")
+    checks: dict[str, Check] = {**CHECKS, "instances": partial(check_instance_api, host=instance)} \
+        if instance else CHECKS
+    findings = run(get_settings(), only, checks)
+    for finding in findings:
+        print(finding.line())
+    broken = [f for f in findings if f.ok is False]
+    print(f"\n{len(broken)} problem(s)" if broken else "\nall configured systems answer as trialflow needs")
+    return 1 if broken else 0
+
+
+@app.command("slack-manifest")
+def slack_manifest(url: Annotated[str | None, typer.Option(help="where Slack reaches trialflow: an https:// URL",
+                                                         show_default="TRIALFLOW_PUBLIC_URL")] = None,
+                   name: Annotated[str, typer.Option(help="the app's and its bot's name in Slack")] = "trialflow",
+                   ) -> int:
+    """Print the Slack app manifest (YAML) for "Create an app → From a manifest": scopes, /trial, App Home."""
+    from urllib.parse import urlsplit
+
+    from trialflow.slack_app import manifest, to_yaml
+
+    if url is None:
+        from trialflow.settings import get_settings
+        url = get_settings().public_url
+    if not url:
+        raise usage.UsageError("give --url (or set TRIALFLOW_PUBLIC_URL): where Slack reaches trialflow")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise typer.BadParameter(f"{url!r}: Slack sends its requests to https:// URLs only", param_hint="'--url'")
+    print(to_yaml(manifest(url, name)))
     return 0
 
 

@@ -8,10 +8,13 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from limits import parse_many
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trialflow.domain.business_hours import parse_hours, parse_workdays
 
 # Tokens and secrets shorter than this are guessable or typed by hand.
 MIN_TOKEN_LENGTH = 32
@@ -21,117 +24,186 @@ _PLACEHOLDERS = {"changeme", "change-me", "changethis", "xoxb-your-token", "secr
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRIALFLOW_", env_file=".env", extra="ignore")
 
-    # Unset: the SQLite file trialflow.db in the data directory, so every folder finds the same one.
-    database_url: str = ""
-    broker_url: str | None = None
-    config_dir: Path = Path("config")
-    # trialflow's own files on this machine (beat's schedule, the worker's liveness files); unset:
-    # the per-user data directory (trialflow.datadir.default_data_dir).
-    data_dir: Path | None = None
+    # Every field's description is its line in the README's settings table (scripts/settings-table
+    # writes it; tests/integration/test_readme.py keeps the two in step). ``shown``: the default in words.
+    database_url: str = Field("", description=(
+        "SQLite (embedded) or `postgresql+psycopg://user:password@host:5432/name` (production)"),
+        json_schema_extra={"shown": "`trialflow.db` in the data directory"})
+    broker_url: str | None = Field(None, description=(
+        "unset: effects are delivered inside `trialflow serve`; `redis://…` (or `rediss://…`): Celery "
+        "workers deliver them (`trialflow worker`, `trialflow beat`)"))
+    config_dir: Path = Field(Path("config"), description=(
+        "the reference data: `accounts.csv`, `staff.csv`, `instances.csv` (see Reference data)"))
+    data_dir: Path | None = Field(None, description=(
+        "trialflow's own files on the machine: the SQLite database (when `TRIALFLOW_DATABASE_URL` is unset), "
+        "beat's schedule, the worker's liveness files, the signup spool. `$XDG_DATA_HOME/trialflow` or "
+        "`~/.local/share/trialflow` (macOS `~/Library/Application Support/trialflow`, Windows "
+        "`%LOCALAPPDATA%\\trialflow`); `scripts/serve` uses `.trialflow/` in the checkout. Created private "
+        "(0700); refused if another user owns it or others may write in it"),
+        json_schema_extra={"shown": "the user's data directory"})
 
-    slack_bot_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_api_url: str = "https://slack.com/api/"
-    alerts_channel: str = "cloud-trial-alerts"
+    slack_bot_token: SecretStr | None = Field(None, description=(
+        "the Slack app's Bot User OAuth Token (`xoxb-…`); unset: Slack effects are dry-run"))
+    slack_signing_secret: SecretStr | None = Field(None, description=(
+        "the Slack app's signing secret: checks every request Slack sends (buttons, `/trial`, events)"))
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack's Web API (a local server in the tests)")
+    alerts_channel: str = Field("cloud-trial-alerts", description=(
+        "the channel for alerts: triage, failures, the daily reconcile"))
 
-    github_token: SecretStr | None = None
-    github_api_url: str = "https://api.github.com"
-    github_repo: str | None = None
-    github_webhook_secret: SecretStr | None = None
+    github_token: SecretStr | None = Field(None, description=(
+        "a token that may open, label and comment on issues in `TRIALFLOW_GITHUB_REPO`; unset: dry-run"))
+    github_api_url: str = Field("https://api.github.com", description="GitHub's REST API (GitHub Enterprise: `https://HOST/api/v3`)")
+    github_repo: str | None = Field(None, description="the cloud team's repository, `owner/name`")
+    github_webhook_secret: SecretStr | None = Field(None, description=(
+        "the secret of the repository's webhook to `<TRIALFLOW_PUBLIC_URL>/github/webhooks`"))
     # GitHub asks integrations to leave a second between writes (secondary rate limits); per process.
-    github_seconds_between_writes: float = Field(1.0, ge=0)
+    github_seconds_between_writes: float = Field(1.0, ge=0, description=(
+        "the pause between two GitHub writes of one process (GitHub's advice against secondary rate limits)"))
 
-    smtp_url: str | None = None
-    email_from: str = "trials@example.com"
-    support_email: str = "support@example.com"
-    feedback_sender: str = "growth@example.com"
+    smtp_url: str | None = Field(None, description=(
+        "`smtp://user:pass@host:587` (STARTTLS, required when the URL has credentials) or `smtps://…` (TLS from "
+        "the first byte); unset: emails are dry-run"))
+    email_from: str = Field("trials@example.com", description="the sender of the emails to prospects")
+    support_email: str = Field("support@example.com", description="where prospects are told to write for help")
+    feedback_sender: str = Field("growth@example.com", description="the sender of the feedback request at the end of a trial")
 
-    # Instance-side HMAC for POST /api/instances/{host}/activity
-    activity_secret: SecretStr | None = None
-    # Bearer token the marketing site uses for /api/events (unset: events are refused)
-    events_token: SecretStr | None = None
+    activity_secret: SecretStr | None = Field(None, description=(
+        "the HMAC secret instances sign `POST /api/instances/{host}/activity` with"))
+    events_token: SecretStr | None = Field(None, description=(
+        "the bearer token the marketing site sends to `/api/events`; unset: events are refused"))
 
-    # The trial instances' admin API (Sourcegraph GraphQL). ``{host}`` is the instance's host.
-    instance_api_url: str = "https://{host}/.api/graphql"
-    # The access token of the site-admin automation account the cloud team creates on every trial
-    # instance; ``instance_tokens_file`` (CSV ``host,token``) overrides it per host. Neither: dry-run.
-    instance_token: SecretStr | None = None
-    instance_tokens_file: Path | None = None
-    usage_poll_hours: float = Field(6.0, gt=0, description="how often each trial instance is asked for its usage")
-    cloud_sla_hours: float = Field(24.0, gt=0, description="a cloud-team request open this long is chased daily")
+    instance_api_url: str = Field("https://{host}/.api/graphql", description=(
+        "the trial instances' admin API (Sourcegraph GraphQL); `{host}` is filled in"))
+    instance_token: SecretStr | None = Field(None, description=(
+        "the access token of the site-admin automation account the cloud team creates on every trial instance "
+        "(see The trial instances themselves); unset: dry-run"))
+    instance_tokens_file: Path | None = Field(None, description=(
+        "optional CSV `host,token` of per-instance tokens, kept outside the repository; wins over the shared token"))
+    usage_poll_hours: float = Field(6.0, gt=0, description=(
+        "how often each live trial's instance is asked for its last 7 days of usage"))
+    cloud_sla_hours: float = Field(24.0, gt=0, description=(
+        "a cloud-team request (GitHub issue) open longer is chased on its issue once a day"))
+
+    # The clocks on waits for people (services.calendar): business hours, and each wait's reminder
+    # and escalation. Holidays: ``holidays.csv`` (``date,name``) in the config directory.
+    business_timezone: str = "UTC"
+    business_hours: str = "09:00-17:00"
+    business_days: str = "mon-fri"
+    triage_reminder_business_hours: float = Field(4.0, gt=0, description="triage: the inbound SDRs are reminded")
+    triage_escalation_business_days: float = Field(1.0, gt=0, description="triage: #cloud-trial-alerts and admins")
+    instance_request_business_days: float = Field(1.0, gt=0, description="instance request: issue comment and alert")
+    hand_off_reminder_business_days: float = Field(1.0, gt=0, description="instance ready: the CE, again each time")
+    hand_off_escalation_business_days: float = Field(2.0, gt=0, description="instance ready: the AE is told")
+    # Optional AE/CE pairing: ``pairs.csv`` (``ae,ce``) in the config directory; a trial whose AE has
+    # a pair gets that CE while they can take it (not away, not at their cap).
+    routing_pairs: bool = False
 
     instance_cap: int = Field(100, ge=0, description="trials that may hold or await an instance at once")
-    pool_low_water: int = Field(3, ge=0)
-    trial_license_tags: str = ("plan:enterprise-1,private-extension-registry,remote-extensions-allow-disallow,"
-                               "monitoring,true-up,trial,plg-trial")
-    trial_license_seats: int = 1000
-    license_rotation_days: int = 7
+    pool_low_water: int = Field(3, ge=0, description=(
+        "fewer free pool instances than this: one \"pre-provision more\" issue"))
+    trial_license_tags: str = Field(("plan:enterprise-1,private-extension-registry,remote-extensions-allow-disallow,"
+                                     "monitoring,true-up,trial,plg-trial"),
+                                    description="the tags of a trial's license key, comma-separated")
+    trial_license_seats: int = Field(1000, description="the seats of a trial's license key")
+    license_rotation_days: int = Field(7, description=(
+        "the trial license key is due for rotation this long after `trialflow license rotated`"))
 
-    # Signups kept on local disk while the database cannot be reached (``trialflow.spool``);
-    # unset: ``<data dir>/spool``. Put it on a persistent volume.
-    spool_dir: Path | None = None
-    spool_replay_seconds: float = Field(1.0, gt=0)  # serve: how often it looks for spooled signups to route
+    spool_dir: Path | None = Field(None, description=(
+        "where signups wait on local disk while the database is unreachable (see Delivery guarantees). Put it "
+        "on a persistent volume"), json_schema_extra={"shown": "`<data dir>/spool`"})
+    spool_replay_seconds: float = Field(1.0, gt=0, description=(
+        "how often `trialflow serve` looks for spooled signups to route"))
 
-    max_body_bytes: int = 16 * 1024
-    delivery_max_attempts: int = 8
-    # How long a worker may hold an effect before another may assume it died and take over. A
-    # batch starts no call past half of it, so every call has at least 60 s of lease ahead.
-    delivery_lease_seconds: float = 120.0
-    # Effects per delivery task: one lease and one result statement for the lot.
-    delivery_batch_size: int = Field(50, ge=1, le=500)
-    relay_interval_seconds: float = 0.5      # in-process relay
-    beat_relay_seconds: float = 5.0          # Celery beat: re-dispatch due effects (lost tasks, retries)
-    relay_grace_seconds: float = 10.0        # a task not finished this long after dispatch is sent again
-    beat_sweep_seconds: float = 120.0        # Celery beat: the 15/30-day clock
-    # `trialflow worker` replaces its Celery process when that process's event loop has not turned
-    # for this long while the broker answers (a hung worker). Above Celery's longest pause between
-    # two attempts to reconnect (30 s), so a worker about to reconnect is not taken for hung.
-    worker_hung_seconds: float = Field(45.0, gt=0)
-    log_json: bool = False
+    max_body_bytes: int = Field(16 * 1024, description="the largest request body the signup and events APIs read")
+    delivery_max_attempts: int = Field(8, description=(
+        "attempts at one effect before it is parked as failed and announced in the alerts channel"))
+    # A batch starts no call past half of the lease, so every call has at least 60 s of lease ahead.
+    delivery_lease_seconds: float = Field(120.0, description=(
+        "how long a worker holds an effect before another may take it over"))
+    delivery_batch_size: int = Field(50, ge=1, le=500, description=(
+        "effects per delivery task: one lease and one result statement for the lot"))
+    relay_interval_seconds: float = Field(0.5, description="the in-process relay's pace (no broker)")
+    beat_relay_seconds: float = Field(5.0, description="Celery beat: how often due effects are dispatched again (lost tasks, retries)")
+    relay_grace_seconds: float = Field(10.0, description="a task not finished this long after its dispatch is sent again")
+    beat_sweep_seconds: float = Field(120.0, description="Celery beat: how often the 15/30-day clock is swept")
+    # Above Celery's longest pause between two attempts to reconnect (30 s), so a worker about to
+    # reconnect is not taken for hung.
+    worker_hung_seconds: float = Field(45.0, gt=0, description=(
+        "`trialflow worker` replaces its Celery process after this long without its event loop turning while "
+        "Redis answers"))
+    log_json: bool = Field(False, description="log one JSON object per line (as `--log-json`)")
 
     # Salesforce, the system of record (trialflow.crm.salesforce): OAuth 2.0 JWT bearer with a connected
-    # app's certificate and a pre-authorized integration user. All four or none; none: accounts.csv
-    # and opportunities recorded locally.
-    salesforce_login_url: str = "https://login.salesforce.com"
-    salesforce_client_id: str | None = None
-    salesforce_username: str | None = None
-    salesforce_private_key_file: Path | None = None
-    salesforce_api_version: str = "59.0"
-    salesforce_timeout_seconds: float = Field(30.0, gt=0)
-    salesforce_accounts_every_hours: float = Field(1.0, gt=0, description="how often accounts are read from Salesforce")
-    # Account fields (API names; a relationship path such as Owner.Email is fine).
-    salesforce_domain_field: str = "Website"              # a URL is fine: its host is the domain
-    salesforce_prequalified_field: str = "Trial_Prequalified__c"
-    salesforce_named_field: str = "Named_Account__c"
-    salesforce_named_sdr_field: str = "Named_SDR__r.Email"
-    salesforce_ae_field: str = "Owner.Email"
-    salesforce_ce_team_role: str = "Customer Engineer"    # AccountTeamMember.TeamMemberRole of the CE
-    # Opportunity fields and stages.
-    salesforce_trial_id_field: str = "Trial_Id__c"        # an External ID field: upserts are keyed on it
-    salesforce_instance_url_field: str = "Trial_Instance_URL__c"
-    salesforce_trial_end_field: str = "Trial_End_Date__c"
-    salesforce_pql_grade_field: str = "Trial_PQL_Grade__c"
-    salesforce_activated_field: str = "Trial_Activated__c"
-    salesforce_loss_reason_field: str = "Loss_Reason__c"
-    salesforce_lead_source: str = "Cloud Trial"
-    salesforce_stage_qualified: str = "Qualification"
-    salesforce_stage_started: str = "Value Proposition"
-    salesforce_stage_won: str = "Closed Won"
-    salesforce_stage_lost: str = "Closed Lost"
+    # app's certificate and a pre-authorized integration user. CLIENT_ID, USERNAME and PRIVATE_KEY_FILE:
+    # all or none; none: accounts.csv and opportunities recorded locally.
+    salesforce_login_url: str = Field("https://login.salesforce.com", description=(
+        "Salesforce's login: `https://test.salesforce.com` for a sandbox, or your My Domain; the JWT's audience"))
+    salesforce_client_id: str | None = Field(None, description=(
+        "the connected app's consumer key (see Salesforce, the system of record); unset: `accounts.csv` and "
+        "opportunities kept locally"))
+    salesforce_username: str | None = Field(None, description="the pre-authorized integration user")
+    salesforce_private_key_file: Path | None = Field(None, description=(
+        "the private key (PEM) of the certificate the connected app holds, kept outside the repository"))
+    salesforce_api_version: str = Field("59.0", description=(
+        "the REST API version (46.0 or later answers an upsert's update with its id)"))
+    salesforce_timeout_seconds: float = Field(30.0, gt=0, description=(
+        "how long one Salesforce call may take before it is retried later"))
+    salesforce_accounts_every_hours: float = Field(1.0, gt=0, description=(
+        "how often `trialflow serve` and Celery beat read the accounts from Salesforce"))
+    salesforce_domain_field: str = Field("Website", description=(
+        "the Account field holding its domain (a URL's host, `www.` dropped)"))
+    salesforce_prequalified_field: str = Field("Trial_Prequalified__c", description=(
+        "the Account checkbox: pre-qualified for a cloud trial"))
+    salesforce_named_field: str = Field("Named_Account__c", description=(
+        "the Account checkbox: a named account (named implies pre-qualified)"))
+    salesforce_named_sdr_field: str = Field("Named_SDR__r.Email", description=(
+        "the Account field (a relationship path is fine) holding the named SDR's email"))
+    salesforce_ae_field: str = Field("Owner.Email", description="the Account field holding the owner AE's email")
+    salesforce_ce_team_role: str = Field("Customer Engineer", description=(
+        "the account team role (AccountTeamMember.TeamMemberRole) of the CE"))
+    salesforce_trial_id_field: str = Field("Trial_Id__c", description=(
+        "the Opportunity's External ID field holding the trial id: upserts are keyed on it"))
+    salesforce_instance_url_field: str = Field("Trial_Instance_URL__c", description=(
+        "the Opportunity field for the trial instance's URL (empty: not sent)"))
+    salesforce_trial_end_field: str = Field("Trial_End_Date__c", description=(
+        "the Opportunity field for the trial's end date (empty: not sent)"))
+    salesforce_pql_grade_field: str = Field("Trial_PQL_Grade__c", description=(
+        "the Opportunity field for the PQL grade (empty: not sent)"))
+    salesforce_activated_field: str = Field("Trial_Activated__c", description=(
+        "the Opportunity checkbox: the instance has been used (empty: not sent)"))
+    salesforce_loss_reason_field: str = Field("Loss_Reason__c", description=(
+        "the Opportunity field for why a trial was terminated (empty: not sent)"))
+    salesforce_lead_source: str = Field("Cloud Trial", description="the Opportunity's LeadSource")
+    salesforce_stage_qualified: str = Field("Qualification", description=(
+        "the stage once converted to Opp or qualified, before the trial starts"))
+    salesforce_stage_started: str = Field("Value Proposition", description="the stage while the trial runs")
+    salesforce_stage_won: str = Field("Closed Won", description="the stage of a converted trial")
+    salesforce_stage_lost: str = Field("Closed Lost", description="the stage of a terminated trial")
 
-    # Staff sign-in (OpenID Connect) and machine tokens for the staff surfaces (trialflow.api.auth).
-    oidc_issuer: str | None = None
-    oidc_client_id: str | None = None
-    oidc_client_secret: SecretStr | None = None
-    public_url: str | None = None            # where people reach trialflow; the redirect URI is built on it
-    session_secret: SecretStr | None = None
-    session_max_age_seconds: int = Field(12 * 3600, ge=60)
-    api_tokens: SecretStr | None = None      # "name:token,name:token"
-    metrics_token: SecretStr | None = None
-    # POST /api/signups, in the notation of the `limits` library ("N/second|minute|hour").
-    signup_rate_per_ip: str = "30/minute"
-    signup_rate_per_domain: str = "200/hour"
-    trusted_proxies: str = ""                # CIDRs whose X-Forwarded-For names the real client
+    oidc_issuer: str | None = Field(None, description=(
+        "staff sign-in: the OpenID Connect issuer (`https://slack.com`, `https://accounts.google.com`, "
+        "`https://<org>.okta.com`)"))
+    oidc_client_id: str | None = Field(None, description="staff sign-in: the OAuth client registered with that provider")
+    oidc_client_secret: SecretStr | None = Field(None, description="staff sign-in: that client's secret")
+    public_url: str | None = Field(None, description=(
+        "where people and Slack reach trialflow; the sign-in redirect URI is `<TRIALFLOW_PUBLIC_URL>/auth/callback`; "
+        "`https://…` makes the session cookie `Secure`"))
+    session_secret: SecretStr | None = Field(None, description=(
+        "signs the session cookie (32+ characters: `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"))
+    session_max_age_seconds: int = Field(12 * 3600, ge=60, description=(
+        "a sign-in ends this long after it began (12 h), however much it is used"))
+    api_tokens: SecretStr | None = Field(None, description=(
+        "machine tokens for the staff surfaces: `name:token,name:token` (tokens of 32+ characters; the name is "
+        "what the audit log shows)"))
+    metrics_token: SecretStr | None = Field(None, description=(
+        "what Prometheus sends as `Authorization: Bearer …` to `/metrics` (32+ characters); unset: this machine only"))
+    signup_rate_per_ip: str = Field("30/minute", description=(
+        "signups per client address (`N/second`, `N/minute`, `N/hour`; several separated by `;`)"))
+    signup_rate_per_domain: str = Field("200/hour", description=(
+        "signups per email domain (a public mailbox domain: per address)"))
+    trusted_proxies: str = Field("", description=(
+        "CIDRs of your reverse proxies / load balancers, comma- or space-separated: their `X-Forwarded-For` names "
+        "the client"))
 
     _instance_tokens: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
     _database_in_data_dir: bool = PrivateAttr(default=False)
@@ -153,6 +225,30 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"TRIALFLOW_{info.field_name.upper()} must read like 30/minute or 200/hour "
                              f"(N/second|minute|hour), not {value!r}") from None
+        return value
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _a_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"TRIALFLOW_BUSINESS_TIMEZONE must be an IANA zone like Europe/Paris, not {value!r}") from None
+        return value
+
+    @field_validator("business_hours")
+    @classmethod
+    def _business_hours(cls, value: str) -> str:
+        opens, closes = parse_hours(value)
+        if closes <= opens:
+            raise ValueError(f"TRIALFLOW_BUSINESS_HOURS must close after they open, not {value!r}")
+        return value
+
+    @field_validator("business_days")
+    @classmethod
+    def _business_days(cls, value: str) -> str:
+        if not parse_workdays(value):
+            raise ValueError("TRIALFLOW_BUSINESS_DAYS needs at least one day, like mon-fri")
         return value
 
     @field_validator("trusted_proxies")

@@ -14,5 +14,7 @@ def print_timeline(detail: dict, out=None) -> None:
     for h in detail["history"]:
         arrow = f"{h['from_state']} → {h['to_state']}" if h["from_state"] != h["to_state"] else f"({h['to_state']})"
         print(f"  {h['at'][:16].replace('T', ' ')}  {h['trigger']:<24} {arrow:<40} by {h['actor']}", file=out)
+        for role, why in sorted(((h.get("detail") or {}).get("routing") or {}).items()):
+            print(f"{'':<20}{role.upper()} {why}", file=out)
     for kind, due in detail.get("deadlines", {}).items():
         print(f"  next: {kind} at {due[:16].replace('T', ' ')}", file=out)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from trialflow import cli
 from trialflow.settings import Settings
@@ -35,6 +35,30 @@ def validator(fixtures_dir) -> Draft7Validator:
 def test_the_compose_file_is_valid_against_the_compose_specification(compose, validator):
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
     assert errors == []
+
+
+def test_the_compose_file_is_valid_against_compose_go_s_newer_schema(compose, fixtures_dir):
+    schema = json.loads((fixtures_dir / "compose-spec.compose-go.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in Draft202012Validator(schema).iter_errors(compose)]
+    assert errors == []
+    broken = copy.deepcopy(compose)
+    broken["services"]["worker"]["helthcheck"] = {}  # a misspelt key: refused here too
+    assert list(Draft202012Validator(schema).iter_errors(broken))
+
+
+def test_each_trialflow_service_keeps_its_data_directory_on_a_named_volume(compose):
+    data_dir = compose["x-trialflow"]["environment"]["TRIALFLOW_DATA_DIR"]
+    named = []
+    for name in TRIALFLOW_SERVICES:
+        mounts = [m.split(":") for m in compose["services"][name]["volumes"]]
+        [volume] = [source for source, target, *_ in mounts if target == data_dir]
+        assert volume in compose["volumes"], name
+        named.append(volume)
+    assert len(set(named)) == len(named)  # a worker's liveness files are its own, not another service's
+    dockerfile_text = (ROOT / "Dockerfile").read_text()
+    assert f"install -d -m 0700 -o trialflow -g trialflow {data_dir}" in dockerfile_text
 
 
 def test_the_schema_check_does_catch_a_broken_compose_file(compose, validator):
@@ -162,3 +186,15 @@ def test_local_secrets_and_databases_stay_out_of_the_image():
                if line.strip() and not line.startswith("#")}
     assert {".env", ".venv", ".git", "*.db"} <= ignored
     assert "README.md" not in ignored  # pyproject's readme: pip install . needs it
+
+
+def test_the_readme_starts_and_checks_it_with_this_compose_file_s_services_and_commands(compose):
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy for your team"):]
+    assert "docker compose up -d" in deploy
+    runs = re.findall(r"docker compose run --rm (\w+) (trialflow [^\n`]+)", deploy)
+    assert {argv.split()[1] for _, argv in runs} >= {"doctor", "slack-manifest"}
+    for service, command in runs:
+        assert compose["services"][service]["image"] == compose["services"]["migrate"]["image"], service
+        argv = shlex.split(command.replace('"$TRIALFLOW_PUBLIC_URL"', "https://trialflow.example.com"))
+        assert cli.resolve(argv[1:])[0] == " ".join(argv[:2])

@@ -7,10 +7,14 @@ from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from tests.conftest import LOOPBACK_CLIENT, make_settings
+from tests.support.block_kit import assert_valid_message
 from tests.support.config import STAFF, write_config
 from trialflow.api.app import create_app
+from trialflow.db import tables
+from trialflow.db.engine import make_engine
 from trialflow.runtime import Runtime
 from trialflow.services.reference import load_reference_data
 
@@ -30,9 +34,11 @@ def service(db_url, tmp_path, clock):
     runtimes: list[Runtime] = []
 
     @contextmanager
-    def start(staff: str = STAFF, load: bool = True):
+    def start(staff: str = STAFF, load: bool = True, pairs: str | None = None, **overrides):
         config = write_config(tmp_path / f"config-{len(runtimes)}", ACCOUNTS, staff, INSTANCES)
-        rt = Runtime(make_settings(db_url, config), clock=clock)
+        if pairs is not None:
+            (config / "pairs.csv").write_text(pairs)
+        rt = Runtime(make_settings(db_url, config, **overrides), clock=clock)
         runtimes.append(rt)
         if load:
             load_reference_data(rt.session_factory, config, clock.now())
@@ -118,3 +124,62 @@ def test_with_nobody_active_in_a_role_the_trial_is_unassigned_but_still_routed(s
         trial = client.get(f"/api/trials/{r.json()['trial_id']}").json()
     assert trial["assignees"]["ae"] == "alice.ae@example.com"
     assert trial["assignees"]["ce"] is None
+
+
+# --- weights, caps and absences (staff.csv's optional columns), and why each pick was made ---
+
+def with_columns(**people: str) -> str:
+    """STAFF with away_until,backup,weight,max_open_trials: ``people`` maps an email's local part to its four cells."""
+    lines = STAFF.strip().splitlines()
+    out = [lines[0] + ",away_until,backup,weight,max_open_trials"]
+    for line in lines[1:]:
+        out.append(line + "," + people.get(line.split("@", 1)[0], ",,,"))
+    return "\n".join(out) + "\n"
+
+
+def history_of(client, email):
+    r = client.post("/api/signups", json={"email": email})
+    return client.get(f"/api/trials/{r.json()['trial_id']}").json()
+
+
+def test_someone_away_is_skipped_and_the_history_and_the_alert_say_why(service, db_url):
+    staff = with_columns(**{"carol.ce": "2026-12-08,,,"})
+    with service(staff=staff) as client:
+        trials = [history_of(client, f"lead@{d}") for d in DOMAINS[:3]]
+    assert {t["assignees"]["ce"] for t in trials} == {"chris.ce@example.com"}
+    claim = next(h for h in trials[0]["history"] if h["trigger"] == "claim_pool_instance")
+    assert claim["detail"]["routing"]["ce"] == "Chris CE: next in rotation; Carol CE skipped: away until 12-08"
+    assert claim["detail"]["routing"]["ae"] == "Alice AE: next in rotation"
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        payload = conn.execute(select(tables.outbox.c.payload).where(
+            tables.outbox.c.trial_id == trials[0]["trial_id"], tables.outbox.c.key.like("%:alert"))).scalar_one()
+    engine.dispose()
+    assert_valid_message(payload)
+    context = [e["text"] for b in payload["blocks"] if b["type"] == "context" for e in b["elements"]]
+    assert any("CE Chris CE: next in rotation; Carol CE skipped: away until 12-08" in text for text in context)
+
+
+def test_weights_share_the_turns_and_a_cap_stops_them(service):
+    staff = with_columns(**{"alice.ae": ",,2,", "chris.ce": ",,,1"})
+    with service(staff=staff) as client:
+        trials = [history_of(client, f"lead@{d}") for d in DOMAINS[:6]]
+    assert Counter(t["assignees"]["ae"] for t in trials) == {"alice.ae@example.com": 4, "andy.ae@example.com": 2}
+    assert [t["assignees"]["ce"] for t in trials] == ["carol.ce@example.com", "chris.ce@example.com"] + \
+        ["carol.ce@example.com"] * 4
+    later = next(h for h in trials[3]["history"] if h["trigger"] == "claim_pool_instance")
+    assert later["detail"]["routing"]["ce"] == \
+        "Carol CE: next in rotation; Chris CE skipped: at their cap of 1 open trial"
+
+
+def test_with_pairing_on_an_aes_trials_go_to_their_paired_ce_while_they_can_take_them(service):
+    pairs = "ae,ce\nandy.ae@example.com,chris.ce@example.com\n"
+    with service(staff=with_columns(**{"chris.ce": ",,,2"}), pairs=pairs, routing_pairs=True) as client:
+        trials = [history_of(client, f"lead@{d}") for d in DOMAINS[:6]]
+    picks = [(t["assignees"]["ae"], t["assignees"]["ce"]) for t in trials]
+    assert picks[:4] == [("alice.ae@example.com", "carol.ce@example.com"), ("andy.ae@example.com", "chris.ce@example.com"),
+                         ("alice.ae@example.com", "carol.ce@example.com"), ("andy.ae@example.com", "chris.ce@example.com")]
+    # Chris reached his cap of 2: Andy's next trial goes to the rotation.
+    assert picks[5] == ("andy.ae@example.com", "carol.ce@example.com")
+    paired = next(h for h in trials[1]["history"] if h["trigger"] == "claim_pool_instance")
+    assert paired["detail"]["routing"]["ce"] == "Chris CE: paired with AE andy.ae@example.com"

@@ -16,7 +16,7 @@ Use it from any test module::
         ...
         assert fake_github.deliveries()[effect_key] == 1
 
-Routes: ``GET /repos/{o}/{r}``, ``GET|POST /repos/{o}/{r}/issues``, ``GET /repos/{o}/{r}/issues/{n}``,
+Routes: ``GET /repos/{o}/{r}``, ``GET /repos/{o}/{r}/hooks``, ``GET|POST /repos/{o}/{r}/issues``, ``GET /repos/{o}/{r}/issues/{n}``,
 ``GET|POST /repos/{o}/{r}/issues/{n}/comments``, ``GET /search/issues``, ``GET /_fake/state``.
 """
 from __future__ import annotations
@@ -70,6 +70,9 @@ class FakeGitHub:
         self.comments: list[dict[str, Any]] = []     # every comment created (with "issue_number")
         self.search_available = True                 # False: /search/issues answers 503
         self.search_indexed = True                   # False: the search index has not caught up (no hits)
+        # The token's access to the repository (GitHub's "permissions" on GET /repos/{o}/{r}).
+        self.permissions = {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True}
+        self.hooks: list[dict[str, Any]] = []        # add_hook(); listed only to a token with admin access
         self._limits: deque[tuple[int, dict[str, str], dict]] = deque()
         self._failures: deque[tuple[str, re.Pattern, int, dict]] = deque()
         self._ids = itertools.count(1001)
@@ -195,6 +198,9 @@ class FakeGitHub:
         rest = path[len(owner_repo):]
         if rest == "" and method == "GET":
             return 200, {}, self._repository()
+        if rest == "/hooks" and method == "GET":
+            # GitHub answers 404 to a token without admin access to the repository.
+            return (200, {}, copy.deepcopy(self.hooks)) if self.permissions.get("admin") else self._not_found()
         if rest == "/issues":
             if method == "POST":
                 return self._create_issue(body)
@@ -235,7 +241,21 @@ class FakeGitHub:
                 "disabled": False, "visibility": "private", "default_branch": "main",
                 "open_issues_count": sum(1 for i in self.issues if i["state"] == "open"),
                 "issues_url": f"{self.url}/repos/{self.repo}/issues{{/number}}",
-                "permissions": {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True}}
+                "permissions": dict(self.permissions)}
+
+    def add_hook(self, url: str, content_type: str = "json", active: bool = True,
+                 events: tuple[str, ...] = ("issues", "issue_comment")) -> dict:
+        """A repository webhook, shaped as GitHub lists it (GET /repos/{o}/{r}/hooks)."""
+        with self.lock:
+            hook_id = 9000 + len(self.hooks)
+            base = f"{self.url}/repos/{self.repo}/hooks/{hook_id}"
+            hook = {"type": "Repository", "id": hook_id, "name": "web", "active": active, "events": list(events),
+                    "config": {"content_type": content_type, "insecure_ssl": "0", "url": url, "secret": "********"},
+                    "updated_at": self._now(), "created_at": self._now(), "url": base, "test_url": base + "/test",
+                    "ping_url": base + "/pings", "deliveries_url": base + "/deliveries",
+                    "last_response": {"code": None, "status": "unused", "message": None}}
+            self.hooks.append(hook)
+            return hook
 
     def _now(self) -> str:
         return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

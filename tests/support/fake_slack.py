@@ -37,6 +37,8 @@ import pytest
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
 
+from trialflow.slack_app import manifest
+
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "slack" / "web_api"
 DEFAULT_TOKEN = "xoxb-1111-2222-trialflowtests"
 BOT_USER = "U0BOTTFLOW"
@@ -78,6 +80,10 @@ class FakeSlack:
         self.updates: list[dict[str, Any]] = []       # every chat.update accepted
         self.invites: list[tuple[str, str]] = []      # (channel id, user id)
         self.users: dict[str, str] = {}               # email -> user id
+        # The bot token's scopes, sent back in x-oauth-scopes as Slack does: by default those of an
+        # app created from trialflow's manifest (`trialflow slack-manifest`).
+        self.scopes: set[str] = set(manifest("https://trialflow.example.com")["oauth_config"]["scopes"]["bot"])
+        self.team = "Acme Cloud"
         self._rate_limits: dict[str, deque[float]] = {}
         self._failures: dict[str, deque[str]] = {}
         self._ids = itertools.count(1)
@@ -208,7 +214,7 @@ class FakeSlack:
         answer = getattr(self, "_" + method.replace(".", "_"), None)
         if answer is None:
             return 200, {}, {"ok": False, "error": "unknown_method"}
-        return 200, {}, answer(args)
+        return 200, {"x-oauth-scopes": ",".join(sorted(self.scopes))}, answer(args)
 
     def _error(self, example: str | None = None, error: str | None = None) -> dict:
         return copy.deepcopy(self._examples[example]) if example else {"ok": False, "error": error}
@@ -295,6 +301,10 @@ class FakeSlack:
             return self._error("conversations.create.name_taken")
         channel_id = self.add_channel(name, is_private=_truthy(args.get("is_private")))
         return {"ok": True, "channel": self._channel_object(self.channels[channel_id])}
+
+    def _auth_test(self, args):
+        return {"ok": True, "url": "https://acme-cloud.slack.com/", "team": self.team, "user": "trialflow",
+                "team_id": "T0ACMECLD", "user_id": BOT_USER, "bot_id": BOT_ID, "is_enterprise_install": False}
 
     def _conversations_list(self, args):
         types = set((args.get("types") or "public_channel").split(","))

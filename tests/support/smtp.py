@@ -97,7 +97,8 @@ class SmtpServer:
                                 or server.transport.get_extra_info("ssl_object") is not None})
         ok = isinstance(auth_data, LoginPassword) and self.credentials == (
             auth_data.login.decode(), auth_data.password.decode())
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers (535 on a refusal); its default, True, means "already answered".
+        return AuthResult(success=ok, handled=False)
 
     @property
     def url(self) -> str:

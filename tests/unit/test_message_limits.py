@@ -7,7 +7,7 @@ GitHub titles and bodies against GitHub's 256 and 65,536 characters."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -40,15 +40,36 @@ class Someone:
     email: str
     name: str
     slack_user_id: str | None
+    role: str = ""
+    away_until: date | None = None
+    backup: str | None = None
+
+    def is_away(self, today: date) -> bool:
+        return self.away_until is not None and today <= self.away_until
 
 
 class People:
-    """The directory port: the AE is in staff but not in Slack (named by a 200-character name)."""
+    """The directory port: the AE is in staff but not in Slack (named by a 200-character name); the CE
+    is away, covered by that AE, and twenty inbound SDRs and admins with long names are named in reminders."""
 
     def __init__(self) -> None:
         self.staff = {"sdr@example.com": Someone("sdr@example.com", "Ivy", "U0SDR0001"),
-                      "ce@example.com": Someone("ce@example.com", "Carol", "U0CE00001"),
+                      "ce@example.com": Someone("ce@example.com", NAME, "U0CE00001", "ce", date(2026, 12, 8),
+                                                LONGEST_EMAIL),
                       LONGEST_EMAIL: Someone(LONGEST_EMAIL, NAME, None)}
+        for i in range(20):
+            for role in ("inbound_sdr", "admin"):
+                email = f"{role}{i}@example.com"
+                self.staff[email] = Someone(email, NAME, None, role)
+
+    def in_role(self, role: str) -> list[Someone]:
+        return [p for p in self.staff.values() if p.role == role]
+
+    def acting_for(self, email: str | None, today: date, fallback: str | None = None) -> str | None:
+        person = self.by_email(email)
+        if person is not None and person.is_away(today):
+            return person.backup or fallback
+        return email or fallback
 
     def by_email(self, email: str | None) -> Someone | None:
         return self.staff.get(email or "")

@@ -8,7 +8,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -113,6 +115,12 @@ staff = Table(
     Column("slack_user_id", String(32), index=True),
     Column("github_login", String(64), index=True),
     Column("active", Boolean, nullable=False, default=True),
+    # Absences and routing (services.rotation): away through away_until (inclusive), covered by
+    # backup; weight is a share of the rotation, max_open_trials a cap (None: no cap).
+    Column("away_until", Date),
+    Column("backup", String(254)),
+    Column("weight", Float, nullable=False, default=1.0, server_default="1"),
+    Column("max_open_trials", Integer),
 )
 
 instances = Table(
@@ -184,6 +192,15 @@ round_robin = Table(
     "round_robin", metadata,
     Column("role", String(32), primary_key=True),
     Column("position", BigInteger, nullable=False, default=0),
+)
+
+# Smooth weighted round robin's running credit per person (services.rotation): kept in the
+# database so the rotation is fair across processes and restarts.
+rotation_credits = Table(
+    "rotation_credits", metadata,
+    Column("role", String(32), primary_key=True),
+    Column("email", String(254), primary_key=True),
+    Column("credit", Float, nullable=False, default=0.0),
 )
 
 locks = Table(

@@ -164,25 +164,34 @@ class EmailTransport:
                 "refused": sorted(refused) if refused else []}
 
     def _send(self, msg: EmailMessage, recipients: list[str]) -> dict:
-        server = self.server
-        context = ssl.create_default_context()
-        if server.implicit_tls:
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT_SECONDS, context=context)
-        else:
-            smtp = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT_SECONDS)
-        with smtp:
-            smtp.ehlo()
-            if not server.implicit_tls and smtp.has_extn("starttls"):
-                smtp.starttls(context=context)
-                smtp.ehlo()
-            elif not server.implicit_tls and server.username:
-                # The password would cross the network in clear (or the offer was stripped on the way).
-                raise PermanentFailure(f"SMTP server {server} offers no STARTTLS, and TRIALFLOW_SMTP_URL has "
-                                       "credentials: they are never sent in clear. Use a server that offers "
-                                       "STARTTLS, or smtps:// (TLS from the first byte)")
-            if server.username:
-                smtp.login(server.username, server.password or "")
+        with connect(self.server) as smtp:
             return smtp.send_message(msg, from_addr=self.sender, to_addrs=recipients)
+
+
+def connect(server: SmtpUrl, timeout: float = TIMEOUT_SECONDS) -> smtplib.SMTP:
+    """A connection to ``server``, on TLS when it offers it (always with smtps://), logged in when
+    the URL has credentials. Credentials are never sent in clear."""
+    context = ssl.create_default_context()
+    if server.implicit_tls:
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
+    try:
+        smtp.ehlo()
+        if not server.implicit_tls and smtp.has_extn("starttls"):
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        elif not server.implicit_tls and server.username:
+            # The password would cross the network in clear (or the offer was stripped on the way).
+            raise PermanentFailure(f"SMTP server {server} offers no STARTTLS, and TRIALFLOW_SMTP_URL has "
+                                   "credentials: they are never sent in clear. Use a server that offers "
+                                   "STARTTLS, or smtps:// (TLS from the first byte)")
+        if server.username:
+            smtp.login(server.username, server.password or "")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
 
 
 def _classify(code: int, text: bytes | str, server: SmtpUrl) -> Exception:

@@ -11,8 +11,8 @@ Rate limits are the Deliverer's business: slack_sdk's retry handlers are switche
 surfaces here at once and becomes ``RetryLater(retry_after=<Retry-After>)`` instead of a sleep
 inside a worker.
 
-The bot token needs the scopes chat:write, channels:manage, channels:read, channels:join,
-channels:history (the look-back on a retry), groups:read, users:read and users:read.email.
+The scopes the bot token needs are ``trialflow.slack_app.SCOPES_BY_METHOD``: each method called
+here has its entry there (a test checks), and ``trialflow slack-manifest`` asks Slack for them.
 
 Not every call to Slack is an effect: a button that opens a form must call ``views.open`` while
 the person waits (the trigger id is good for 3 seconds), and a confirmation goes back on the
@@ -196,7 +196,7 @@ class SlackTransport:
         except SlackApiError as exc:
             if _error(exc) != "name_taken":
                 raise
-            channel, created = self._find(name), False
+            channel, created = self.find_channel(name), False
             if channel is None:
                 raise PermanentFailure(f"Slack says #{name} exists, but trialflow's bot cannot see it "
                                        f"(a private channel without the bot?): invite the bot to #{name}") from None
@@ -208,7 +208,8 @@ class SlackTransport:
             self._channel_ids[name] = channel["id"]
         return channel, created
 
-    def _find(self, name: str) -> dict[str, Any] | None:
+    def find_channel(self, name: str) -> dict[str, Any] | None:
+        """The channel called ``name`` (public, or private with the bot in it), or None. Reads only."""
         cursor = None
         while True:
             page = self.client.conversations_list(types="public_channel,private_channel", exclude_archived=False,

@@ -68,6 +68,11 @@ CHECK_USAGE = "check_usage"
 ASK_DECISION = "ask_decision"
 CONFIRM_ADMIN = "confirm_admin"
 CONFIRM_REQUEST_DONE = "confirm_request_done"
+REMIND_TRIAGE = "remind_triage"
+ESCALATE_TRIAGE = "escalate_triage"
+CHASE_INSTANCE_REQUEST = "chase_instance_request"
+REMIND_HAND_OFF = "remind_hand_off"
+ESCALATE_HAND_OFF = "escalate_hand_off"
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ TABLE: tuple[Step, ...] = (
     Step(WAIT_FOR_CAPACITY, (NEW, TRIAGE), WAITING_FOR_CAPACITY, "system", "pool empty or instance cap reached: wait in the queue"),
     Step(SEND_TO_TRIAGE, (NEW,), TRIAGE, "system", "case 3: inbound SDR triages the lead"),
     # Case 1
+    Step(REMIND_TRIAGE, (TRIAGE,), None, "system", "still in triage after 4 business hours: the inbound SDRs are reminded"),
+    Step(ESCALATE_TRIAGE, (TRIAGE,), None, "system",
+         "still in triage after 1 business day: #cloud-trial-alerts and the admins are told"),
     Step(CONFIRM_USER_ADDED, (JOINING_EXISTING,), JOINED, "owner", "AE made sure the user was added to the instance"),
     Step(REMIND_USER_ADDED, (JOINING_EXISTING,), None, "system", "reminder: the user is not added yet"),
     # Case 3
@@ -93,6 +101,11 @@ TABLE: tuple[Step, ...] = (
     Step(QUALIFY, (TRIAGE,), INSTANCE_REQUESTED, "sdr", "3.2: lead qualified, instance requested from the cloud team"),
     Step(REQUEST_INSTANCE, (WAITING_FOR_CAPACITY,), INSTANCE_REQUESTED, "system", "capacity freed: instance requested"),
     Step(MARK_INSTANCE_READY, (INSTANCE_REQUESTED,), INSTANCE_READY, "cloud", "the cloud team reports the instance ready"),
+    Step(CHASE_INSTANCE_REQUEST, (INSTANCE_REQUESTED,), None, "system",
+         "instance not ready 1 business day after the request: a comment on the issue and an alert"),
+    Step(REMIND_HAND_OFF, (INSTANCE_READY,), None, "system", "instance ready but not handed off: the CE, every business day"),
+    Step(ESCALATE_HAND_OFF, (INSTANCE_READY,), None, "system",
+         "instance ready and still not handed off after 2 business days: the AE is told"),
     Step(HAND_OFF, (INSTANCE_READY,), ACTIVE, "owner", "CE handed off the password-reset link: trial start"),
     # People around an opportunity
     Step(CONVERT_TO_OPPORTUNITY, (TRIAGE, INSTANCE_REQUESTED, INSTANCE_READY, ACTIVE, EXTENDED, WAITING_FOR_CAPACITY), None, "sdr", "SDR converted the lead to an opportunity"),
@@ -137,6 +150,11 @@ TERMINATION_HEADS_UP = "termination_heads_up"
 DAY15_REVIEW = "day15_review"
 DAY30_DECISION = "day30_decision"
 DAY30_ESCALATION = "day30_escalation"
+TRIAGE_REMINDER = "triage_reminder"
+TRIAGE_ESCALATION = "triage_escalation"
+INSTANCE_REQUEST_SLA = "instance_request_sla"
+HAND_OFF_REMINDER = "hand_off_reminder"
+HAND_OFF_ESCALATION = "hand_off_escalation"
 
 TIMERS: tuple[Timer, ...] = (
     Timer(USER_ADDED_REMINDER, (REMIND_USER_ADDED,), "case 1: every 2 days until the AE confirms the user was added"),
@@ -145,6 +163,13 @@ TIMERS: tuple[Timer, ...] = (
           "day 15: usage asked first; used extends to day 30, answered and unused terminates, no data asks the CE"),
     Timer(DAY30_DECISION, (REMIND_DECISION,), "day 30 (or the extension's end): extend, convert or terminate"),
     Timer(DAY30_ESCALATION, (ESCALATE_DECISION,), "2 days after the decision was due, and every 2 days after"),
+    # The waits on people, in business hours (services.calendar); each fires once, and not at all
+    # for a trial that has moved on.
+    Timer(TRIAGE_REMINDER, (REMIND_TRIAGE,), "triage: 4 business hours after the alert"),
+    Timer(TRIAGE_ESCALATION, (ESCALATE_TRIAGE,), "triage: 1 business day after the alert"),
+    Timer(INSTANCE_REQUEST_SLA, (CHASE_INSTANCE_REQUEST,), "instance requested: 1 business day"),
+    Timer(HAND_OFF_REMINDER, (REMIND_HAND_OFF,), "instance ready: each business day until it is handed off"),
+    Timer(HAND_OFF_ESCALATION, (ESCALATE_HAND_OFF,), "instance ready: 2 business days"),
 )
 
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(step.trigger for step in TABLE))

@@ -95,6 +95,18 @@ class PlainTrial:
             return self._events
 
     @property
+    def routing_notes(self) -> dict[str, str]:
+        """Why each of its people was picked, until the next step records it (not mapped)."""
+        try:
+            return self._routing_notes
+        except AttributeError:
+            self._routing_notes: dict[str, str] = {}
+            return self._routing_notes
+
+    def note_routing(self, role: str, why: str) -> None:
+        self.routing_notes[role] = why
+
+    @property
     def instance_url(self) -> str | None:
         return f"https://{self.instance_host}" if self.instance_host else None
 
@@ -104,6 +116,10 @@ class PlainTrial:
     def fire(self, trigger: str, *, actor: str, at: datetime, **detail: Any) -> Event:
         """Take one lifecycle step. Refused: raises ``TransitionRefused`` and changes nothing."""
         before, after = lifecycle.fire(self, trigger)
+        if self.routing_notes:
+            # The step that follows an assignment carries its reasons into the history.
+            detail = {**detail, "routing": dict(self.routing_notes)}
+            self.routing_notes.clear()
         self.updated_at = at
         if after in lifecycle.STARTED and self.started_at is None:
             self.started_at = at

@@ -27,7 +27,7 @@ from trialflow.errors import NotAllowed, NotFound, TransitionRefused
 from trialflow.inert import code_span
 from trialflow.services import outbox
 from trialflow.services.directory import Directory, Person
-from trialflow.services.messages import issue_body
+from trialflow.services.messages import chase_text, issue_body
 from trialflow.services.trials import CLOUD_ROLES, Command, get_trial, handle
 from trialflow.services.uow import App, UnitOfWork
 from trialflow.settings import Settings
@@ -113,11 +113,9 @@ def chase_overdue(session: Session, settings: Settings, now: datetime) -> Decisi
                                             (c.chased_at.is_(None)) | (c.chased_at <= now - CHASE_EVERY))
         .order_by(c.requested_at).limit(CHASE_BATCH)).all()
     for request in overdue:
-        hours = int((now - request.requested_at).total_seconds() // 3600)
         decisions.effect(f"chase:{request.key}:{now.date()}", "github.comment", {"ref": request.ref, "body": issue_body(
-            f"This request has been open for {hours} hours (trialflow expects one within "
-            f"{settings.cloud_sla_hours:g} hours). When it is done, close this issue or comment `/done`.")},
-            now, request.trial_id)
+            chase_text(f"{int((now - request.requested_at).total_seconds() // 3600)} hours",
+                       f"{settings.cloud_sla_hours:g} hours"))}, now, request.trial_id)
     if overdue:
         session.execute(update(tables.cloud_requests).where(c.key.in_([r.key for r in overdue])).values(chased_at=now))
     return decisions

@@ -1,14 +1,13 @@
 """Who is who: staff from staff.csv, looked up by email, Slack user id or GitHub login."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
-from trialflow.db.sql import insert_ignore
 from trialflow.services.slack_blocks import escape
 
 
@@ -20,6 +19,13 @@ class Person:
     slack_user_id: str | None
     github_login: str | None
     active: bool
+    away_until: date | None = None     # away through this local date (inclusive)
+    backup: str | None = None          # who acts for them while they are away
+    weight: float = 1.0
+    max_open_trials: int | None = None
+
+    def is_away(self, today: date) -> bool:
+        return self.away_until is not None and today <= self.away_until
 
 
 class Directory:
@@ -54,6 +60,27 @@ class Directory:
     def by_github_login(self, login: str) -> Person | None:
         return self._one(tables.staff.c.github_login == login)
 
+    def in_role(self, role: str) -> list[Person]:
+        """Active staff of ``role``, by email (a reminder names them all)."""
+        if self._session is None:
+            return []
+        rows = self._session.execute(select(tables.staff).where(tables.staff.c.role == role,
+                                                                tables.staff.c.active.is_(True))
+                                     .order_by(tables.staff.c.email))
+        return [Person(**row._mapping) for row in rows]
+
+    def acting_for(self, email: str | None, today: date, fallback: str | None = None) -> str | None:
+        """Who acts for ``email`` today: themselves, or while they are away (or no longer active)
+        their backup if that backup is active and here, else ``fallback`` (a CE's: the trial's AE,
+        the seed's "CE (backup AE)")."""
+        person = self.by_email(email)
+        if person is None or (person.active and not person.is_away(today)):
+            return email or fallback
+        backup = self.by_email(person.backup)
+        if backup is not None and backup.active and not backup.is_away(today):
+            return backup.email
+        return fallback or email
+
     def mention(self, email: str | None) -> str:
         """How a person appears in Slack text: <@U123> when we know their Slack id."""
         if not email:
@@ -64,21 +91,6 @@ class Directory:
         return escape(person.name if person else email)
 
 
-def next_in_rotation(session: Session, role: str) -> str | None:
-    """Round robin over active staff of ``role``, its position kept in the database.
-
-    The position row is updated in place (UPDATE ... RETURNING), so concurrent callers each get
-    the next person and the rotation survives restarts.
-    """
-    people: Sequence[str] = session.scalars(
-        select(tables.staff.c.email).where(tables.staff.c.role == role, tables.staff.c.active.is_(True))
-        .order_by(tables.staff.c.email)
-    ).all()
-    if not people:
-        return None
-    insert_ignore(session, tables.round_robin, {"role": role, "position": 0})
-    position: int = session.execute(
-        update(tables.round_robin).where(tables.round_robin.c.role == role)
-        .values(position=tables.round_robin.c.position + 1).returning(tables.round_robin.c.position)
-    ).scalar_one()
-    return people[(position - 1) % len(people)]
+def set_away(session: Session, email: str, until: date | None) -> None:
+    """``/trial away`` and ``/trial back``: kept across ``config load`` unless staff.csv sets it."""
+    session.execute(update(tables.staff).where(tables.staff.c.email == email).values(away_until=until))

@@ -98,7 +98,7 @@ def colleague_joins(fx: Effects, people: People, settings: Settings, trial: Plai
     return sb.mrkdwn("AE {ae}: make sure the admin adds them (without SSO they cannot join without an invite).", ae=ae)
 
 
-def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) -> None:
+def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial, ce_mention: str) -> None:
     """3.2: the cloud team's instance is up. With a token trialflow makes the lead's account and the
     CE's introduction email carries the link (AE in cc); the hand-off is recorded once it is sent."""
     ce = people.by_email(trial.ce)
@@ -110,12 +110,12 @@ def ready(fx: Effects, people: People, settings: Settings, trial: PlainTrial) ->
         fx.post("ready", settings.alerts_channel, sb.mrkdwn(
             ":white_check_mark: Instance {url} for {lead} is ready. trialflow is creating their account and sending "
             "the link in CE {ce}'s introduction email; the hand-off is recorded when it is sent. (Done it by hand? "
-            "Press Handed off.)", url=trial.instance_url or "", lead=lead(trial), ce=people.mention(trial.ce)),
+            "Press Handed off.)", url=trial.instance_url or "", lead=lead(trial), ce=ce_mention),
             sb.buttons(trial.id, lc.HAND_OFF))
         return
     fx.post("ready", settings.alerts_channel, sb.mrkdwn(
         ":white_check_mark: Instance {url} for {lead} is ready. CE {ce}: {operator}, create the password-reset link "
-        "and send it.", url=trial.instance_url or "", lead=lead(trial), ce=people.mention(trial.ce), operator=OPERATOR),
+        "and send it.", url=trial.instance_url or "", lead=lead(trial), ce=ce_mention, operator=OPERATOR),
         sb.buttons(trial.id, lc.HAND_OFF))
 
 
@@ -136,25 +136,25 @@ def check_usage(fx: Effects, trial: PlainTrial) -> None:
     fx.out.schedule(trial.id, lc.DAY15_REVIEW, at + timedelta(minutes=USAGE_ANSWER_MINUTES), at)
 
 
-def ask_decision(fx: Effects, people: People, trial: PlainTrial) -> None:
+def ask_decision(fx: Effects, ce_mention: str, trial: PlainTrial) -> None:
     """Day 15 without usage data: the CE decides; asked again until they do."""
     fx.to_account_channel("ask", sb.mrkdwn(
         ":question: CE {ce}: day 15 for {url} ({account}), and trialflow has no usage data from it: its API never "
         "answered and it never reported. It will not be terminated automatically: extend it or terminate it.",
-        ce=people.mention(trial.ce), url=trial.instance_url or "", account=Data(account_of(trial))),
+        ce=ce_mention, url=trial.instance_url or "", account=Data(account_of(trial))),
         sb.buttons(trial.id, lc.EXTEND, lc.KEEP, lc.TERMINATE))
     at = fx.event.at
     fx.out.schedule(trial.id, lc.DAY15_REVIEW, at + timedelta(days=ASK_AGAIN_DAYS), at)
 
 
-def heads_up_text(people: People, trial: PlainTrial, event: Event, review_on: str) -> str:
+def heads_up_text(ce_mention: str, trial: PlainTrial, event: Event, review_on: str) -> str:
     if event.detail.get("usage") == "none":
         return sb.mrkdwn(":warning: CE {ce}: {url} is up for its day-15 review on {review}. trialflow has no usage "
                          "data from it yet; without any, you will be asked to decide then (nothing is terminated "
-                         "without data). Keep it or terminate it now if you know.", ce=people.mention(trial.ce),
+                         "without data). Keep it or terminate it now if you know.", ce=ce_mention,
                          url=trial.instance_url or "", review=review_on)
     return sb.mrkdwn(":warning: CE {ce}: {url} is up for its day-15 review on {review}. With no activity it will be "
-                     "terminated unless you keep it.", ce=people.mention(trial.ce), url=trial.instance_url or "",
+                     "terminated unless you keep it.", ce=ce_mention, url=trial.instance_url or "",
                      review=review_on)
 
 

@@ -8,7 +8,8 @@ import re
 import unicodedata
 from typing import Any, Protocol
 
-from trialflow.domain.trial import PlainTrial
+from trialflow.domain.rotation import render
+from trialflow.domain.trial import Event, PlainTrial
 from trialflow.inert import code_span
 from trialflow.scoring import is_mql
 from trialflow.services import fit as limits
@@ -33,6 +34,21 @@ def channel_name(account: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", account).encode("ascii", "ignore").decode().lower()
     slug = re.sub(r"[^a-z0-9_-]+", "-", ascii_name).strip("-_") or "account"
     return ("cloud-trial-" + slug)[:80].rstrip("-_")
+
+
+def routing_text(event: Event) -> list[dict[str, Any]]:
+    """Why the trial's people were picked (``services.rotation``), as a context block, when this
+    step assigned anyone: ``AE Andy AE: next in rotation · CE Carl: …; Cora skipped: away until 12-08``."""
+    notes = event.detail.get("routing") or {}
+    if not notes:
+        return []
+    return [sb.context(sb.escape("Routing: " + render(sorted(notes.items()))))]
+
+
+def chase_text(waited: str, expected: str, done: str = "close this issue or comment `/done`") -> str:
+    """A request to the cloud team that is past its SLA (an issue comment)."""
+    return (f"This request has been open for {waited} (trialflow expects one within {expected}). "
+            f"When it is done, {done}.")
 
 
 def who(people: People, trial: PlainTrial) -> str:

@@ -9,10 +9,11 @@ event (a retried request, a second worker) can never enqueue it twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
+from trialflow.domain.business_hours import BusinessCalendar
 from trialflow.domain.decisions import Decisions, InstanceReady
 from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
@@ -21,16 +22,19 @@ from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
 from trialflow.services import opportunity_policies as opportunity
 from trialflow.services import slack_blocks as sb
+from trialflow.services.calendar import calendar_for
 from trialflow.services.fit import Data, Fitted
 from trialflow.services.messages import (
     account_of,
     channel_name,
+    chase_text,
     domain_change_body,
     host,
     instance_request_body,
     issue_body,
     issue_title,
     lead,
+    routing_text,
     score,
     who,
 )
@@ -54,6 +58,10 @@ class People(Protocol):
 
     def mention(self, email: str | None) -> str: ...
 
+    def in_role(self, role: str) -> list[Any]: ...
+
+    def acting_for(self, email: str | None, today: date, fallback: str | None = None) -> str | None: ...
+
 
 class Context:
     """What a decision may read: the people on the trial (``services.directory.Directory``,
@@ -66,6 +74,21 @@ class Context:
     @property
     def alerts(self) -> str:
         return self.settings.alerts_channel
+
+    @property
+    def calendar(self) -> BusinessCalendar:
+        return calendar_for(self.settings)
+
+    def ce_mention(self, trial: PlainTrial, at: datetime) -> str:
+        """The CE as a prompt names them: while they are away, whoever acts for them (their
+        backup, else the trial's AE), saying so."""
+        acting = self.people.acting_for(trial.ce, self.calendar.today(at), fallback=trial.ae)
+        if not trial.ce or acting == trial.ce:
+            return self.people.mention(trial.ce)
+        person = self.people.by_email(trial.ce)
+        why = f"away until {person.away_until:%m-%d}" if person and person.away_until else "not active"
+        name = person.name if person else trial.ce
+        return f"{self.people.mention(acting)} (for {sb.escape(name)}, {why})"
 
 
 class _Effects:
@@ -94,10 +117,10 @@ class _Effects:
         """The trial's one alert in #cloud-trial-alerts; later updates edit it in place."""
         self.post("alert", self.ctx.alerts, text, *blocks, ref=f"alert:{self.trial.id}")
 
-    def update_alert(self, text: str) -> None:
+    def update_alert(self, text: str, *blocks: dict[str, Any]) -> None:
         """Replace the alert's buttons with what happened, so the same button cannot be pressed twice."""
         self.add("alert-update", "slack.update", {
-            "ref": f"alert:{self.trial.id}", **sb.message(text, sb.context(f"trial `{self.trial.id}`")),
+            "ref": f"alert:{self.trial.id}", **sb.message(text, *blocks, sb.context(f"trial `{self.trial.id}`")),
         })
 
     def to_account_channel(self, name: str, text: str, *blocks: dict[str, Any]) -> None:
@@ -140,6 +163,7 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
         sb.mrkdwn(":rocket: {lead} signed up: {kind} *{account}*; instance {url} claimed from the pool.",
                   lead=lead(trial), kind=kind, account=Data(trial.account_name or ""), url=trial.instance_url or ""),
         sb.section(who(ctx.people, trial)),
+        *routing_text(fx.event),
         sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
                                if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
         *([sb.section(manual)] if manual else []),
@@ -157,8 +181,12 @@ def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
 
 def _instance_requested(fx: _Effects, ctx: Context, trial: PlainTrial, by: str) -> None:
     fx.update_alert(sb.mrkdwn(":white_check_mark: {lead} qualified by {by}; instance requested. {who}",
-                              lead=lead(trial), by=by, who=who(ctx.people, trial)))
+                              lead=lead(trial), by=by, who=who(ctx.people, trial)), *routing_text(fx.event))
     fx.channel()
+    at = fx.event.at
+    fx.out.cancel(trial.id, lc.TRIAGE_REMINDER, lc.TRIAGE_ESCALATION)
+    fx.out.schedule(trial.id, lc.INSTANCE_REQUEST_SLA,
+                    ctx.calendar.add_days(at, ctx.settings.instance_request_business_days), at)
     ce = ctx.people.by_email(trial.ce)
     fx.issue("instance-request", "instance-request",
              issue_title("Cloud trial instance request: {account}", account=host(account_of(trial))),
@@ -194,7 +222,9 @@ def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> Non
     text = (":hourglass: {lead} is waiting for capacity (instance cap or empty pool); it proceeds by itself "
             "when an instance frees up.")
     if event.from_state == lc.TRIAGE:
-        fx.update_alert(sb.mrkdwn(text + " Qualified by {sdr}.", lead=lead(trial), sdr=ctx.people.mention(trial.sdr)))
+        fx.update_alert(sb.mrkdwn(text + " Qualified by {sdr}.", lead=lead(trial), sdr=ctx.people.mention(trial.sdr)),
+                        *routing_text(event))
+        fx.out.cancel(trial.id, lc.TRIAGE_REMINDER, lc.TRIAGE_ESCALATION)
         opportunity.upsert(fx, ctx.settings, trial, event.at, always=bool(event.detail.get("qualified")))
     else:
         fx.alert(sb.mrkdwn(text, lead=lead(trial)), sb.context(score(trial)))
@@ -204,6 +234,57 @@ def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
     fx.alert(sb.mrkdwn(":mag: New cloud trial request from {lead} ({domain}): inbound SDR, please triage.",
                        lead=lead(trial), domain=host(trial.domain)),
              sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
+    at = event.at
+    fx.out.schedule(trial.id, lc.TRIAGE_REMINDER, ctx.calendar.add_hours(at, ctx.settings.triage_reminder_business_hours), at)
+    fx.out.schedule(trial.id, lc.TRIAGE_ESCALATION,
+                    ctx.calendar.add_days(at, ctx.settings.triage_escalation_business_days), at)
+
+
+def _on_remind_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    today = ctx.calendar.today(event.at)
+    sdrs = [p for p in ctx.people.in_role("inbound_sdr") if not p.is_away(today)]
+    names = ", ".join(ctx.people.mention(p.email) for p in sdrs) or "Inbound SDRs (none is in: all away, or none active in staff.csv)"
+    fx.post("reminder", ctx.alerts, sb.mrkdwn(
+        ":hourglass_flowing_sand: {sdrs}: {lead} has waited {hours} business hours in triage. Qualify or disqualify.",
+        sdrs=names, lead=lead(trial), hours=f"{ctx.settings.triage_reminder_business_hours:g}"),
+        sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY), thread_ref=f"alert:{trial.id}")
+
+
+def _on_escalate_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    admins = ", ".join(ctx.people.mention(p.email) for p in ctx.people.in_role("admin")) or "admins (none in staff.csv)"
+    fx.post("escalation", ctx.alerts, sb.mrkdwn(
+        ":rotating_light: {admins}: {lead} has waited more than {days} business day(s) in triage and nobody has "
+        "qualified or disqualified it.", admins=admins, lead=lead(trial),
+        days=f"{ctx.settings.triage_escalation_business_days:g}"), sb.context(score(trial)),
+        sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
+
+
+def _on_chase_instance_request(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    expected = f"{ctx.settings.instance_request_business_days:g} business day(s)"
+    # The same words as the chasing of the cloud team's other requests (services.cloud_loop).
+    fx.add("chase", "github.comment", {"ref": f"instance-request:{trial.id}", "body": issue_body(chase_text(
+        f"more than {expected}", expected, "comment `/ready <instance URL>` or add the `instance-ready` label"))})
+    fx.post("chase-alert", ctx.alerts, sb.mrkdwn(
+        ":hourglass: The instance for {lead} is still not ready after {expected}. The cloud team was reminded on "
+        "the issue. CE {ce}, AE {ae}.", lead=lead(trial), expected=expected, ce=ctx.ce_mention(trial, event.at),
+        ae=ctx.people.mention(trial.ae)), thread_ref=f"alert:{trial.id}")
+
+
+def _on_remind_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("hand-off-reminder", sb.mrkdwn(
+        ":bell: CE {ce}: {url} is ready but not handed off to {email} yet: their trial has not started. Send the "
+        "password-reset link, then press Handed off.", ce=ctx.ce_mention(trial, event.at),
+        url=trial.instance_url or "", email=Data(trial.email)), sb.buttons(trial.id, lc.HAND_OFF))
+    at = event.at
+    fx.out.schedule(trial.id, lc.HAND_OFF_REMINDER, ctx.calendar.add_days(at, ctx.settings.hand_off_reminder_business_days), at)
+
+
+def _on_escalate_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    fx.to_account_channel("hand-off-escalation", sb.mrkdwn(
+        ":rotating_light: AE {ae}: {url} has been ready for {days} business days and is still not handed off to {email} "
+        "(CE {ce}).", ae=ctx.people.mention(trial.ae), url=trial.instance_url or "",
+        days=f"{ctx.settings.hand_off_escalation_business_days:g}", email=Data(trial.email),
+        ce=ctx.ce_mention(trial, event.at)), sb.buttons(trial.id, lc.HAND_OFF))
 
 
 def _on_user_added(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -229,6 +310,7 @@ def _on_disqualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) 
     fx.update_alert(sb.mrkdwn(":no_entry: {lead} disqualified by {sdr}: {reason}. Self-hosting email sent.",
                               lead=lead(trial), sdr=ctx.people.mention(trial.sdr), reason=Data(reason)))
     fx.email("self-host", "self_host", trial.email, name=trial.name or "")
+    fx.out.cancel(trial.id, lc.TRIAGE_REMINDER, lc.TRIAGE_ESCALATION)
 
 
 def _on_qualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -247,7 +329,12 @@ def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> No
         raise ValueError(f"trial {trial.id} was marked ready without an instance")
     fx.out.instance_ready(InstanceReady(trial.instance_host, trial.id, trial.email, trial.domain,
                                         claim_domain=not is_public_domain(trial.domain), at=event.at))
-    instances.ready(fx, ctx.people, ctx.settings, trial)
+    instances.ready(fx, ctx.people, ctx.settings, trial, ctx.ce_mention(trial, event.at))
+    at = event.at
+    fx.out.cancel(trial.id, lc.INSTANCE_REQUEST_SLA)
+    fx.out.schedule(trial.id, lc.HAND_OFF_REMINDER, ctx.calendar.add_days(at, ctx.settings.hand_off_reminder_business_days), at)
+    fx.out.schedule(trial.id, lc.HAND_OFF_ESCALATION,
+                    ctx.calendar.add_days(at, ctx.settings.hand_off_escalation_business_days), at)
     fx.add("issue-comment", "github.comment", {
         "ref": f"instance-request:{trial.id}",
         "body": issue_body(f"Instance {trial.instance_url} is ready; {trial.ce or 'the CE'} has been notified to hand it off."),
@@ -257,6 +344,7 @@ def _on_ready(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> No
 def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.to_account_channel("handed-off", instances.handed_off_text(ctx.people, trial, event,
                                                                   str(review_at(trial).date())))
+    fx.out.cancel(trial.id, lc.HAND_OFF_REMINDER, lc.HAND_OFF_ESCALATION)
     _start_clock(fx, trial, event.at)
     opportunity.upsert(fx, ctx.settings, trial, event.at)
 
@@ -275,8 +363,11 @@ def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Eve
 
 
 def _on_reassign(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    fx.to_account_channel("reassigned", sb.mrkdwn(":arrows_counterclockwise: {email}'s trial reassigned: {who}",
-                                                  email=Data(trial.email), who=who(ctx.people, trial)))
+    reason = event.detail.get("reason")
+    fx.to_account_channel("reassigned", sb.mrkdwn(":arrows_counterclockwise: {email}'s trial reassigned{why}: {who}",
+                                                  email=Data(trial.email), who=who(ctx.people, trial),
+                                                  why=Fitted(" ({reason})", {"reason": Data(reason)}) if reason else ""),
+                          *routing_text(event))
     fx.channel()
     opportunity.upsert(fx, ctx.settings, trial, event.at)  # the AE owns the Opportunity
 
@@ -294,7 +385,8 @@ def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Even
 
 
 def _on_warn(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.people, trial, event, str(review_at(trial).date())),
+    fx.to_account_channel("heads-up", instances.heads_up_text(ctx.ce_mention(trial, event.at), trial, event,
+                                                              str(review_at(trial).date())),
                           sb.buttons(trial.id, lc.KEEP, lc.TERMINATE))
 
 
@@ -303,7 +395,7 @@ def _on_check_usage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event)
 
 
 def _on_ask_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
-    instances.ask_decision(fx, ctx.people, trial)
+    instances.ask_decision(fx, ctx.ce_mention(trial, event.at), trial)
 
 
 def _on_admin_confirmed(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -343,7 +435,7 @@ def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
 
 def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     text = sb.mrkdwn(":alarm_clock: CE {ce}: {url} has reached the end of its trial. Extend, convert or terminate.",
-                     ce=ctx.people.mention(trial.ce), url=trial.instance_url or "")
+                     ce=ctx.ce_mention(trial, event.at), url=trial.instance_url or "")
     fx.to_account_channel("decision", text, sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
 
@@ -351,7 +443,7 @@ def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Ev
 def _on_escalate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     text = sb.mrkdwn(":rotating_light: No decision on {url} ({account}) after day 30. AE {ae}, CE {ce}: extend, "
                      "convert or terminate.", url=trial.instance_url or "", account=Data(account_of(trial)),
-                     ae=ctx.people.mention(trial.ae), ce=ctx.people.mention(trial.ce))
+                     ae=ctx.people.mention(trial.ae), ce=ctx.ce_mention(trial, event.at))
     fx.post("escalation", ctx.alerts, text, sb.buttons(trial.id, lc.EXTEND, lc.CONVERT, lc.TERMINATE))
     # Until someone decides (extend, convert and terminate cancel it), the escalation repeats.
     fx.out.schedule(trial.id, lc.DAY30_ESCALATION, event.at + timedelta(days=ESCALATION_GRACE_DAYS), event.at)
@@ -428,4 +520,9 @@ HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
     lc.ASK_DECISION: _on_ask_decision,
     lc.CONFIRM_ADMIN: _on_admin_confirmed,
     lc.CONFIRM_REQUEST_DONE: _on_request_done,
+    lc.REMIND_TRIAGE: _on_remind_triage,
+    lc.ESCALATE_TRIAGE: _on_escalate_triage,
+    lc.CHASE_INSTANCE_REQUEST: _on_chase_instance_request,
+    lc.REMIND_HAND_OFF: _on_remind_hand_off,
+    lc.ESCALATE_HAND_OFF: _on_escalate_hand_off,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -24,6 +24,8 @@ from trialflow.errors import ConfigError, InvalidSignup
 ACCOUNT_COLUMNS = ["domain", "account_name", "prequalified", "named_account", "named_sdr", "owner_ae", "owner_ce"]
 # accounts.csv may also have auto_add_colleagues (true when blank or absent).
 STAFF_COLUMNS = ["email", "name", "role", "slack_user_id", "github_login", "active"]
+# staff.csv may also have away_until (ISO date), backup (email), weight (default 1) and
+# max_open_trials (blank: no cap). A blank away_until keeps what the person set with /trial away.
 INSTANCE_COLUMNS = ["host", "admin_email", "status"]
 ROLES = {"inbound_sdr", "named_sdr", "ae", "ce", "cloud", "admin"}
 INSTANCE_STATUSES = {"live", "pool"}
@@ -44,6 +46,7 @@ class LoadReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    away_kept: list[str] = field(default_factory=list)  # away set with /trial away, not in the file
 
 
 def _bool(value: str, column: str, path: str, line: int) -> bool:
@@ -142,12 +145,42 @@ def parse_staff(path: Path) -> list[dict[str, Any]]:
         _text(row["name"], "name", 200, p, line)
         _text(row["slack_user_id"], "slack_user_id", 32, p, line)
         _text(row["github_login"], "github_login", 64, p, line)
+        backup = _email(row.get("backup") or "", "backup", p, line)
+        if backup == email:
+            raise ConfigError("backup must be someone else", p, line)
         out[email] = {
             "email": email, "name": row["name"] or email, "role": role,
             "slack_user_id": row["slack_user_id"] or None, "github_login": (row["github_login"] or None),
             "active": True if row["active"] == "" else _bool(row["active"], "active", p, line),
+            "away_until": _date(row.get("away_until") or "", "away_until", p, line),
+            "backup": backup,
+            "weight": _number(row.get("weight") or "1", "weight", p, line, float),
+            "max_open_trials": (_number(row["max_open_trials"], "max_open_trials", p, line, int)
+                                if row.get("max_open_trials") else None),
         }
+    for email, person in out.items():
+        if person["backup"] and person["backup"] not in out:
+            raise ConfigError(f"{email}: backup {person['backup']} is not in staff.csv", p)
     return list(out.values())
+
+
+def _date(value: str, column: str, path: str, line: int) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{column} must be an ISO date like 2026-12-08, not {value!r}", path, line) from None
+
+
+def _number(value: str, column: str, path: str, line: int, kind: type[int] | type[float]) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{column} must be a {'whole ' if kind is int else ''}number, not {value!r}", path, line) from None
+    if number < 0 or number != number or number in (float("inf"),):
+        raise ConfigError(f"{column} must be zero or more, not {value!r}", path, line)
+    return number
 
 
 def parse_instances(path: Path) -> list[dict[str, Any]]:
@@ -231,6 +264,14 @@ def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path
     with session_factory() as session, session.begin():
         if not keep_accounts:
             replace_accounts(session, accounts, report, progress, accounts_source)
+        # /trial away is kept unless the file says otherwise (a blank cell is not "back").
+        # (An absence already over is not carried: there is nothing left to keep.)
+        away = dict(session.execute(select(tables.staff.c.email, tables.staff.c.away_until)
+                                    .where(tables.staff.c.away_until >= now.date())).all())
+        for person in staff:
+            if person["away_until"] is None and away.get(person["email"]) is not None:
+                person["away_until"] = away[person["email"]]
+                report.away_kept.append(person["email"])
         session.execute(delete(tables.staff))
         if staff:
             session.execute(insert(tables.staff), staff)

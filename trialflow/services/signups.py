@@ -31,8 +31,8 @@ from trialflow.domain.normalize import Email, normalize_email
 from trialflow.domain.trial import PlainTrial, new_trial_id
 from trialflow.errors import InvalidSignup
 from trialflow.scoring import attach_marketing_events
-from trialflow.services import capacity, outbox, policies, writer
-from trialflow.services.directory import Directory, Person, next_in_rotation
+from trialflow.services import capacity, outbox, policies, rotation, writer
+from trialflow.services.directory import Directory, Person
 from trialflow.services.routing import Account, Claim, Instance, Known, needs_claim, route
 from trialflow.services.uow import UnitOfWork, wake_safely
 from trialflow.settings import Settings
@@ -298,7 +298,7 @@ def _submit_in_transaction(uow: UnitOfWork, settings: Settings, clock: Clock, si
     account = route(trial, signup.email, known)
     if account is not None:
         decisions.extend(capacity.claim_for_domain(session, settings, trial, trial.created_at,
-                                                   assign=lambda t: _assign_by_rotation(session, t)))
+                                                   assign=lambda t: _assign_by_rotation(session, settings, t)))
     if known.has_marketing_events:
         # Marketing actions seen before the signup count now, so the triage alert shows the score.
         attach_marketing_events(session, trial)
@@ -312,12 +312,9 @@ def _submit_in_transaction(uow: UnitOfWork, settings: Settings, clock: Clock, si
     return SignupResult.of(trial, created=True)
 
 
-def _assign_by_rotation(session: Session, trial: PlainTrial) -> None:
+def _assign_by_rotation(session: Session, settings: Settings, trial: PlainTrial) -> None:
     """AE and CE from the round robin, for whoever the account does not name."""
-    if not trial.ae:
-        trial.ae = next_in_rotation(session, "ae")
-    if not trial.ce:
-        trial.ce = next_in_rotation(session, "ce")
+    rotation.assign(session, settings, trial, trial.created_at, tuple(r for r in ("ae", "ce") if not getattr(trial, r)))
 
 
 def _the_other_signup(session: Session, email: Email) -> SignupResult:

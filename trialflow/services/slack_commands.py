@@ -7,6 +7,7 @@ only active staff (staff.csv, by Slack user id) get one.
 from __future__ import annotations
 
 import logging
+from datetime import date
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -18,7 +19,8 @@ from trialflow.domain.normalize import normalize_domain, normalize_email
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
 from trialflow.services import fit as limits
-from trialflow.services.directory import Directory, Person
+from trialflow.services.calendar import calendar_for
+from trialflow.services.directory import Directory, Person, set_away
 from trialflow.services.slack_steps import esc, run_command
 from trialflow.services.timers import deadlines
 from trialflow.services.uow import App
@@ -30,6 +32,8 @@ HELP = """*/trial* — cloud trials from Slack (answers are only visible to you)
 • `/trial mine` — open trials where you are the SDR, AE or CE
 • `/trial queue` — the triage queue, highest lead score first
 • `/trial domain <trial id|email> <new-subdomain>` — request a vanity domain (GitHub issue with the checklist; the AE is told)
+• `/trial away <YYYY-MM-DD>` — you are away through that date: the rotation skips you, your backup (or the trial's AE) gets your prompts
+• `/trial back` — you are back
 • `/trial help` — this"""
 
 QUEUE_LIMIT = 20
@@ -57,6 +61,8 @@ def handle_slash_command(rt: App, form: dict[str, str]) -> dict[str, Any]:
             return _answer(_mine(session, person))
         if sub == "queue":
             return _answer(_queue(session))
+        if sub in ("away", "back"):
+            return _answer(_away(rt, session, person, sub, args))
     if sub == "domain":
         if len(args) != 2:
             return _answer("Usage: `/trial domain <trial id|email> <new-subdomain>`, like `/trial domain bob@acme-corp.com acme-corp`.")
@@ -148,6 +154,33 @@ def _queue(session: Session) -> str:
     if waiting:
         text += f"\n{waiting} qualified trial(s) wait for capacity; they proceed by themselves."
     return text
+
+
+def _away(rt: App, session: Session, person: Person, sub: str, args: list[str]) -> str:
+    today = calendar_for(rt.settings).today(rt.clock.now())
+    if sub == "back":
+        if args:
+            return "Usage: `/trial back`."
+        set_away(session, person.email, None)
+        session.commit()
+        log.info("%s is back", person.email)
+        return ":wave: Welcome back: you are in the rotation again, and your prompts come to you."
+    try:
+        if len(args) != 1:
+            raise ValueError
+        until = date.fromisoformat(args[0])
+    except ValueError:
+        return "Usage: `/trial away <YYYY-MM-DD>` (the last day you are away), like `/trial away 2026-12-08`."
+    if until < today:
+        return f":warning: {until} is in the past (today is {today})."
+    set_away(session, person.email, until)
+    session.commit()
+    log.info("%s is away until %s", person.email, until)
+    backup = Directory(session).by_email(person.backup)
+    covered = (f"your backup {esc(backup.name)}" if backup is not None and backup.active
+               else "each trial's AE (no backup is set for you in staff.csv)")
+    return (f":palm_tree: You are away through {until}: the rotation skips you until then, and while you are away "
+            f"prompts for your trials as CE go to {covered}. `/trial back` when you return.")
 
 
 def _domain_change(rt: App, form: dict[str, str], user_id: str, target: str, subdomain: str) -> str:

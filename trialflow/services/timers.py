@@ -69,7 +69,20 @@ def step_for(trial: PlainTrial, kind: str, usage: Usage | None = None) -> tuple[
         return lc.REMIND_DECISION, {}
     if kind == lc.DAY30_ESCALATION and trial.state == lc.EXTENDED:
         return lc.ESCALATE_DECISION, {}
+    waiting = _WAITS.get(kind)
+    if waiting is not None and trial.state == waiting[0]:
+        return waiting[1], {}
     return None
+
+
+# The waits on people: (the state the trial must still be in, the step it causes).
+_WAITS = {
+    lc.TRIAGE_REMINDER: (lc.TRIAGE, lc.REMIND_TRIAGE),
+    lc.TRIAGE_ESCALATION: (lc.TRIAGE, lc.ESCALATE_TRIAGE),
+    lc.INSTANCE_REQUEST_SLA: (lc.INSTANCE_REQUESTED, lc.CHASE_INSTANCE_REQUEST),
+    lc.HAND_OFF_REMINDER: (lc.INSTANCE_READY, lc.REMIND_HAND_OFF),
+    lc.HAND_OFF_ESCALATION: (lc.INSTANCE_READY, lc.ESCALATE_HAND_OFF),
+}
 
 
 def _asked_since_last_review(trial: PlainTrial) -> bool:

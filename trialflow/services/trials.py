@@ -17,8 +17,9 @@ from trialflow.domain.decisions import Decisions
 from trialflow.domain.normalize import is_public_domain, normalize_domain
 from trialflow.domain.trial import CASE_NAMED, CASE_UNNAMED, SYSTEM, Trial
 from trialflow.errors import InvalidSignup, NotAllowed, NotFound, TransitionRefused
-from trialflow.services import capacity, policies
-from trialflow.services.directory import Directory, Person, next_in_rotation
+from trialflow.services import capacity, policies, rotation
+from trialflow.services.calendar import calendar_for
+from trialflow.services.directory import Directory, Person
 from trialflow.services.timers import EXTENSION_DAYS, review_at
 from trialflow.services.uow import App, UnitOfWork
 from trialflow.settings import Settings
@@ -49,8 +50,10 @@ def get_trial(uow: UnitOfWork, trial_id: str, lock: bool = False) -> Trial:
     return trial
 
 
-def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, internal: bool = False) -> None:
-    """Raises NotAllowed unless this person (or trialflow itself, ``internal``) may take this step."""
+def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, internal: bool = False,
+              covering: bool = False) -> None:
+    """Raises NotAllowed unless this person (or trialflow itself, ``internal``) may take this step.
+    ``covering``: the person acts for the trial's CE while the CE is away (their backup)."""
     step = lc.STEPS.get(trigger)
     if step is None:
         raise TransitionRefused(trigger, trial.state, known=False)
@@ -64,7 +67,7 @@ def authorize(trial: Trial, trigger: str, person: Person | None, actor: str, int
         return
     if step.who == "sdr" and person.role in SDR_ROLES:
         return
-    if step.who == "owner" and person.email in (trial.ce, trial.ae):
+    if step.who == "owner" and (person.email in (trial.ce, trial.ae) or covering):
         return
     if step.who == "cloud" and person.role in CLOUD_ROLES:
         return
@@ -76,7 +79,7 @@ def step(uow: UnitOfWork, settings: Settings, now: datetime, cmd: Command, trial
          ctx: policies.Context) -> Decisions:
     """Take one command's step on ``trial`` (loaded *and row-locked* by the caller) and return
     what it decided, unwritten: the sweep writes a whole batch's decisions at once."""
-    authorize(trial, cmd.trigger, cmd.person, cmd.actor, cmd.internal)
+    authorize(trial, cmd.trigger, cmd.person, cmd.actor, cmd.internal, _covers(uow, settings, now, trial, cmd.person))
     if not trial.can(cmd.trigger):
         raise TransitionRefused(cmd.trigger, trial.state)
     handler = COMMAND_HANDLERS.get(cmd.trigger)
@@ -84,6 +87,14 @@ def step(uow: UnitOfWork, settings: Settings, now: datetime, cmd: Command, trial
         raise TransitionRefused(cmd.trigger, trial.state)
     handler(uow, settings, now, trial, cmd)
     return policies.decide(trial, ctx)
+
+
+def _covers(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, person: Person | None) -> bool:
+    """Whether ``person`` acts for the trial's CE today (the CE is away and they are the backup)."""
+    if person is None or not trial.ce or person.email in (trial.ce, trial.ae):
+        return False
+    today = calendar_for(settings).today(now)
+    return Directory(uow.session).acting_for(trial.ce, today, fallback=trial.ae) == person.email
 
 
 def handle(uow: UnitOfWork, settings: Settings, now: datetime, cmd: Command, trial: Trial | None = None,
@@ -133,8 +144,7 @@ def _qualify(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, c
     if opp:
         trial.opportunity_id = opp
     trial.account_name = trial.account_name or account_name_for(trial)
-    trial.ae = trial.ae or next_in_rotation(uow.session, "ae")
-    trial.ce = trial.ce or next_in_rotation(uow.session, "ce")
+    rotation.assign(uow.session, settings, trial, now, tuple(r for r in ("ae", "ce") if not getattr(trial, r)))
     capacity.lock_capacity(uow.session)
     if not capacity.has_capacity(uow.session, settings):
         trial.fire(lc.WAIT_FOR_CAPACITY, actor=cmd.actor, at=now, reason="instance cap reached", qualified=True, **cmd.detail)
@@ -165,13 +175,14 @@ def _reassign(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, 
     for role in ("ae", "ce"):
         wanted = cmd.detail.get(role)
         if wanted == "next":
-            setattr(trial, role, next_in_rotation(uow.session, role))
+            rotation.assign(uow.session, settings, trial, now, (role,))
         elif wanted:
             person = people.by_email(wanted.strip().lower())
             if person is None or person.role != role or not person.active:
                 raise InvalidSignup(f"{wanted} is not an active {role.upper()} in staff.csv", role)
             setattr(trial, role, person.email)
-    trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce)
+    reason = {"reason": cmd.detail["reason"]} if cmd.detail.get("reason") else {}
+    trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce, **reason)
 
 
 def _mark_ready(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
@@ -256,6 +267,11 @@ COMMAND_HANDLERS: dict[str, Callable[[UnitOfWork, Any, datetime, Trial, Command]
     lc.ASK_DECISION: _plain,
     lc.CONFIRM_ADMIN: _plain,
     lc.CONFIRM_REQUEST_DONE: _request_done,
+    lc.REMIND_TRIAGE: _plain,
+    lc.ESCALATE_TRIAGE: _plain,
+    lc.CHASE_INSTANCE_REQUEST: _plain,
+    lc.REMIND_HAND_OFF: _plain,
+    lc.ESCALATE_HAND_OFF: _plain,
 }
 # Steps trialflow takes while routing a signup or moving the capacity queue, never as a command.
 ROUTING_STEPS = frozenset({lc.ROUTE_TO_EXISTING, lc.CLAIM_POOL_INSTANCE, lc.WAIT_FOR_CAPACITY, lc.SEND_TO_TRIAGE,
