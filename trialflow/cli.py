@@ -472,7 +472,7 @@ def doctor(instance: Annotated[str | None, typer.Option(metavar="HOST", help="th
                                                        show_default="one from the database")] = None,
            only: Annotated[list[str] | None, typer.Option(metavar="SYSTEM",
                                                           help="check only this system (repeatable): database, "
-                                                               "broker, slack, github, smtp, instances",
+                                                               "broker, slack, github, smtp, instances, salesforce",
                                                           show_default="all")] = None) -> int:
     """Check every configured system, one line each: ok, or what is wrong and how to fix it.
     Reads only; exits 1 if something configured is broken."""

@@ -1,6 +1,7 @@
 """The Salesforce adapter with the real simple-salesforce, over HTTPS, against the fake built from the fixtures."""
 from __future__ import annotations
 
+import socket
 from datetime import date
 
 import pytest
@@ -131,3 +132,35 @@ def test_check_logs_in_and_queries_read_only(fake_salesforce, salesforce_key, tm
     assert not check(settings.model_copy(update={"salesforce_username": "x@else.example"})).ok
     down = check(settings.model_copy(update={"salesforce_login_url": "https://127.0.0.1:9"}))
     assert not down.ok and "unreachable" in down.detail
+
+
+# --- trialflow doctor ----------------------------------------------------------------------------
+
+def test_doctor_says_salesforce_works_and_how_it_is_broken(fake_salesforce, salesforce_key, tmp_path):
+    from trialflow import doctor
+
+    settings = make_settings("sqlite://", tmp_path, **fake_salesforce.settings(salesforce_key))
+    [working] = doctor.run(settings, only=["salesforce"])
+    assert working.ok is True and "logged in as integration@acme.example" in working.line()
+
+    other = tmp_path / "other.key"
+    other.write_bytes(private_key_pem())
+    for wrong in ({"salesforce_private_key_file": other}, {"salesforce_username": "nobody@acme.example"}):
+        [refused] = doctor.run(settings.model_copy(update=wrong), only=["salesforce"])
+        assert refused.ok is False and "invalid_grant" in refused.text and "\n" not in refused.line()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    [unreachable] = doctor.run(settings.model_copy(update={"salesforce_login_url": f"https://127.0.0.1:{closed}"}),
+                               only=["salesforce"])
+    assert unreachable.ok is False and "unreachable" in unreachable.text
+    writes = [(m, p) for m, p in fake_salesforce.calls if m not in ("GET",) and p != "/services/oauth2/token"]
+    assert writes == []  # a login and a query: nothing written
+
+
+def test_doctor_says_salesforce_is_not_configured(tmp_path):
+    from trialflow import doctor
+
+    [line] = doctor.run(make_settings("sqlite://", tmp_path), only=["salesforce"])
+    assert line.ok is None and "accounts.csv" in line.text

@@ -361,9 +361,9 @@ def check(settings: Settings, session: requests.Session | None = None) -> CheckR
     crm = SalesforceCrm(settings, session)
     try:
         crm.login()
-        answer = crm._call("query one account", lambda sf: sf.query("SELECT Id FROM Account LIMIT 1"))
+        crm._call("query one account", lambda sf: sf.query("SELECT Id FROM Account LIMIT 1"))
     except (RetryLater, PermanentFailure) as exc:
         return CheckResult(False, str(exc))
     assert crm._login is not None
     return CheckResult(True, f"logged in as {settings.salesforce_username} to {crm._login.instance_url}; "
-                             f"{int(answer.get('totalSize') or 0)} account(s) readable by the query")
+                             "Accounts can be queried")
