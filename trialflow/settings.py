@@ -86,17 +86,17 @@ class Settings(BaseSettings):
 
     # The clocks on waits for people (services.calendar): business hours, and each wait's reminder
     # and escalation. Holidays: ``holidays.csv`` (``date,name``) in the config directory.
-    business_timezone: str = "UTC"
-    business_hours: str = "09:00-17:00"
-    business_days: str = "mon-fri"
-    triage_reminder_business_hours: float = Field(4.0, gt=0, description="triage: the inbound SDRs are reminded")
-    triage_escalation_business_days: float = Field(1.0, gt=0, description="triage: #cloud-trial-alerts and admins")
-    instance_request_business_days: float = Field(1.0, gt=0, description="instance request: issue comment and alert")
-    hand_off_reminder_business_days: float = Field(1.0, gt=0, description="instance ready: the CE, again each time")
-    hand_off_escalation_business_days: float = Field(2.0, gt=0, description="instance ready: the AE is told")
+    business_timezone: str = Field("UTC", description="the IANA timezone business hours are counted in, like Europe/Paris")
+    business_hours: str = Field("09:00-17:00", description="the working hours of a business day, HH:MM-HH:MM")
+    business_days: str = Field("mon-fri", description="the working days, like mon-fri or mon,tue,thu; holidays come from holidays.csv in the config directory")
+    triage_reminder_business_hours: float = Field(4.0, gt=0, description="business hours a lead may wait in triage before the inbound SDRs are reminded in its thread")
+    triage_escalation_business_days: float = Field(1.0, gt=0, description="business days a lead may wait in triage before #cloud-trial-alerts and the admins are told")
+    instance_request_business_days: float = Field(1.0, gt=0, description="business days an instance request may stay open before its issue gets a comment and an alert is posted")
+    hand_off_reminder_business_days: float = Field(1.0, gt=0, description="business days a ready instance may wait for its hand-off before the CE is reminded (and again each such period)")
+    hand_off_escalation_business_days: float = Field(2.0, gt=0, description="business days a ready instance may wait for its hand-off before the AE is told")
     # Optional AE/CE pairing: ``pairs.csv`` (``ae,ce``) in the config directory; a trial whose AE has
     # a pair gets that CE while they can take it (not away, not at their cap).
-    routing_pairs: bool = False
+    routing_pairs: bool = Field(False, description="assign AE and CE together from pairs.csv in the config directory")
 
     instance_cap: int = Field(100, ge=0, description="trials that may hold or await an instance at once")
     pool_low_water: int = Field(3, ge=0, description=(

@@ -29,6 +29,8 @@ def test_every_setting_is_in_the_table_once():
     from trialflow.settings import Settings
     for name in Settings.model_fields:
         assert table.count(f"| `TRIALFLOW_{name.upper()}` |") == 1, name
+    undescribed = [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()]
+    assert undescribed == [], "each setting says what it means (Field(description=...))"
     for wanted in ("ALERTS_CHANNEL", "EMAIL_FROM", "SUPPORT_EMAIL", "FEEDBACK_SENDER", "DELIVERY_MAX_ATTEMPTS"):
         assert f"`TRIALFLOW_{wanted}`" in table
 
