@@ -77,6 +77,21 @@ class Tsv:
         self.buf.write("\n")
 
 
+HISTORY_COPY = "trial_id, from_state, to_state, trigger, actor, at, detail"
+TIMERS_COPY = "trial_id, kind, due_at, fired_at, created_at"
+INSTANCES_COPY = "host, admin_email, status, trial_id, claimed_at"
+OUTBOX_COPY = "key, trial_id, kind, payload, status, attempts, next_attempt_at, created_at, delivered_at, result"
+
+
+def copy_rows(conn, loads) -> None:
+    """COPY each (table, its columns, ``Tsv``) and commit them together."""
+    with conn.cursor() as cur:
+        for table, cols, data in loads:
+            with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                copy.write(data.buf.getvalue())
+    conn.commit()
+
+
 def fill(conninfo: str, stored: int, due: int) -> dict[str, float]:
     """Bulk-load ``stored`` trials (``due`` of them due now). Returns seconds per phase."""
     due = min(due, stored)
@@ -131,20 +146,15 @@ def fill(conninfo: str, stored: int, due: int) -> dict[str, float]:
                             json.dumps({"channel": "cloud-trial-alerts", "text": f"signup {email}", "ref": f"alert:{tid}"}),
                             "delivered", 1, ts(created), ts(created), ts(created), json.dumps({"ts": f"{i}.000100"}))
             t1 = time.perf_counter()
-            with conn.cursor() as cur:
-                for table, cols, data in (
-                    ("trials", "id, email, domain, \"case\", state, account_name, instance_host, ae, ce, created_at, "
-                               "updated_at, started_at, kept, last_activity_at, mql_points", trials),
-                    ("trial_history", "trial_id, from_state, to_state, trigger, actor, at, detail", history),
-                    ("timers", "trial_id, kind, due_at, fired_at, created_at", timers),
-                    ("instances", "host, admin_email, status, trial_id, claimed_at", instances),
-                    ("domain_claims", "domain, instance_host, trial_id, claimed_at", claims),
-                    ("outbox", "key, trial_id, kind, payload, status, attempts, next_attempt_at, created_at, "
-                               "delivered_at, result", effects),
-                ):
-                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                        copy.write(data.buf.getvalue())
-            conn.commit()
+            copy_rows(conn, (
+                ("trials", "id, email, domain, \"case\", state, account_name, instance_host, ae, ce, created_at, "
+                           "updated_at, started_at, kept, last_activity_at, mql_points", trials),
+                ("trial_history", HISTORY_COPY, history),
+                ("timers", TIMERS_COPY, timers),
+                ("instances", INSTANCES_COPY, instances),
+                ("domain_claims", "domain, instance_host, trial_id, claimed_at", claims),
+                ("outbox", OUTBOX_COPY, effects),
+            ))
             timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
             timings["copy"] = timings.get("copy", 0.0) + (time.perf_counter() - t1)
             print(f"  loaded {min(start + chunk, stored):>9,}/{stored:,}", file=sys.stderr)
@@ -171,7 +181,9 @@ def run_size(url: str, conninfo: str, stored: int, due: int) -> dict:
     upgrade(url)
     settings = Settings(database_url=url, config_dir=ROOT / "config", broker_url=None, slack_bot_token=None,
                         slack_signing_secret=None, github_token=None, github_webhook_secret=None, smtp_url=None,
-                        activity_secret=None, instance_cap=10_000_000, pool_low_water=0, _env_file=None)
+                        activity_secret=None, instance_cap=10_000_000, pool_low_water=0,
+                        # The delivered rows are old: pruning them (services.prune) is not what is measured here.
+                        outbox_retention_days=100_000, _env_file=None)
     rt = Runtime(settings)
     load_reference_data(rt.session_factory, settings.config_dir, NOW - timedelta(days=60))
     timings = fill(conninfo, stored, due)

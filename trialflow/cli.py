@@ -288,7 +288,7 @@ def outbox(ctx: typer.Context, status: OutboxStatus = "open", limit: OutboxLimit
 @outbox_app.command("list")
 def outbox_list(status: OutboxStatus = "open", limit: OutboxLimit = 100) -> int:
     """List effects (and the signups spooled on disk, if any)."""
-    from sqlalchemy import select
+    from sqlalchemy import select, true
 
     from trialflow.db import tables
     from trialflow.services.outbox import redact
@@ -296,8 +296,10 @@ def outbox_list(status: OutboxStatus = "open", limit: OutboxLimit = 100) -> int:
     rt = _runtime()
     _print_spooled(rt)
     statuses = ("pending", "delivering", "failed") if status == "open" else (status,)
+    # Not delivered: read through the partial index of those (ix_outbox_open), not all ever stored.
+    open_only = tables.outbox.c.status != "delivered" if status != "delivered" else true()
     with rt.session_factory() as s:
-        rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses))
+        rows = s.execute(select(tables.outbox).where(tables.outbox.c.status.in_(statuses), open_only)
                          .order_by(tables.outbox.c.id).limit(limit)).all()
     if not rows:
         print(f"no {status} effects")
@@ -322,6 +324,16 @@ def outbox_retry(effect_id: Annotated[int, typer.Argument(metavar="ID", help="th
         return 1
     print(f"effect {effect_id} re-queued")
     return 0
+
+
+@outbox_app.command("prune")
+def outbox_prune(dry_run: Annotated[bool, _flag("--dry-run", "count what would go, by kind; change nothing")] = False,
+                 batch: Annotated[int | None, typer.Option(min=1, max=10000, help="rows per transaction",
+                                                           show_default="TRIALFLOW_PRUNE_BATCH_SIZE")] = None) -> int:
+    """Prune delivered effects past TRIALFLOW_OUTBOX_RETENTION_DAYS now, in batches (the sweep
+    prunes a few batches each time); progress on stderr."""
+    from trialflow.services.prune import cli_prune
+    return cli_prune(_runtime(), dry_run=dry_run, batch=batch)
 
 
 @outbox_app.command("drain")
@@ -435,10 +447,13 @@ def beat(check: Annotated[bool, _flag("--check", "exit 0 if beat saved its sched
 
 @app.command()
 def report(as_json: Json = False,
-           weeks: Annotated[int, typer.Option(min=1, max=520, help="weekly cohorts to show")] = 12) -> int:
-    """The funnel: requests, starts, activation, conversion, time in each step."""
+           weeks: Annotated[int, typer.Option(min=1, max=520, help="weekly cohorts to show")] = 12,
+           as_csv: Annotated[bool, _flag("--csv", "CSV: a line per week (and all) of each group")] = False,
+           by: Annotated[Literal["source", "case", "ae", "ce", "reason"] | None,
+                         typer.Option(help="split by this", show_default="no split")] = None) -> int:
+    """The funnel: requests (joiners apart), starts, activation, conversion, time in each step."""
     from trialflow.funnel import cli_report
-    return cli_report(_runtime(), argparse.Namespace(json=as_json, weeks=weeks))
+    return cli_report(_runtime(), argparse.Namespace(json=as_json, weeks=weeks, csv=as_csv, by=by))
 
 
 @app.command()

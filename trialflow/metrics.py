@@ -1,5 +1,10 @@
 """Prometheus metrics, computed from the database at scrape time (the truth lives there).
 
+A scrape reads aggregates, not every row ever stored: trials by state and grade from
+``trial_counts``, delivered effects and their latency from ``delivery_stats`` (both kept with
+the writes, ``services.aggregates``), and the effects not yet delivered from a partial index
+that holds only them.
+
 Any process can serve them (API, worker, a second API replica) and they agree, because nothing is
 counted in memory: the sweep, which may run in beat or in ``trialflow serve``, leaves its last
 numbers in ``kv`` (``record_sweep``) and the scrape reads them back.
@@ -9,7 +14,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import func, select
 
 from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
@@ -42,10 +47,9 @@ def record_sweep(rt, report) -> None:
             session.execute(kv.update().where(kv.c.key == SWEEP_KEY).values(value=value))
 
 
-def _seconds_between(dialect: str, start, end):
-    if dialect == "postgresql":
-        return func.extract("epoch", end - start)
-    return (func.julianday(end) - func.julianday(start)) * literal(86400.0)
+def latency_bucket(seconds: float) -> int:
+    """The index of the first bucket ``seconds`` falls in (``len(LATENCY_BUCKETS)``: above all)."""
+    return next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), len(LATENCY_BUCKETS))
 
 
 def _label(value: float) -> str:
@@ -56,22 +60,28 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _latency(session) -> list[str]:
-    o = tables.outbox
-    latency = _seconds_between(session.get_bind().dialect.name, o.c.created_at, o.c.delivered_at)
-    columns = [func.sum(case((latency <= b, 1), else_=0)) for b in LATENCY_BUCKETS]
-    rows = session.execute(
-        select(o.c.kind, func.count(), func.coalesce(func.sum(latency), 0.0), *columns)
-        .where(o.c.status == "delivered", o.c.delivered_at.is_not(None)).group_by(o.c.kind).order_by(o.c.kind)).all()
+def _latency(session) -> tuple[list[str], int]:
+    """The delivery latency histogram, and how many effects were delivered in all."""
+    d = tables.delivery_stats
+    per_kind: dict[str, list[int]] = {}
+    sums: dict[str, float] = {}
+    for kind, bucket, n, seconds in session.execute(
+            select(d.c.kind, d.c.bucket, func.sum(d.c.n), func.sum(d.c.seconds)).group_by(d.c.kind, d.c.bucket)):
+        per_kind.setdefault(kind, [0] * (len(LATENCY_BUCKETS) + 1))[bucket] += int(n)
+        sums[kind] = sums.get(kind, 0.0) + float(seconds)
     name = "trialflow_delivery_latency_seconds"
     lines = [f"# HELP {name} Time from an effect being committed to the outbox until it was delivered.",
              f"# TYPE {name} histogram"]
-    for kind, count, total, *buckets in rows:
-        k = _escape(kind)
-        lines += [f'{name}_bucket{{kind="{k}",le="{_label(b)}"}} {int(n or 0)}' for b, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
-        lines += [f'{name}_bucket{{kind="{k}",le="+Inf"}} {count}', f'{name}_sum{{kind="{k}"}} {float(total):.6f}',
+    delivered = 0
+    for kind in sorted(k for k, counts in per_kind.items() if sum(counts)):
+        k, counts = _escape(kind), per_kind[kind]
+        cumulative = [sum(counts[:i + 1]) for i in range(len(LATENCY_BUCKETS))]
+        count = sum(counts)
+        delivered += count
+        lines += [f'{name}_bucket{{kind="{k}",le="{_label(b)}"}} {n}' for b, n in zip(LATENCY_BUCKETS, cumulative, strict=True)]
+        lines += [f'{name}_bucket{{kind="{k}",le="+Inf"}} {count}', f'{name}_sum{{kind="{k}"}} {sums[kind]:.6f}',
                   f'{name}_count{{kind="{k}"}} {count}']
-    return lines
+    return lines, delivered
 
 
 def _sweep(session) -> list[str]:
@@ -90,24 +100,34 @@ def _sweep(session) -> list[str]:
 def render(rt) -> str:
     lines: list[str] = []
     with rt.session_factory() as session:
-        t, o = tables.trials, tables.outbox
-        by_state = dict(session.execute(select(t.c.state, func.count()).group_by(t.c.state)).all())
+        c, o = tables.trial_counts, tables.outbox
+        by_state: dict[str, int] = {}
+        grades: dict[str | None, int] = {}
+        for state, grade, n in session.execute(select(c.c.state, c.c.pql_grade, func.sum(c.c.n))
+                                               .group_by(c.c.state, c.c.pql_grade)):
+            by_state[state] = by_state.get(state, 0) + int(n)
+            if state in GRADED_STATES:
+                grades[grade] = grades.get(grade, 0) + int(n)
         lines += ["# HELP trialflow_trials Trials by lifecycle state.", "# TYPE trialflow_trials gauge"]
         lines += [f'trialflow_trials{{state="{s}"}} {by_state.get(s, 0)}' for s in lc.STATES]
-        by_status = dict(session.execute(select(o.c.status, func.count()).group_by(o.c.status)).all())
-        lines += ["# HELP trialflow_effects Outbox effects by status.", "# TYPE trialflow_effects gauge"]
+        latency, delivered = _latency(session)
+        # Not delivered yet: few rows, all in the partial index ix_outbox_open.
+        by_status = dict(session.execute(select(o.c.status, func.count()).where(o.c.status != "delivered")
+                                         .group_by(o.c.status)).all())
+        by_status["delivered"] = delivered
+        lines += ["# HELP trialflow_effects Outbox effects by status (delivered: ever, pruned ones included).",
+                  "# TYPE trialflow_effects gauge"]
         lines += [f'trialflow_effects{{status="{s}"}} {by_status.get(s, 0)}' for s in ("pending", "delivering", "delivered", "failed")]
-        oldest = session.scalar(select(func.min(o.c.created_at)).where(o.c.status.in_(("pending", "delivering"))))
+        oldest = session.scalar(select(func.min(o.c.created_at)).where(o.c.status != "delivered",
+                                                                       o.c.status.in_(("pending", "delivering"))))
         age = max((rt.clock.now() - oldest).total_seconds(), 0.0) if oldest else 0.0
         lines += ["# HELP trialflow_effects_oldest_pending_age_seconds Age of the oldest effect not delivered yet (0: none).",
                   "# TYPE trialflow_effects_oldest_pending_age_seconds gauge",
                   f"trialflow_effects_oldest_pending_age_seconds {age:.3f}"]
-        lines += _latency(session)
+        lines += latency
         pool = session.scalar(select(func.count()).select_from(tables.instances).where(tables.instances.c.status == "pool"))
         lines += ["# HELP trialflow_pool_instances Free pre-provisioned instances.", "# TYPE trialflow_pool_instances gauge",
                   f"trialflow_pool_instances {pool}"]
-        grades = dict(session.execute(select(t.c.pql_grade, func.count()).where(t.c.state.in_(GRADED_STATES))
-                                      .group_by(t.c.pql_grade)).all())
         lines += ["# HELP trialflow_live_trials_by_pql_grade Active and extended trials by PQL grade (none: not graded yet).",
                   "# TYPE trialflow_live_trials_by_pql_grade gauge"]
         lines += [f'trialflow_live_trials_by_pql_grade{{grade="{g}"}} {grades.get(g, 0)}' for g in PQL_GRADES]

@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from trialflow.db import tables
+from trialflow.db import tables, touched
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import ConfigError
 from trialflow.services.timers import activity_counts_from_sql
@@ -251,5 +251,6 @@ def grade_trials(session: Session, now: datetime, *, config_dir: Path | str | No
         report.graded += 1
         if after != before:
             session.execute(update(t).where(t.c.id == trial_id).values(pql_grade=after))
+            touched.touch(session, [trial_id])
             report.changed.append((trial_id, before, after))
     return report

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     beat_relay_seconds: float = Field(5.0, description="Celery beat: how often due effects are dispatched again (lost tasks, retries)")
     relay_grace_seconds: float = Field(10.0, description="a task not finished this long after its dispatch is sent again")
     beat_sweep_seconds: float = Field(120.0, description="Celery beat: how often the 15/30-day clock is swept")
+    outbox_retention_days: int = Field(30, ge=1, description=(
+        "delivered effects older than this leave the outbox, a few batches each sweep (see Bounded storage); "
+        "failed and undelivered ones never do"))
+    prune_batch_size: int = Field(500, ge=1, le=10000, description=(
+        "rows deleted per transaction when pruning the outbox"))
+    prune_batches_per_sweep: int = Field(20, ge=1, description="batches of delivered effects each sweep prunes at most")
     # Above Celery's longest pause between two attempts to reconnect (30 s), so a worker about to
     # reconnect is not taken for hung.
     worker_hung_seconds: float = Field(45.0, gt=0, description=(

@@ -55,8 +55,8 @@ def test_the_dashboard_shows_the_funnel_numbers_in_a_real_browser(chromium, clie
     for week, expected in EXPECTED_ROWS.items():
         assert [page.cells[(week, f)] for f in ROW_FIELDS] == expected, week
     assert {k: page.cells[("2026-W02", k)] for k in EXPECTED_MEDIANS} == EXPECTED_MEDIANS
-    assert page.kpis == {"requests": "5", "starts": "3", "start_rate": "60.0%", "activation_rate": "33.3%",
-                         "conversion_rate": "33.3%"}
+    assert page.kpis == {"requests": "4", "joiners": "1", "starts": "3", "start_rate": "75.0%",
+                         "activation_rate": "33.3%", "conversion_rate": "33.3%"}
     # The charts were drawn from the same numbers: W02 has 3 requests and 2 starts.
     assert 'data-week="2026-W02" data-series="requests" data-value="3"' in dom.stdout
     assert 'data-week="2026-W02" data-series="starts" data-value="2"' in dom.stdout

@@ -15,7 +15,7 @@ H = 3600.0
 
 
 def report(runtime, capsys, *argv_json: bool, weeks: int = 2) -> str:
-    code = cli_report(runtime, argparse.Namespace(json=bool(argv_json), weeks=weeks))
+    code = cli_report(runtime, argparse.Namespace(json=bool(argv_json), weeks=weeks, by=None, csv=False))
     out = capsys.readouterr()
     assert code == 0, out.err
     return out.out
@@ -27,14 +27,15 @@ def test_the_report_counts_each_weekly_cohort_from_the_trials_history(client, ru
     w02, w03 = data["cohorts"]
     assert (w02["week"], w02["requests"], w02["starts"], w02["start_rate"], w02["activated"], w02["activation_rate"],
             w02["converted"], w02["conversion_rate"]) == ("2026-W02", 3, 2, 0.6667, 1, 0.5, 1, 0.5)
-    assert (w03["week"], w03["requests"], w03["starts"], w03["start_rate"], w03["activated"], w03["converted"]) == \
-        ("2026-W03", 2, 1, 0.5, 0, 0)
+    # carl requested and started; pam joined initech's instance: a joiner, not a request
+    assert (w03["week"], w03["requests"], w03["joiners"], w03["starts"], w03["start_rate"], w03["activated"],
+            w03["converted"]) == ("2026-W03", 1, 1, 1, 1.0, 0, 0)
     assert w02["median_seconds"] == {"signup_to_start": 32 * H, "triage_to_qualified": 2 * H,
                                      "requested_to_ready": 24 * H, "ready_to_handed_off": 6 * H}
     assert set(w03["median_seconds"].values()) == {None}
     total = data["total"]
-    assert (total["requests"], total["starts"], total["start_rate"], total["activation_rate"], total["conversion_rate"]) == \
-        (5, 3, 0.6, 0.3333, 0.3333)
+    assert (total["requests"], total["joiners"], total["starts"], total["start_rate"], total["activation_rate"],
+            total["conversion_rate"]) == (4, 1, 3, 0.75, 0.3333, 0.3333)
 
 
 def test_the_text_report_prints_the_same_numbers(client, runtime, capsys):
@@ -89,7 +90,7 @@ class Cells(HTMLParser):
             self.kpis[self._kpi] = data
 
 
-ROW_FIELDS = ("requests", "starts", "start_rate", "activated", "activation_rate", "converted", "conversion_rate")
+ROW_FIELDS = ("requests", "joiners", "starts", "start_rate", "activated", "activation_rate", "converted", "conversion_rate")
 
 
 def read_dashboard(html: str) -> Cells:
@@ -107,8 +108,8 @@ def test_the_dashboard_page_shows_the_funnel_with_its_own_assets_only(client, ru
     for week, expected in EXPECTED_ROWS.items():
         assert [page.cells[(week, f)] for f in ROW_FIELDS] == expected, week
     assert {k: page.cells[("2026-W02", k)] for k in EXPECTED_MEDIANS} == EXPECTED_MEDIANS
-    assert page.kpis == {"requests": "5", "starts": "3", "start_rate": "60.0%", "activation_rate": "33.3%",
-                         "conversion_rate": "33.3%"}
+    assert page.kpis == {"requests": "4", "joiners": "1", "starts": "3", "start_rate": "75.0%",
+                         "activation_rate": "33.3%", "conversion_rate": "33.3%"}
     assert "http://" not in r.text.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in r.text
     css = client.get("/dashboard/static/dashboard.css")

@@ -29,7 +29,7 @@ from trialflow.db import tables
 from trialflow.runtime import Runtime
 from trialflow.services.reference import load_reference_data
 
-SURFACES = ["/dashboard", "/api/funnel", "/api/trials", "/api/trials/{trial_id}", "/docs", "/redoc", "/openapi.json"]
+SURFACES = ["/dashboard", "/api/funnel", "/api/funnel.csv", "/api/trials", "/api/trials/{trial_id}", "/docs", "/redoc", "/openapi.json"]
 # Routes that keep their own check (or need none), as the issue lists them.
 OPEN = {"/healthz", "/api/signups", "/slack/interactions", "/slack/commands", "/github/webhooks",
         "/api/instances/{host}/activity", "/api/events", "/dashboard/static/{name}", "/metrics",
@@ -185,7 +185,8 @@ def local_app(runtime, peer: str, **headers: str):
     return TestClient(create_app(runtime), client=(peer, 40000), headers=headers)
 
 
-@pytest.mark.parametrize("surface", ["/api/trials", "/dashboard", "/api/funnel", "/openapi.json", "/docs"])
+@pytest.mark.parametrize("surface", ["/api/trials", "/dashboard", "/api/funnel", "/api/funnel.csv", "/openapi.json",
+                                     "/docs"])
 def test_with_no_authentication_configured_staff_surfaces_answer_this_machine_only(runtime, surface):
     with local_app(runtime, "127.0.0.1") as here, local_app(runtime, "203.0.113.9") as away:
         assert here.get(surface).status_code == 200
@@ -219,7 +220,8 @@ def test_every_route_is_a_staff_surface_or_named_as_open(runtime):
     unclassified = {p for p in paths if not auth.is_staff_surface(p) and p not in OPEN}
     assert unclassified == set()
     assert {p for p in paths if auth.is_staff_surface(p)} >= {"/api/trials", "/api/trials/{trial_id}", "/dashboard",
-                                                              "/api/funnel", "/docs", "/redoc", "/openapi.json"}
+                                                              "/api/funnel", "/api/funnel.csv", "/docs", "/redoc",
+                                                              "/openapi.json"}
 
 
 # --- /metrics ---------------------------------------------------------------------------------

@@ -70,23 +70,24 @@ def test_cohorts_are_the_iso_weeks_of_signup_oldest_first(funnel):
 
 
 def test_requests_starts_activation_and_conversion_per_week(funnel):
-    rows = [(c.requests, c.starts, c.start_rate, c.activated, c.activation_rate, c.converted, c.conversion_rate)
-            for c in funnel.cohorts]
+    rows = [(c.requests, c.joiners, c.starts, c.start_rate, c.activated, c.activation_rate, c.converted,
+             c.conversion_rate) for c in funnel.cohorts]
     assert rows == [
         # W08: a b c d requested; a b d started: 3/4 = 0.75; A or B: a d = 2/3; converted: a = 1/3
-        (4, 3, 0.75, 2, 0.6667, 1, 0.3333),
-        # W09: e f g requested, none started: 0/3; no starts, so no activation or conversion rate
-        (3, 0, 0.0, 0, None, 0, None),
+        (4, 0, 3, 0.75, 2, 0.6667, 1, 0.3333),
+        # W09: e g requested (f joined initech's instance: a joiner, not a request), none started:
+        # 0/2; no starts, so no activation or conversion rate
+        (2, 1, 0, 0.0, 0, None, 0, None),
         # W10: h requested and started: 1/1; grade D: 0/1; not converted: 0/1
-        (1, 1, 1.0, 0, 0.0, 0, 0.0),
+        (1, 0, 1, 1.0, 0, 0.0, 0, 0.0),
     ]
 
 
 def test_the_totals_add_up_the_weeks_shown(funnel):
     t = funnel.total
-    # requests 4+3+1 = 8; starts 3+0+1 = 4 -> 4/8; activated 2+0+0 = 2 -> 2/4; converted 1 -> 1/4
-    assert (t.requests, t.starts, t.start_rate, t.activated, t.activation_rate, t.converted, t.conversion_rate) == \
-        (8, 4, 0.5, 2, 0.5, 1, 0.25)
+    # requests 4+2+1 = 7, joiners 1; starts 3+0+1 = 4 -> 4/7; activated 2+0+0 = 2 -> 2/4; converted 1 -> 1/4
+    assert (t.requests, t.joiners, t.starts, t.start_rate, t.activated, t.activation_rate, t.converted,
+            t.conversion_rate) == (7, 1, 4, 0.5714, 2, 0.5, 1, 0.25)
 
 
 def test_median_time_in_each_step_per_week(funnel):
@@ -134,9 +135,9 @@ def test_the_text_report_shows_each_weeks_numbers_and_the_totals(funnel):
     text = render_text(funnel)
     lines = text.splitlines()
     w08 = next(line for line in lines if line.split()[:2] == ["2026-W08", "2026-02-16"])
-    assert w08.split()[2:] == ["4", "3", "75.0%", "2", "66.7%", "1", "33.3%"]
+    assert w08.split()[2:] == ["4", "0", "3", "75.0%", "2", "66.7%", "1", "33.3%"]
     total = next(line for line in lines if line.startswith("all "))
-    assert total.split()[1:] == ["8", "4", "50.0%", "2", "50.0%", "1", "25.0%"]
+    assert total.split()[1:] == ["7", "1", "4", "57.1%", "2", "50.0%", "1", "25.0%"]
     steps = next(line for line in lines if line.startswith("2026-W08") and "(n=" in line)
     assert steps.split()[1:] == ["36.0", "h", "(n=2)", "3.0", "h", "(n=2)", "28.0", "h", "(n=2)", "5.0", "h", "(n=2)"]
 

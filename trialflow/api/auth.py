@@ -48,7 +48,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-STAFF_EXACT = frozenset({"/dashboard", "/api/funnel", "/api/trials", "/docs", "/redoc", "/openapi.json"})
+STAFF_EXACT = frozenset({"/dashboard", "/api/funnel", "/api/funnel.csv", "/api/trials", "/docs", "/redoc", "/openapi.json"})
 STAFF_PREFIXES = ("/dashboard/", "/api/funnel/", "/api/trials/", "/docs/", "/redoc/")
 # The dashboard's stylesheet is the package's own file, not staff data (the 403 page uses it too).
 OPEN_UNDER_STAFF = ("/dashboard/static/",)

@@ -11,16 +11,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from trialflow.api import docs
 from trialflow.api.common import RT, error
-from trialflow.api.schemas import FunnelAnswer
-from trialflow.funnel import STEPS, Cohort, Funnel, duration, funnel_from_db, percent
+from trialflow.api.schemas import FunnelOrSplit
+from trialflow.funnel import STEPS, Cohort, Funnel, duration, percent, render_csv, split_from_db, split_to_dict
 
 router = APIRouter(tags=["growth"])
 
 Weeks = Annotated[int, Query(ge=1, le=104, description="weekly cohorts to show")]
+By = Annotated[str | None, Query(pattern="^(source|case|ae|ce|reason)$",
+                                 description="split by source, case, ae, ce or reason")]
 CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"   # packaged with trialflow (package-data)
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -32,18 +34,35 @@ RATE_SERIES = (("start_rate", "start / request", "#2f6fde", ""), ("activation_ra
                ("conversion_rate", "conversion", "#159c6a", "6 5"))
 
 
-@router.get("/api/funnel", responses=docs.answers({200: (FunnelAnswer, "The funnel.")}, *docs.STAFF, 422))
-async def funnel_json(rt: RT, weeks: Weeks = 12):
-    """The funnel by weekly cohort, as ``trialflow report --json`` prints it."""
-    funnel = await run_in_threadpool(funnel_from_db, rt, weeks)
-    return funnel.to_dict()
+@router.get("/api/funnel", responses=docs.answers(
+    {200: (FunnelOrSplit, "The funnel (with by: FunnelSplit, one funnel per value).")}, *docs.STAFF, 422))
+async def funnel_json(rt: RT, weeks: Weeks = 12, by: By = None):
+    """The funnel by weekly cohort, as ``trialflow report --json [--by ...]`` prints it."""
+    funnels = await run_in_threadpool(split_from_db, rt, by, weeks)
+    return split_to_dict(funnels, by) if by else funnels[None].to_dict()
+
+
+class CsvResponse(PlainTextResponse):
+    media_type = "text/csv"
+
+
+@router.get("/api/funnel.csv", response_class=CsvResponse, responses=docs.answers({}, *docs.STAFF, 422))
+async def funnel_csv(rt: RT, weeks: Weeks = 12, by: By = None):
+    """The funnel as CSV, as ``trialflow report --csv [--by ...]`` prints it: a line per week and
+    ``all``, per value of ``by``."""
+    funnels = await run_in_threadpool(split_from_db, rt, by, weeks)
+    return CsvResponse(render_csv(funnels, by),
+                       headers={"Content-Disposition": f'attachment; filename="funnel{"-by-" + by if by else ""}.csv"'})
 
 
 @router.get("/dashboard", response_class=HTMLResponse, responses=docs.answers({}, *docs.STAFF, 422))
-async def dashboard(rt: RT, weeks: Weeks = 12):
-    """Trial requests, starts, activation, conversion and time in each step, with charts."""
-    funnel = await run_in_threadpool(funnel_from_db, rt, weeks)
-    return HTMLResponse(render_page(funnel), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+async def dashboard(rt: RT, weeks: Weeks = 12, by: By = None):
+    """Trial requests, starts, activation, conversion and time in each step, with charts; with
+    ``by``, also a table of the weeks shown split by that."""
+    funnels = await run_in_threadpool(split_from_db, rt, None, weeks)
+    split = await run_in_threadpool(split_from_db, rt, by, weeks) if by else None
+    return HTMLResponse(render_page(funnels[None], by, split),
+                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
 
 @router.get("/dashboard/static/{name}", include_in_schema=False)
@@ -66,12 +85,35 @@ def _kpi(metric: str, label: str, value: str, hint: str) -> str:
             f'<div class="value">{escape(value)}</div><div class="hint">{escape(hint)}</div></div>')
 
 
-def render_page(funnel: Funnel) -> str:
+def split_table(by: str, split: dict[str | None, Funnel]) -> str:
+    head = (by, "requests", "joiners", "starts", "start / request", "activated", "activation", "converted",
+            "conversion")
+    rows = []
+    for value, funnel in sorted(split.items(), key=lambda item: (item[0] is None, item[0] or "")):
+        c = funnel.total
+        name = value if value is not None else "(none)"
+        cells = [("requests", str(c.requests)), ("joiners", str(c.joiners)), ("starts", str(c.starts)),
+                 ("start_rate", percent(c.start_rate)), ("activated", str(c.activated)),
+                 ("activation_rate", percent(c.activation_rate)), ("converted", str(c.converted)),
+                 ("conversion_rate", percent(c.conversion_rate))]
+        tds = "".join(f'<td data-field="{f}">{escape(v)}</td>' for f, v in cells)
+        rows.append(f'<tr data-group="{escape(name)}"><th scope="row">{escape(name)}</th>{tds}</tr>')
+    ths = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
+    return (f'<div class="table-wrap"><table id="split" data-by="{escape(by)}"><thead><tr>{ths}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def render_page(funnel: Funnel, by: str | None = None, split: dict[str | None, Funnel] | None = None) -> str:
     total = funnel.total
+    links = " · ".join(f'<a href="/dashboard?weeks={len(funnel.cohorts)}&amp;by={b}">{b}</a>'
+                       for b in ("source", "case", "ae", "ce", "reason"))
+    split_section = (f'<section>\n  <h2>By {escape(by)}, all weeks shown</h2>\n  {split_table(by, split)}\n</section>\n'
+                     if by and split is not None else "")
     as_of = funnel.as_of.strftime("%Y-%m-%d %H:%M UTC")
     weeks = len(funnel.cohorts)
     kpis = "".join([
-        _kpi("requests", "Trial requests", str(total.requests), "signups"),
+        _kpi("requests", "Trial requests", str(total.requests), "signups, joiners excluded"),
+        _kpi("joiners", "Joiners", str(total.joiners), "joined their company's instance"),
         _kpi("starts", "Trial starts", str(total.starts), "reached an instance"),
         _kpi("start_rate", "Start / request", percent(total.start_rate), f"{total.starts} of {total.requests}"),
         _kpi("activation_rate", "Activation", percent(total.activation_rate), f"{total.activated} of {total.starts} starts are PQL (A/B)"),
@@ -102,8 +144,10 @@ def render_page(funnel: Funnel) -> str:
   <h2>By week</h2>
   {cohort_table(funnel)}
 </section>
+{split_section}<p class="sub">Split by: {links}</p>
 </main>
-<footer>Same numbers as <code>trialflow report</code> and <a href="/api/funnel?weeks={weeks}">/api/funnel</a>.
+<footer>Same numbers as <code>trialflow report</code>, <a href="/api/funnel?weeks={weeks}">/api/funnel</a> and
+<a href="/api/funnel.csv?weeks={weeks}">/api/funnel.csv</a>.
 Activation = PQL grade A or B among starts; conversion = converted among starts.</footer>
 </body>
 </html>
@@ -111,11 +155,11 @@ Activation = PQL grade A or B among starts; conversion = converted among starts.
 
 
 def cohort_table(funnel: Funnel) -> str:
-    head = ("week", "from", "requests", "starts", "start / request", "activated", "activation", "converted",
+    head = ("week", "from", "requests", "joiners", "starts", "start / request", "activated", "activation", "converted",
             "conversion", *(label for _, label in STEPS))
 
     def cells(c: Cohort) -> list[tuple[str, str]]:
-        return [("requests", str(c.requests)), ("starts", str(c.starts)), ("start_rate", percent(c.start_rate)),
+        return [("requests", str(c.requests)), ("joiners", str(c.joiners)), ("starts", str(c.starts)), ("start_rate", percent(c.start_rate)),
                 ("activated", str(c.activated)), ("activation_rate", percent(c.activation_rate)),
                 ("converted", str(c.converted)), ("conversion_rate", percent(c.conversion_rate)),
                 *((key, duration(c.median_seconds(key))) for key, _ in STEPS)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from trialflow import scoring
 from trialflow.domain import lifecycle as lc
@@ -209,7 +209,8 @@ class FunnelStep(BaseModel):
 class CohortNumbers(BaseModel):
     week: str = Field(description="ISO week, like 2026-W02 (the total: N weeks).")
     week_start: str = Field(json_schema_extra={"format": "date"})
-    requests: int
+    requests: int = Field(description="Signups, joiners excluded.")
+    joiners: int = Field(description="Colleagues who joined their company's existing instance (never a trial start).")
     starts: int
     start_rate: float | None = Field(description="null: no requests that week.")
     activated: int
@@ -226,3 +227,16 @@ class FunnelAnswer(BaseModel):
     steps: list[FunnelStep]
     cohorts: list[CohortNumbers]
     total: CohortNumbers
+
+
+class FunnelGroup(FunnelAnswer):
+    value: str | None = Field(description="The group's value (null: not set, e.g. no AE assigned).")
+
+
+class FunnelSplit(BaseModel):
+    by: str = Field(description="source, case, ae, ce or reason.")
+    groups: list[FunnelGroup]
+
+
+class FunnelOrSplit(RootModel[FunnelAnswer | FunnelSplit]):
+    """The funnel; with ``by``, one funnel per value of it."""

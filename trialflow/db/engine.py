@@ -68,8 +68,12 @@ def make_engine(url: str, **kwargs) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    from trialflow.services import aggregates  # the aggregates are kept in every session's transaction
+
     start_mappers()
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    aggregates.install(factory)
+    return factory
 
 
 class LoopConnections:

@@ -53,6 +53,9 @@ TRIAL_COLUMNS = [c.name for c in tables.trials.columns]
 HISTORY_COLUMNS = [c.name for c in _value_columns(tables.trial_history, skip=("trial_id",))]
 TIMER_COLUMNS = ["kind", "due_at", "created_at"]
 EFFECT_COLUMNS = ["key", "kind", "payload", "trial_id", "status", "attempts", "next_attempt_at", "created_at"]
+# The trial's aggregates (``services.aggregates``), written by the same statement.
+FACT_COLUMNS = [c.name for c in tables.trial_facts.columns]
+COUNT_COLUMNS = ["state", "pql_grade", "n"]
 
 
 def _row(table: Table, names: list[str]) -> str:
@@ -72,6 +75,12 @@ def new_trial_sql(histories: int, timers: int, effects: int) -> str:
         f"SELECT new_trial.id, {', '.join('v.' + _quoted(n) for n in HISTORY_COLUMNS)} FROM new_trial, "
         f"(VALUES {', '.join([_row(t.trial_history, HISTORY_COLUMNS)] * histories)}) "
         f"AS v({', '.join(map(_quoted, HISTORY_COLUMNS))}))",
+        f", new_facts AS (INSERT INTO trial_facts ({', '.join(map(_quoted, FACT_COLUMNS))}) "
+        f"SELECT {', '.join('v.' + _quoted(n) for n in FACT_COLUMNS)} FROM new_trial, "
+        f"(VALUES {_row(t.trial_facts, FACT_COLUMNS)}) AS v({', '.join(map(_quoted, FACT_COLUMNS))}))",
+        f", new_count AS (INSERT INTO trial_counts ({', '.join(COUNT_COLUMNS)}) "
+        f"SELECT {', '.join('v.' + n for n in COUNT_COLUMNS)} FROM new_trial, "
+        f"(VALUES {_row(t.trial_counts, COUNT_COLUMNS)}) AS v({', '.join(COUNT_COLUMNS)}))",
     ]
     if timers:
         parts.append(
@@ -93,7 +102,7 @@ def new_trial_sql(histories: int, timers: int, effects: int) -> str:
 
 
 def new_trial_params(trial: dict[str, Any], histories: list[dict[str, Any]], timers: list[dict[str, Any]],
-                     effects: list[dict[str, Any]]) -> list[Any]:
+                     effects: list[dict[str, Any]], facts: dict[str, Any], count: dict[str, Any]) -> list[Any]:
     """The parameters of ``new_trial_sql``, from the rows of the portable writer."""
     from psycopg.types.json import Jsonb  # only on PostgreSQL: SQLite installs need no psycopg
 
@@ -104,6 +113,7 @@ def new_trial_params(trial: dict[str, Any], histories: list[dict[str, Any]], tim
     params = values(tables.trials, TRIAL_COLUMNS, trial)
     for entry in histories:
         params += values(tables.trial_history, HISTORY_COLUMNS, entry)
+    params += [facts[n] for n in FACT_COLUMNS] + [count[n] for n in COUNT_COLUMNS]
     for timer in timers:
         params += values(tables.timers, TIMER_COLUMNS, timer)
     for n, effect in enumerate(effects):

@@ -292,3 +292,68 @@ marketing_events = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("trial_id", String(32), index=True),
 )
+
+# --- aggregates kept as the data changes, and bounded storage (services.aggregates, services.prune) --
+
+# One row per trial: what the funnel needs to know about it, refreshed in the transaction of each
+# of the trial's steps. The funnel reads the rows of its weeks, never ``trials`` or ``trial_history``.
+trial_facts = Table(
+    "trial_facts", metadata,
+    Column("trial_id", String(32), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    Column("week", String(8), nullable=False),    # its cohort: the ISO week (UTC) it was requested in
+    Column("case", String(32)),
+    Column("source", String(100)),
+    Column("ae", String(254)),
+    Column("ce", String(254)),
+    Column("reason", String(200)),            # why it was disqualified (the disqualify step's reason)
+    Column("state", String(32), nullable=False),
+    Column("pql_grade", String(1)),
+    Column("started", Boolean, nullable=False, default=False),
+    Column("signup_to_start", Float),         # seconds in each funnel step it completed
+    Column("triage_to_qualified", Float),
+    Column("requested_to_ready", Float),
+    Column("ready_to_handed_off", Float),
+)
+
+# Trials by (state, PQL grade) as deltas: each step appends +1/-1 rows (no hot row for concurrent
+# signups to queue on) and the sweep folds them into one row per pair.
+trial_counts = Table(
+    "trial_counts", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("state", String(32), nullable=False),
+    Column("pql_grade", String(1)),
+    Column("n", BigInteger, nullable=False),
+)
+
+# Delivered effects by kind and latency bucket (index into metrics.LATENCY_BUCKETS, len: +Inf),
+# appended with the delivery's result and folded by the sweep: the histogram outlives pruning.
+delivery_stats = Table(
+    "delivery_stats", metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("kind", String(48), nullable=False),
+    Column("bucket", Integer, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("seconds", Float, nullable=False),
+)
+
+# Idempotency keys of delivered effects whose rows were pruned: an effect decided again under
+# such a key is not inserted, so it cannot be sent twice.
+pruned_keys = Table(
+    "pruned_keys", metadata,
+    Column("key", String(200), primary_key=True),
+    Column("delivered_at", UTCDateTime(), nullable=False),
+)
+
+# The effects not delivered yet, in id order: `trialflow outbox list` pages them, /metrics counts them
+# and finds the oldest (few rows, however many were delivered); pruning finds delivered rows past
+# retention by delivery time.
+Index("ix_outbox_open", outbox.c.id,
+      postgresql_where=outbox.c.status != "delivered", sqlite_where=outbox.c.status != "delivered")
+Index("ix_outbox_delivered_at", outbox.c.delivered_at,
+      postgresql_where=outbox.c.status == "delivered", sqlite_where=outbox.c.status == "delivered")
+# `/trial mine`: a person's open trials (SDR, AE or CE), each column with the state, so the few
+# open ones are found without reading every trial that person ever had.
+Index("ix_trials_sdr_state", trials.c.sdr, trials.c.state)
+Index("ix_trials_ae_state", trials.c.ae, trials.c.state)
+Index("ix_trials_ce_state", trials.c.ce, trials.c.state)

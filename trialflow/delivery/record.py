@@ -11,14 +11,16 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, update
+from sqlalchemy import Connection, Engine, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from trialflow.db import tables
+from trialflow.metrics import LATENCY_BUCKETS, latency_bucket
 
 log = logging.getLogger("trialflow.delivery")
 
@@ -35,16 +37,37 @@ class Outcome:
 
 
 @functools.cache
-def _result_statement(columns: tuple[str, ...], undo_attempt: bool) -> Any:
+def _result_statement(columns: tuple[str, ...], undo_attempt: bool, dialect: str = "") -> Any:
     """The UPDATE that records one outcome of this shape, on the row only while the lease holds it
-    (built once per shape: a worker runs it for every effect it delivers)."""
+    (built once per shape: a worker runs it for every effect it delivers). A delivery also counts
+    in ``delivery_stats`` (for /metrics): on PostgreSQL in the same statement, which commits by
+    itself; elsewhere the caller's transaction adds the row (``_count_delivered``)."""
     o = tables.outbox
     values: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
     if undo_attempt:
         values["attempts"] = o.c.attempts - 1
-    return (update(o).where(o.c.id == bindparam("b_id"), o.c.status == "delivering",
+    stmt = (update(o).where(o.c.id == bindparam("b_id"), o.c.status == "delivering",
                             o.c.next_attempt_at == bindparam("b_lease_end", type_=o.c.next_attempt_at.type))
-            .values(values).returning(o.c.id))
+            .values(values))
+    if "delivered_at" not in columns:
+        return stmt.returning(o.c.id)
+    if dialect != "postgresql":
+        return stmt.returning(o.c.id, o.c.kind, o.c.created_at, o.c.delivered_at)
+    done = stmt.returning(o.c.id, o.c.kind, o.c.created_at, o.c.delivered_at).cte("done")
+    seconds = func.extract("epoch", done.c.delivered_at - done.c.created_at)
+    bucket = case(*[(seconds <= bound, i) for i, bound in enumerate(LATENCY_BUCKETS)], else_=len(LATENCY_BUCKETS))
+    counted = insert(tables.delivery_stats).from_select(
+        ["kind", "bucket", "n", "seconds"], select(done.c.kind, bucket, literal(1), seconds)).cte("counted")
+    return select(done.c.id).add_cte(counted)
+
+
+def _count_delivered(conn: Connection, rows: Sequence[Any]) -> list[int]:
+    """SQLite: the delivered rows' count in ``delivery_stats``, in the caller's transaction."""
+    if rows and len(rows[0]) > 1:
+        stats = [{"kind": kind, "bucket": latency_bucket((delivered_at - created_at).total_seconds()), "n": 1,
+                  "seconds": (delivered_at - created_at).total_seconds()} for _id, kind, created_at, delivered_at in rows]
+        conn.execute(insert(tables.delivery_stats), stats)
+    return [row[0] for row in rows]
 
 
 class ResultWriter:
@@ -67,9 +90,12 @@ class ResultWriter:
                 with contextlib.nullcontext() if conn.dialect.name == "postgresql" else conn.begin():
                     for outcome in outcomes:
                         params = {f"b_{k}": v for k, v in outcome.values.items()}
-                        statement = _result_statement(tuple(sorted(outcome.values)), outcome.undo_attempt)
-                        ours.update(conn.scalars(statement, {"b_id": outcome.effect_id,
-                                                             "b_lease_end": self._lease_end, **params}))
+                        statement = _result_statement(tuple(sorted(outcome.values)), outcome.undo_attempt,
+                                                      conn.dialect.name)
+                        rows = conn.execute(statement, {"b_id": outcome.effect_id,
+                                                        "b_lease_end": self._lease_end, **params}).all()
+                        ours.update(_count_delivered(conn, rows) if conn.dialect.name != "postgresql"
+                                    else [row[0] for row in rows])
                 return ours
             except OperationalError:
                 # A database blip must not leave a delivered effect to be sent again (email cannot

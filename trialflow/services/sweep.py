@@ -39,7 +39,7 @@ from trialflow.domain.decisions import Decisions
 from trialflow.domain.trial import SYSTEM, Trial
 from trialflow.errors import TrialflowError
 from trialflow.metrics import record_sweep
-from trialflow.services import capacity, cloud_loop, outbox, policies, usage_polls
+from trialflow.services import aggregates, capacity, cloud_loop, outbox, policies, prune, usage_polls
 from trialflow.services import slack_blocks as sb
 from trialflow.services.directory import Directory
 from trialflow.services.timers import step_for
@@ -62,6 +62,7 @@ class SweepReport:
     timers_fired: int = 0
     trials_touched: int = 0
     promoted: int = 0
+    pruned: int = 0
     seconds: float = 0.0
 
     def add(self, text: str) -> None:
@@ -103,9 +104,22 @@ def sweep(rt: App, at: datetime | None = None, dry_run: bool = False, batch: int
         with rt.uow() as uow:
             _sweep_program(uow, rt, now, send_at, report)
             uow.commit()
+        _housekeeping(rt, send_at, report)
     report.seconds = time.perf_counter() - started
     record_sweep(rt, report)  # for /metrics; a dry run records nothing
     return report
+
+
+def _housekeeping(rt: App, now: datetime, report: SweepReport) -> None:
+    """Fold the aggregates' appended deltas, and prune a few batches of delivered effects past
+    retention (``services.prune``): small transactions, so nothing waits long behind them."""
+    with rt.uow() as uow:
+        aggregates.compact(uow.session)
+        uow.commit()
+    pruned = prune.prune(rt, now, max_batches=rt.settings.prune_batches_per_sweep)
+    report.pruned = pruned.pruned
+    if pruned.pruned:
+        report.add(f"pruned {pruned.pruned} delivered effects older than {rt.settings.outbox_retention_days} days")
 
 
 def _count_due(rt: App, now: datetime) -> int:

@@ -18,6 +18,7 @@ from trialflow.db import statements, tables
 from trialflow.db.sql import insert_ignore, session_driver
 from trialflow.domain.decisions import Decisions, Effect
 from trialflow.domain.trial import PlainTrial
+from trialflow.services import aggregates
 
 
 def effect_row(effect: Effect) -> dict[str, Any]:
@@ -73,7 +74,10 @@ def write(session: Session, decisions: Decisions) -> list[int]:
     if not decisions.effects:
         return []
     track_cloud_requests(session, decisions.effects)
-    return _insert_effects(session, [effect_row(e) for e in decisions.effects])
+    pk = tables.pruned_keys
+    # An effect delivered long ago and pruned from the outbox keeps its key here: decided again, it is not new.
+    pruned = set(session.scalars(select(pk.c.key).where(among(session, pk.c.key, [e.key for e in decisions.effects]))))
+    return _insert_effects(session, [effect_row(e) for e in decisions.effects if e.key not in pruned])
 
 
 def _instances_reported_back(session: Session, decisions: Decisions) -> None:
@@ -121,6 +125,8 @@ def write_new_trial(session: Session, trial: PlainTrial, decisions: Decisions) -
     if not insert_ignore(session, tables.trials, trial_row(trial), index_elements=["email"]):
         return None
     session.execute(insert(tables.trial_history), history_rows(trial))
+    session.execute(insert(tables.trial_facts), aggregates.new_trial_facts(trial))
+    session.execute(insert(tables.trial_counts), aggregates.new_trial_count(trial))
     return write(session, decisions)
 
 
@@ -134,7 +140,8 @@ def new_trial_statement(trial: PlainTrial, decisions: Decisions) -> tuple[str, l
               for _trial_id, kind, due_at, created_at in decisions.scheduled]
     effects = [effect_row(e) for e in decisions.effects]
     sql = statements.new_trial_sql(len(trial.history), len(timers), len(effects))
-    return sql, statements.new_trial_params(trial_row(trial), history_rows(trial), timers, effects)
+    return sql, statements.new_trial_params(trial_row(trial), history_rows(trial), timers, effects,
+                                            aggregates.new_trial_facts(trial), aggregates.new_trial_count(trial))
 
 
 def _dialect(session: Session) -> ModuleType:
@@ -152,6 +159,8 @@ def among(session: Session, column: ColumnElement[Any], values: list[Any]) -> Co
 
 def _insert_effects(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Insert effects in order (a repeated idempotency key is a no-op); returns the new ids."""
+    if not rows:
+        return []
     if session.get_bind().dialect.name != "postgresql":
         return list(session.execute(sqlite.insert(tables.outbox).on_conflict_do_nothing(index_elements=["key"])
                                     .returning(tables.outbox.c.id), rows).scalars())
