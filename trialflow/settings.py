@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     email_from: str = Field("trials@example.com", description="the sender of the emails to prospects")
     support_email: str = Field("support@example.com", description="where prospects are told to write for help")
     feedback_sender: str = Field("growth@example.com", description="the sender of the feedback request at the end of a trial")
+    feedback_url: str | None = Field(None, description=(
+        "the link in the email telling a prospect their trial ended (a survey); unset: a mailto: link to "
+        "the feedback sender"))
 
     activity_secret: SecretStr | None = Field(None, description=(
         "the HMAC secret instances sign `POST /api/instances/{host}/activity` with"))

@@ -153,7 +153,9 @@ def test_day_15_extends_the_trial_that_reported_use_and_terminates_the_one_that_
     report = sweep(runtime)
     states = {t: client.get(f"/api/trials/{t}").json()["state"] for t in (used["trial_id"], idle["trial_id"])}
     assert states == {used["trial_id"]: "extended", idle["trial_id"]: "terminated"}
-    assert report.trials_touched == 3   # the idle one also got its day-12 heads-up
+    # the idle one also got its day-12 heads-up and its onboarding tip; both, the prospect's notice; the used
+    # one, its first check-in (the report on day 2 was its first use)
+    assert report.trials_touched == 7
 
 
 def test_a_report_sent_in_the_same_second_as_the_trial_started_counts_as_activity(client, runtime, clock):

@@ -53,8 +53,8 @@ def test_delivery_latency_is_a_histogram_from_commit_to_delivery_per_kind(client
     client.post("/api/signups", json={"email": "lee@randomcorp.dev"})
     second = {k: n - first.get(k, 0) for k, n in effects_by_kind(runtime).items() if n != first.get(k, 0)}
     runtime.clock.advance(seconds=45)
-    deliver_all(runtime)                       # the triage alert: 45 s
-    assert second == {"slack.message": 1}
+    deliver_all(runtime)                       # the triage alert and the SDRs' Home tabs: 45 s
+    assert second == {"slack.message": 1, "slack.home": 1}
     m = scrape(client)
     bucket = m["trialflow_delivery_latency_seconds_bucket"]
     for kind, n in first.items():
@@ -67,7 +67,7 @@ def test_delivery_latency_is_a_histogram_from_commit_to_delivery_per_kind(client
         assert m["trialflow_delivery_latency_seconds_count"][(("kind", kind),)] == n + later
         # n effects after 2 s each, plus the later ones after 45 s
         assert abs(m["trialflow_delivery_latency_seconds_sum"][(("kind", kind),)] - (2 * n + 45 * later)) < 0.01
-    assert m["trialflow_effects"][(("status", "delivered"),)] == sum(first.values()) + 1
+    assert m["trialflow_effects"][(("status", "delivered"),)] == sum(first.values()) + 2
     assert m["trialflow_effects"][(("status", "pending"),)] == 0
 
 
@@ -76,7 +76,7 @@ def test_the_age_of_the_oldest_undelivered_effect_is_exposed(client, runtime):
     client.post("/api/signups", json={"email": "lee@randomcorp.dev"})
     runtime.clock.advance(seconds=30)
     m = scrape(client)
-    assert m["trialflow_effects"][(("status", "pending"),)] == 1
+    assert m["trialflow_effects"][(("status", "pending"),)] == 2    # the triage alert and the SDRs' Home tabs
     assert m["trialflow_effects_oldest_pending_age_seconds"][()] == 30
 
 
@@ -86,14 +86,15 @@ def test_the_last_sweeps_duration_and_trials_touched_are_exposed(client, runtime
     runtime.clock.advance(days=12)             # the day-12 heads-up before the day-15 review is due
     report = sweep(runtime)                    # the sweep records its own numbers
     m = scrape(client)
-    assert report.timers_fired == 1 and report.trials_touched == 1
-    assert m["trialflow_sweep_last_trials_touched"][()] == 1
-    assert m["trialflow_sweep_last_timers_fired"][()] == 1
+    # the heads-up, and the prospect's day-15 notice and first onboarding tip
+    assert report.timers_fired == 3 and report.trials_touched == 3
+    assert m["trialflow_sweep_last_trials_touched"][()] == 3
+    assert m["trialflow_sweep_last_timers_fired"][()] == 3
     assert m["trialflow_sweep_last_promoted"][()] == 0
     assert m["trialflow_sweep_last_duration_seconds"][()] == report.seconds > 0
     assert m["trialflow_sweep_last_run_timestamp_seconds"][()] == runtime.clock.now().timestamp()
     sweep(runtime, dry_run=True)               # a dry run is not the last sweep
-    assert scrape(client)["trialflow_sweep_last_timers_fired"][()] == 1
+    assert scrape(client)["trialflow_sweep_last_timers_fired"][()] == 3
     runtime.clock.advance(minutes=1)
     sweep(runtime)                             # nothing due now
     m = scrape(client)

@@ -99,14 +99,15 @@ def test_a_named_account_signup_over_http_reaches_slack_and_the_person_s_inbox(c
     response = client.post("/api/signups", json={"email": "bob@acme-corp.com", "name": "Bob"})
     assert response.status_code == 201, response.text
 
-    assert build_deliverer(runtime).drain_all() == {"delivered": 3}
+    # the alert, the channel, the account (its link emailed), the trial's start emailed, the Home tabs published
+    assert build_deliverer(runtime).drain_all() == {"delivered": 5}
 
     [alert] = fake_slack.messages_in("cloud-trial-alerts")
     assert ":rocket:" in alert["text"] and "bob@acme-corp.com" in alert["text"]
     channel = fake_slack.channel_named("cloud-trial-acme-corp")
     assert {"U0CE00001", "U0AE00001"} <= channel.members
     assert channel.topic == "Cloud trial for Acme Corp (acme-corp.com)"
-    [reset] = smtp_server.messages
+    [reset] = [m for m in smtp_server.messages if m["X-Trialflow-Template"] == "password_reset"]
     assert reset["To"] == "bob@acme-corp.com"
     assert "https://pool-a.sourcegraph.com/password-reset?code=" in reset.get_content()
     assert fake_sourcegraph.reset_links[-1] in reset.get_content(), "the link the instance made"
@@ -162,7 +163,8 @@ def test_two_workers_draining_at_once_deliver_every_effect_exactly_once(client, 
         workers[0].drain_all()
 
     assert errors == []
-    assert len(fake_github.issues) == 2 and len(smtp_server.messages) == 4
+    # 2 welcomes, 2 links (the claims), and the 2 claimed trials' start
+    assert len(fake_github.issues) == 2 and len(smtp_server.messages) == 6
     assert_each_effect_arrived_exactly_once(runtime, fake_slack, fake_github, smtp_server)
 
 
@@ -328,14 +330,15 @@ def test_without_tokens_effects_are_logged_and_marked_delivered_but_the_reset_li
     load_reference_data(rt.session_factory, config_dir, clock.now())
     submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email="bob@acme-corp.com"))
 
-    assert build_deliverer(rt).drain_all() == {"delivered": 3}
+    assert build_deliverer(rt).drain_all() == {"delivered": 5}
     [link] = fake_sourcegraph.reset_links
     assert link.startswith("https://pool-a.sourcegraph.com/password-reset?code=")
 
     dry_run = {r.kind: (r.status, r.result.get("dry_run", (r.result.get("email") or {}).get("dry_run")))
                for r in rows(rt)}
     assert dry_run == {"slack.message": ("delivered", True), "slack.channel": ("delivered", True),
-                       "instance.account": ("delivered", True)}
+                       "instance.account": ("delivered", True), "email": ("delivered", True),
+                       "slack.home": ("delivered", True)}
     assert "dry-run email → bob@acme-corp.com: password_reset" in caplog.text
     assert "dry-run slack.channel" in caplog.text
     assert link not in caplog.text
@@ -347,8 +350,8 @@ def test_without_tokens_effects_are_logged_and_marked_delivered_but_the_reset_li
 def test_without_an_instance_token_no_reset_link_is_invented(dry_runtime, caplog):
     caplog.set_level(logging.DEBUG)
     submit_signup(dry_runtime.uow, dry_runtime.settings, dry_runtime.clock, SignupInput(email="bob@acme-corp.com"))
-    assert build_deliverer(dry_runtime).drain_all() == {"delivered": 3}
-    [pending] = rows(dry_runtime, tables.outbox.c.kind == "email")
+    assert build_deliverer(dry_runtime).drain_all() == {"delivered": 5}
+    [pending] = rows(dry_runtime, tables.outbox.c.kind == "email", tables.outbox.c.key.like("%account-pending"))
     assert pending.payload["template"] == "account_pending" and "reset_link" not in pending.payload["context"]
     [alert] = rows(dry_runtime, tables.outbox.c.kind == "slack.message")
     assert "?sourcegraph-operator" in json.dumps(alert.payload), "the CE gets today's manual step"

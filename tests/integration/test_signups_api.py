@@ -158,7 +158,8 @@ def test_marketing_actions_seen_before_the_signup_count_in_the_triage_alert(clie
 
     assert detail(client, body["trial_id"])["lead_score"]["mql_points"] == 20
     with runtime.engine.connect() as conn:
-        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"])).scalar_one()
+        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"],
+                                                                   tables.outbox.c.kind == "slack.message")).scalar_one()
     assert "MQL 20 pts (MQL)" in json.dumps(alert)
 
 
@@ -406,7 +407,8 @@ def test_text_that_could_forge_lines_mentions_or_links_in_slack_and_github_is_re
 def test_an_ampersand_in_a_company_name_reaches_slack_escaped(client, runtime):
     body = signup(client, "lee@tiny-startup.io", name="Lee", company="Smith & Sons").json()
     with runtime.engine.connect() as conn:
-        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"])).scalar_one()
+        alert = conn.execute(select(tables.outbox.c.payload).where(tables.outbox.c.trial_id == body["trial_id"],
+                                                                   tables.outbox.c.kind == "slack.message")).scalar_one()
     assert "(Smith &amp; Sons)" in alert["text"]
 
 

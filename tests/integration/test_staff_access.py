@@ -31,7 +31,7 @@ from trialflow.services.reference import load_reference_data
 
 SURFACES = ["/dashboard", "/api/funnel", "/api/funnel.csv", "/api/trials", "/api/trials/{trial_id}", "/docs", "/redoc", "/openapi.json"]
 # Routes that keep their own check (or need none), as the issue lists them.
-OPEN = {"/healthz", "/api/signups", "/slack/interactions", "/slack/commands", "/github/webhooks",
+OPEN = {"/healthz", "/api/signups", "/slack/interactions", "/slack/commands", "/slack/events", "/github/webhooks",
         "/api/instances/{host}/activity", "/api/events", "/dashboard/static/{name}", "/metrics",
         "/auth/login", "/auth/callback", "/auth/logout", "/docs/oauth2-redirect"}
 

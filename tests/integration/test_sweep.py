@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select, update
 from tests.conftest import make_settings
 from tests.support.processes import trialflow_env
 from trialflow.db import tables
+from trialflow.domain import lifecycle as lc
 from trialflow.metrics import SWEEP_KEY
 from trialflow.runtime import Runtime
 from trialflow.services.activity import ActivityReport, record_activity
@@ -87,6 +88,20 @@ def snapshot(rt) -> tuple:
                                 .order_by(tables.kv.c.key)).all()))
 
 
+# The prospect's emails are steps of the clock too (tests/integration/test_prospect_emails.py); these
+# tests are about the trials team's steps.
+PROSPECT_STEPS = (lc.TELL_DEADLINE, lc.SEND_ONBOARDING_TIP, lc.CHECK_IN)
+
+
+def team_steps(rt, trial_id: str) -> list[str]:
+    return [h[0] for h in history(rt, trial_id) if h[0] not in PROSPECT_STEPS]
+
+
+def team_actions(report) -> list[str]:
+    """The report's steps that are not the prospect's emails."""
+    return [a for a in report.actions if not any(f"→ {step} " in a for step in PROSPECT_STEPS)]
+
+
 def buttons(message: dict) -> list[tuple[str, str]]:
     return [(e["action_id"], e["value"]) for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
 
@@ -100,12 +115,13 @@ def test_an_inactive_trial_gets_a_heads_up_with_keep_and_terminate_buttons_befor
     used(runtime, busy)
     clock.advance(days=11, minutes=1)
     report = sweep(runtime)
-    assert [h[0] for h in history(runtime, idle)][-1] == "warn_termination"
-    assert "warn_termination" not in [h[0] for h in history(runtime, busy)]
+    assert team_steps(runtime, idle)[-1] == "warn_termination"
+    assert "warn_termination" not in team_steps(runtime, busy)
     [heads_up] = effects(runtime, idle, "slack.message", "warn_termination")
     assert heads_up["channel"] == "#cloud-trial-globex" and "day-15 review" in heads_up["text"]
     assert buttons(heads_up) == [("trial:keep", idle), ("trial:terminate", idle)]
-    assert report.timers_fired == 2 and report.trials_touched == 1
+    # both heads-ups (one a no-op), both prospect notices and the two day-1 tips (one a no-op: in use)
+    assert report.timers_fired == 6 and len(team_actions(report)) == 1
 
 
 def test_at_day_15_no_activity_terminates_and_frees_the_instance_unless_the_ce_kept_it(runtime, clock):
@@ -137,11 +153,11 @@ def test_at_day_15_activity_extends_to_day_30_with_a_trial_extend_issue(runtime,
     clock.advance(days=11, minutes=1)
     sweep(runtime)
     assert state(runtime, bob) == "extended"
-    triggers = [h[0] for h in history(runtime, bob)]
-    assert triggers == ["claim_pool_instance", "extend"], "no heads-up for an instance in use"
+    assert team_steps(runtime, bob) == ["claim_pool_instance", "extend"], "no heads-up for an instance in use"
     [issue] = effects(runtime, bob, "github.issue")
     assert issue["issue_kind"] == "trial-extend" and str((started + timedelta(days=30)).date()) in issue["title"]
-    assert pending_timers(runtime, bob) == {"day30_decision": started + timedelta(days=30)}
+    assert pending_timers(runtime, bob) == {"day30_decision": started + timedelta(days=30),
+                                            "prospect_deadline_notice": started + timedelta(days=27)}
 
 
 # --- day 30 ---------------------------------------------------------------------------------------
@@ -163,7 +179,7 @@ def test_day_30_reminds_the_ce_then_escalates_every_two_days_until_someone_decid
     assert escalation["channel"] == "cloud-trial-alerts"
     assert "<@U0AE00001>" in escalation["text"] and "<@U0CE00001>" in escalation["text"]
     clock.advance(days=1)
-    assert sweep(runtime).trials_touched == 0, "not before two more days"
+    assert team_actions(sweep(runtime)) == [], "not before two more days"
     clock.advance(days=1)
     sweep(runtime)
     assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 2
@@ -172,9 +188,9 @@ def test_day_30_reminds_the_ce_then_escalates_every_two_days_until_someone_decid
     assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 3
     act(runtime, bob, "extend", "U0CE00001", days=15)
     clock.advance(days=6)
-    assert sweep(runtime).trials_touched == 0, "a decision stops the escalations"
+    assert team_actions(sweep(runtime)) == [], "a decision stops the escalations"
     assert len(effects(runtime, bob, "slack.message", "escalate_decision")) == 3
-    assert [h[0] for h in history(runtime, bob)][-5:] == ["remind_decision", "escalate_decision", "escalate_decision",
+    assert team_steps(runtime, bob)[-5:] == ["remind_decision", "escalate_decision", "escalate_decision",
                                                           "escalate_decision", "extend"]
 
 
@@ -197,7 +213,8 @@ def test_a_sweep_run_twice_for_the_same_moment_does_nothing_the_second_time(runt
     signup(runtime, "alice@acme-corp.com")              # case 1: a user-added reminder too
     clock.advance(days=15, minutes=1)
     first = sweep(runtime)
-    assert first.trials_touched == 7 and first.timers_fired == 7
+    # 3 started trials: heads-up (no-op when in use: none is), review, prospect notice, day-1 tip; 1 reminder
+    assert len(team_actions(first)) == 7 and first.timers_fired == 13
     before = snapshot(runtime)
     second = sweep(runtime, at=first.at)
     assert (second.timers_fired, second.trials_touched, second.actions) == (0, 0, [])
@@ -283,7 +300,8 @@ def test_one_broken_trial_does_not_stop_the_sweep_and_stays_due(runtime, clock, 
     assert state(runtime, fine) == "extended"
     assert state(runtime, broken) == "active"
     assert "day15_review" in pending_timers(runtime, broken), "left due, to be retried once repaired"
-    assert report.trials_touched == 1 and report.timers_fired == 3   # both day-12 heads-ups (no-ops) and one review
+    # both day-12 heads-ups (no-ops), one review, both prospect notices and day-1 tips (no-ops: in use)
+    assert len(team_actions(report)) == 1 and report.timers_fired == 7
     assert any(broken in r.getMessage() and "left due" in r.getMessage() for r in caplog.records)
     clock.advance(hours=1)
     again = sweep(runtime, dry_run=True, batch=1)   # a batch made only of the broken timer ends the run
@@ -308,7 +326,7 @@ def test_a_dry_run_from_the_cli_prints_what_it_would_do_and_changes_nothing(db_u
     before = snapshot(runtime)
     dry = run_cli(db_url, config_dir, "--dry-run", "--at", at)
     assert dry.returncode == 0, dry.stderr
-    assert "would do 4 thing(s)" in dry.stdout
+    assert "would do 7 thing(s)" in dry.stdout   # and the prospect's notices and tip
     assert f"{idle} gina@globex.com: day15_review → terminate (now terminated)" in dry.stdout
     assert f"{busy} bob@acme-corp.com: day15_review → extend (now extended)" in dry.stdout
     assert "would post a license rotation reminder" in dry.stdout
@@ -316,7 +334,7 @@ def test_a_dry_run_from_the_cli_prints_what_it_would_do_and_changes_nothing(db_u
     assert snapshot(runtime) == before
     real = run_cli(db_url, config_dir, "--at", at)
     assert real.returncode == 0, real.stderr
-    assert "did 4 thing(s)" in real.stdout
+    assert "did 7 thing(s)" in real.stdout
     assert (state(runtime, idle), state(runtime, busy)) == ("terminated", "extended")
 
 

@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 from trialflow.slack_app import manifest
 
@@ -79,6 +80,7 @@ class FakeSlack:
         self.messages: list[dict[str, Any]] = []      # every message chat.postMessage accepted
         self.updates: list[dict[str, Any]] = []       # every chat.update accepted
         self.invites: list[tuple[str, str]] = []      # (channel id, user id)
+        self.home_views: dict[str, list[dict[str, Any]]] = {}   # user id -> every App Home view published
         self.users: dict[str, str] = {}               # email -> user id
         # The bot token's scopes, sent back in x-oauth-scopes as Slack does: by default those of an
         # app created from trialflow's manifest (`trialflow slack-manifest`).
@@ -292,6 +294,26 @@ class FakeSlack:
         body.update(channel=channel.id, ts=target["ts"], text=target["text"])
         body["message"] = {"text": target["text"], "user": BOT_USER, "blocks": target["blocks"]}
         return body
+
+    def _views_publish(self, args):
+        """App Home: the user must exist; the view must be a ``home`` view slack_sdk's models accept
+        (at most 100 blocks)."""
+        user_id, view = args.get("user_id"), _json_arg(args.get("view"))
+        if user_id not in self.users.values():
+            return self._error(error="user_not_found")
+        if not isinstance(view, dict) or view.get("type") != "home":
+            return self._error(error="invalid_arguments")
+        try:
+            View(**view).validate_json()
+            View(**view).to_dict()
+        except (SlackObjectFormationError, TypeError) as exc:
+            return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": [f"[ERROR] {exc}"]}}
+        refused = _refused_content({"blocks": (view.get("blocks") or [])[:MESSAGE_BLOCKS_MAX]})
+        if refused:
+            return refused
+        published = {"id": f"V{next(self._ids):08d}", "hash": f"{next(self._ts)}.home", **view}
+        self.home_views.setdefault(user_id, []).append(published)
+        return {"ok": True, "view": published}
 
     def _conversations_create(self, args):
         name = (args.get("name") or "").lower()

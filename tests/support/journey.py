@@ -15,6 +15,7 @@ from trialflow.delivery.github import GitHubTransport
 from trialflow.delivery.instance import InstanceTransport
 from trialflow.delivery.slack import SlackTransport
 from trialflow.delivery.sourcegraph import SourcegraphAdmin
+from trialflow.services import prospect_policies
 from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.sweep import sweep
 from trialflow.services.timers import USAGE_ANSWER_MINUTES
@@ -118,8 +119,11 @@ class Journey:
     def channel(self, name: str) -> list[str]:
         return [m["text"] for m in self.slack.messages_in(name)]
 
-    def emails_to(self, address: str) -> list:
-        return self.smtp.to(address)
+    def emails_to(self, address: str, prospect: bool = False) -> list:
+        """What ``address`` received; without the prospect's lifecycle emails (the trial started, its
+        dates, tips, check-ins: tests/integration/test_prospect_emails.py) unless ``prospect``."""
+        return [m for m in self.smtp.to(address)
+                if prospect or m["X-Trialflow-Template"] not in prospect_policies.TEMPLATES]
 
 
 def buttons_in(slack, channel: str, trial_id: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.block_kit import assert_intact_mrkdwn, assert_valid_message
 from trialflow.domain import lifecycle as lc
-from trialflow.domain.trial import CASE_MANUAL, CASE_NAMED, Event, PlainTrial
+from trialflow.domain.trial import CASE_MANUAL, CASE_NAMED, Event, PlainHistoryEntry, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import policies
 from trialflow.services import slack_blocks as sb
@@ -116,7 +116,7 @@ def every_step():
 def effects_of(case: str, source: str, trigger: str, actor: str):
     trial = longest_trial(case)
     step = lc.STEPS[trigger]
-    trial.history = [object()] * 7  # keys carry the history position
+    trial.history = [PlainHistoryEntry(source, source, "recorded", "system", NOW)] * 7  # keys carry the history position
     trial.events.append(Event(trial, trigger, source, step.dest or source, actor, NOW, detail_for(trigger)))
     return policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
 
@@ -145,7 +145,7 @@ def test_a_disqualify_with_a_500_character_note_and_long_names_fits_and_still_sa
     trial.name, trial.company = "&" * 200, "&" * 200
     trial.events.append(Event(trial, lc.DISQUALIFY, lc.TRIAGE, lc.DISQUALIFIED, "U0SDR0001", NOW,
                               {"reason": f"Other (see note): {NOTE}"}))
-    [update, _email] = policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
+    [update, _email, _home] = policies.decide(trial, policies.Context(People(), Settings(_env_file=None))).effects
     text = update.payload["text"]
     assert len(text) <= 3000
     assert_valid_message(update.payload)

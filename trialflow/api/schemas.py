@@ -182,6 +182,23 @@ class SlashCommandForm(BaseModel):
     response_url: str | None = None
 
 
+class SlackEvent(BaseModel):
+    """Slack's Events API request: a ``url_verification`` challenge, or an ``event_callback`` (trialflow
+    reads ``app_home_opened``)."""
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(json_schema_extra={"examples": ["event_callback", "url_verification"]})
+    challenge: str | None = None
+    event_id: str | None = None
+    event: dict[str, Any] | None = None
+
+
+class SlackEventAnswer(BaseModel):
+    """The challenge, echoed (url_verification); otherwise ``ok``."""
+    model_config = ConfigDict(extra="allow")
+    challenge: str | None = None
+    ok: bool | None = None
+
+
 class SlackAnswer(BaseModel):
     """An ephemeral message, or a modal's response_action (errors on its fields, or a new view)."""
     model_config = ConfigDict(extra="allow")

@@ -17,8 +17,9 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from trialflow.api import docs
 from trialflow.api.common import RT, error, parse_form, parse_json, read_body
 from trialflow.api.errors import validation_message
-from trialflow.api.schemas import InteractionForm, SlackAnswer, SlashCommandForm
+from trialflow.api.schemas import InteractionForm, SlackAnswer, SlackEvent, SlackEventAnswer, SlashCommandForm
 from trialflow.delivery.slack import slack_web
+from trialflow.services.app_home import home_opened
 from trialflow.services.slack_commands import handle_slash_command
 from trialflow.services.slack_interactions import handle_interaction
 from trialflow.services.slack_payloads import Interaction
@@ -109,3 +110,30 @@ async def slack_commands(request: Request, rt: RT):
     form = parse_form(body)
     answer = await run_in_threadpool(handle_slash_command, rt, form)
     return JSONResponse(answer)
+
+
+@router.post("/slack/events", openapi_extra=docs.json_body(
+    SlackEvent, "Slack's Events API request (subscribe the app to app_home_opened).", parameters=SIGNED),
+    responses=docs.answers({200: (SlackEventAnswer, "The challenge echoed, or ok: the event is taken (or ignored).")},
+                           400, 401, 413, 503))
+async def slack_events(request: Request, rt: RT):
+    """Slack events: the URL check, and ``app_home_opened`` (the person's Home tab is published)."""
+    body = await verified_body(request, rt)
+    if isinstance(body, Response):
+        return body
+    document = parse_json(body, "The Slack event")
+    if not isinstance(document, dict):
+        return error(400, "The Slack event must be a JSON object.")
+    try:
+        payload = SlackEvent.model_validate(document)
+    except ValidationError as exc:
+        message, field = validation_message(exc.errors(), "The Slack event")
+        return error(400, message, field=field)
+    if payload.type == "url_verification":
+        return JSONResponse({"challenge": payload.challenge or ""})
+    event = payload.event or {}
+    if payload.type == "event_callback" and event.get("type") == "app_home_opened" and event.get("tab", "home") == "home":
+        user = event.get("user")
+        if isinstance(user, str) and user:
+            await run_in_threadpool(home_opened, rt, user, payload.event_id or f"{user}:{event.get('event_ts')}")
+    return JSONResponse({"ok": True})

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from trialflow.errors import PermanentFailure, RetryLater
 from trialflow.inert import plain
+from trialflow.services import prospect_policies
 
 log = logging.getLogger("trialflow.delivery.email")
 
@@ -41,6 +42,10 @@ TYPED = frozenset({"name", "company", "source", "note", "reason", "signup", "col
 # Values a template may use when the effect's context leaves them empty.
 _FALLBACKS: dict[str, dict[str, str]] = {
     "welcome": {"ce_name": "your customer engineer", "ae_name": "your account executive"},
+    # The prospect's emails: a trial without a CE yet is signed by the team.
+    **{name: {"ce_name": "The Sourcegraph team", "ae_name": "your account executive",
+              "instance_url": "your Sourcegraph instance"}
+       for name in prospect_policies.TEMPLATES},
 }
 
 
@@ -70,14 +75,18 @@ class Rendered:
     body: str
 
 
-def load_template(name: str) -> str:
-    path = TEMPLATES / f"{name}.txt"
-    if not name.replace("_", "").isalnum() or not path.is_file():
-        raise PermanentFailure(f"there is no email template {name!r} (looked for trialflow/templates/{name}.txt)")
-    return path.read_text(encoding="utf-8")
+def load_template(name: str, overrides: Path | None = None) -> str:
+    """The template ``name``: ``overrides/<name>.txt`` when there is one (the config directory's
+    ``templates/``), else trialflow's own."""
+    if not name.replace("_", "").isalnum():
+        raise PermanentFailure(f"there is no email template {name!r}")
+    for folder in (overrides, TEMPLATES):
+        if folder is not None and (folder / f"{name}.txt").is_file():
+            return (folder / f"{name}.txt").read_text(encoding="utf-8")
+    raise PermanentFailure(f"there is no email template {name!r} (looked for trialflow/templates/{name}.txt)")
 
 
-def render(name: str, context: dict[str, Any]) -> Rendered:
+def render(name: str, context: dict[str, Any], overrides: Path | None = None) -> Rendered:
     """Fill the template's ``$placeholders`` from ``context``. The first line is ``Subject: ...``."""
     values = {k: "" if v is None else str(v) for k, v in (context or {}).items()}
     for key in TYPED & values.keys():
@@ -86,7 +95,7 @@ def render(name: str, context: dict[str, Any]) -> Rendered:
         if not values.get(key):
             values[key] = fallback
     values.setdefault("greeting", f"Hi {values['name']}," if values.get("name") else "Hello,")
-    text = load_template(name)
+    text = load_template(name, overrides)
     head, _, body = text.partition("\n\n")
     if not head.startswith("Subject:"):
         raise PermanentFailure(f"email template {name!r} must start with a 'Subject:' line and a blank line")
@@ -109,13 +118,15 @@ class EmailTransport:
     def __init__(self, settings):
         self.server = SmtpUrl(settings.smtp_url)
         self.sender = settings.email_from
+        # The operators' own wording: TRIALFLOW_CONFIG_DIR/templates/<name>.txt replaces trialflow/templates/<name>.txt.
+        self.overrides = Path(settings.config_dir) / "templates"
 
     def build(self, effect) -> EmailMessage:
         payload = effect.payload
         to = payload.get("to")
         if not to:
             raise PermanentFailure(f"email effect {effect.key} has no recipient")
-        rendered = render(payload.get("template") or "", payload.get("context") or {})
+        rendered = render(payload.get("template") or "", payload.get("context") or {}, self.overrides)
         msg = EmailMessage()
         personal = payload.get("from")
         if personal:
@@ -133,6 +144,8 @@ class EmailTransport:
             msg["Cc"] = ", ".join(cc)
         msg["Subject"] = rendered.subject
         msg["Message-ID"] = message_id(effect.key)
+        # Which of trialflow's emails this is, for mail filters (and for telling them apart in the tests).
+        msg["X-Trialflow-Template"] = payload.get("template") or ""
         msg["Date"] = formatdate(localtime=False, usegmt=True)
         msg.set_content(rendered.body)
         return msg

@@ -11,6 +11,9 @@ Rate limits are the Deliverer's business: slack_sdk's retry handlers are switche
 surfaces here at once and becomes ``RetryLater(retry_after=<Retry-After>)`` instead of a sleep
 inside a worker.
 
+``slack.home`` publishes people's App Home tabs (``views.publish``), built when delivered
+(``services.app_home``).
+
 The scopes the bot token needs are ``trialflow.slack_app.SCOPES_BY_METHOD``: each method called
 here has its entry there (a test checks), and ``trialflow slack-manifest`` asks Slack for them.
 
@@ -22,11 +25,13 @@ button's ``response_url``. ``slack_web`` gives the entry point the client for th
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.error import URLError
 from urllib.parse import urlsplit
 
@@ -56,18 +61,29 @@ VIEWS_OPEN_TIMEOUT_SECONDS = 2.5   # views.open must land inside the trigger's 3
 RESPONSE_URL_TIMEOUT_SECONDS = 5
 
 
+class HomeViews(Protocol):
+    """The App Home views a ``slack.home`` effect asks for, built as the database is now
+    (``services.app_home.HomeViews``): (Slack user id, view) per person."""
+
+    def views_for(self, payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]: ...
+
+
 class SlackTransport:
-    def __init__(self, settings, client: WebClient | None = None):
+    def __init__(self, settings, client: WebClient | None = None, homes: HomeViews | None = None):
         if client is None:
             base_url = settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
             client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=base_url,
                                timeout=TIMEOUT_SECONDS, retry_handlers=[])
         self.client = client
+        self.homes = homes
         self._channel_ids: dict[str, str] = {}
+        # The digest of the Home view last published per Slack user: a burst of changes publishes once.
+        self._published: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def deliver(self, effect) -> dict[str, Any]:
-        handlers = {"slack.message": self._message, "slack.update": self._update, "slack.channel": self._channel}
+        handlers = {"slack.message": self._message, "slack.update": self._update, "slack.channel": self._channel,
+                    "slack.home": self._home}
         handler = handlers.get(effect.kind)
         if handler is None:
             raise PermanentFailure(f"the Slack transport does not know effect kind {effect.kind}")
@@ -174,6 +190,38 @@ class SlackTransport:
                 already.append(user_id)
         return {"channel": channel_id, "name": name, "created": created, "invited": invited,
                 "already_in_channel": already, "not_in_slack": not_in_slack}
+
+    # --- slack.home ----------------------------------------------------------------------------
+
+    def _home(self, effect) -> dict[str, Any]:
+        """Publish each named person's App Home tab (views.publish), unless it is what this
+        transport published for them last: a retry, or the rest of a burst, publishes nothing."""
+        if self.homes is None:
+            # A transport built for messages only (delivery.wiring always gives it the views): nothing to publish.
+            log.warning("effect %s: no App Home views to publish with (this Slack transport was built without them)",
+                        effect.key, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+            return {"published": [], "unchanged": [], "without_views": True}
+        published, unchanged, unknown = [], [], []
+        for user_id, view in self.homes.views_for(effect.payload):
+            digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
+            with self._lock:
+                if self._published.get(user_id) == digest:
+                    unchanged.append(user_id)
+                    continue
+            try:
+                self.client.views_publish(user_id=user_id, view=view)
+            except SlackApiError as exc:
+                if _error(exc) != "user_not_found":
+                    raise
+                # A slack_user_id in staff.csv that Slack does not know: the others still get theirs.
+                log.warning("App Home for %s: Slack does not know this user (check slack_user_id in staff.csv)",
+                            user_id, extra={"trial_id": effect.trial_id, "effect_kind": effect.kind})
+                unknown.append(user_id)
+                continue
+            with self._lock:
+                self._published[user_id] = digest
+            published.append(user_id)
+        return {"published": published, "unchanged": unchanged, "user_not_found": unknown}
 
     # --- channels by name ----------------------------------------------------------------------
 

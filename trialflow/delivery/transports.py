@@ -10,19 +10,20 @@ from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport
 from trialflow.delivery.github import GitHubTransport
 from trialflow.delivery.instance import InstanceFacts, InstanceTransport
-from trialflow.delivery.slack import SlackTransport
+from trialflow.delivery.slack import HomeViews, SlackTransport
 from trialflow.delivery.sourcegraph import SourcegraphAdmin
 
 
 def build_transports(settings, facts: InstanceFacts | None = None, now: Callable[[], datetime] | None = None,
-                     opportunities: OpportunityFacts | None = None) -> dict:
+                     homes: HomeViews | None = None, opportunities: OpportunityFacts | None = None) -> dict:
     """``facts`` and ``now``: where the instance transport records what instances answer, and the
     clock (``services.instance_sync.InstanceRecorder``); without them there is no instance transport.
+    ``homes``: the App Home views Slack publishes (``services.app_home.HomeViews``).
     ``opportunities``: where the CRM transport records the Opportunity's id
     (``services.opportunities.OpportunityRecorder``); without it there is no CRM transport."""
     transports: dict = {}
     if settings.slack_bot_token is not None:
-        transports["slack"] = SlackTransport(settings)
+        transports["slack"] = SlackTransport(settings, homes=homes)
     else:
         transports["slack"] = DryRunTransport("slack")
     if settings.github_token is not None:

@@ -15,6 +15,7 @@ from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.transports import build_transports
 from trialflow.errors import ConfigError, DeliveryError
 from trialflow.services import crm_accounts, reconcile, reference
+from trialflow.services.app_home import HomeViews
 from trialflow.services.instance_sync import InstanceRecorder
 from trialflow.services.opportunities import OpportunityRecorder
 from trialflow.services.sweep import sweep
@@ -24,7 +25,7 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now,
+    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now, HomeViews(rt),
                                                         OpportunityRecorder(rt)),
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 

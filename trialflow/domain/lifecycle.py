@@ -73,6 +73,10 @@ ESCALATE_TRIAGE = "escalate_triage"
 CHASE_INSTANCE_REQUEST = "chase_instance_request"
 REMIND_HAND_OFF = "remind_hand_off"
 ESCALATE_HAND_OFF = "escalate_hand_off"
+# The prospect is told (emails to the person who signed up, decided by the clock)
+TELL_DEADLINE = "tell_deadline"
+SEND_ONBOARDING_TIP = "send_onboarding_tip"
+CHECK_IN = "check_in"
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,13 @@ TABLE: tuple[Step, ...] = (
     Step(CONFIRM_REQUEST_DONE, (ACTIVE, EXTENDED, CONVERTED, TERMINATED), None, "cloud",
          "the cloud team completed a request (closed its issue or commented /done): termination, extension, "
          "license or domain change"),
+    # The prospect is told: emails to the person who signed up
+    Step(TELL_DEADLINE, (ACTIVE, EXTENDED), None, "system",
+         "3 days before the day-15 review or the day-30 decision: the prospect is told the date and how to ask for more time"),
+    Step(SEND_ONBOARDING_TIP, (ACTIVE, EXTENDED), None, "system",
+         "onboarding tip from the CE (AE in cc) on days 1, 3 and 7, while the instance is not in use yet"),
+    Step(CHECK_IN, (ACTIVE, EXTENDED), None, "system",
+         "after there is usage on the instance: the CE checks in with the prospect (AE in cc)"),
 )
 
 # Steps that leave the state as it is but make sense only once: a second press is "already done".
@@ -155,6 +166,9 @@ TRIAGE_ESCALATION = "triage_escalation"
 INSTANCE_REQUEST_SLA = "instance_request_sla"
 HAND_OFF_REMINDER = "hand_off_reminder"
 HAND_OFF_ESCALATION = "hand_off_escalation"
+PROSPECT_DEADLINE_NOTICE = "prospect_deadline_notice"
+ONBOARDING_TIP = "onboarding_tip"
+PROSPECT_CHECK_IN = "prospect_check_in"
 
 TIMERS: tuple[Timer, ...] = (
     Timer(USER_ADDED_REMINDER, (REMIND_USER_ADDED,), "case 1: every 2 days until the AE confirms the user was added"),
@@ -170,7 +184,12 @@ TIMERS: tuple[Timer, ...] = (
     Timer(INSTANCE_REQUEST_SLA, (CHASE_INSTANCE_REQUEST,), "instance requested: 1 business day"),
     Timer(HAND_OFF_REMINDER, (REMIND_HAND_OFF,), "instance ready: each business day until it is handed off"),
     Timer(HAND_OFF_ESCALATION, (ESCALATE_HAND_OFF,), "instance ready: 2 business days"),
+    Timer(PROSPECT_DEADLINE_NOTICE, (TELL_DEADLINE,), "3 days before the day-15 review and the day-30 decision"),
+    Timer(ONBOARDING_TIP, (SEND_ONBOARDING_TIP,), "days 1, 3 and 7 after the start, until the instance is in use"),
+    Timer(PROSPECT_CHECK_IN, (CHECK_IN,), "the instance's first use, then every 7 days while the trial runs"),
 )
+# Timers that only ever email the prospect: not a deadline of anyone on the trials team.
+PROSPECT_TIMERS = frozenset({PROSPECT_DEADLINE_NOTICE, ONBOARDING_TIP, PROSPECT_CHECK_IN})
 
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(step.trigger for step in TABLE))
 STEPS = {step.trigger: step for step in TABLE}

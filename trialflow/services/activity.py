@@ -22,7 +22,8 @@ from trialflow.domain.normalize import normalize_domain
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.scoring import grade_trials
-from trialflow.services import opportunity_policies
+from trialflow.services import opportunity_policies, prospect_policies
+from trialflow.services.timers import used_since_start
 from trialflow.services.uow import App, UnitOfWork
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
@@ -104,9 +105,16 @@ def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str,
             "host": host, "trial_id": trial_id, "at": report.at, **{n: getattr(report, n) for n in COUNTERS}})
         activated = False
         if recorded and trial_id and report.shows_use:
-            # Forward only: a late report for an earlier moment never moves activity back.
             t = tables.trials
-            activated = session.scalar(select(t.c.last_activity_at).where(t.c.id == trial_id)) is None
+            before = session.execute(select(t.c.state, t.c.started_at, t.c.last_activity_at)
+                                     .where(t.c.id == trial_id)).first()
+            if before is not None and before.state in lc.LIVE_TRIAL \
+                    and not used_since_start(before.started_at, before.last_activity_at) \
+                    and used_since_start(before.started_at, report.at):
+                # The instance's first use since the start: the prospect's check-ins may begin.
+                uow.persist(prospect_policies.first_use(trial_id, rt.clock.now()))
+            activated = before is not None and before.last_activity_at is None
+            # Forward only: a late report for an earlier moment never moves activity back.
             session.execute(update(t).where(t.c.id == trial_id, or_(t.c.last_activity_at.is_(None),
                                                                     t.c.last_activity_at < report.at))
                             .values(last_activity_at=report.at))

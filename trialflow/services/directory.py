@@ -8,6 +8,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
+from trialflow.domain.normalize import domain_candidates
 from trialflow.services.slack_blocks import escape
 
 
@@ -35,6 +36,7 @@ class Directory:
     def __init__(self, session: Session | None):
         self._session = session
         self._by_email: dict[str, Person | None] = {}
+        self._emails_on: dict[str, bool] = {}
 
     def _one(self, where: ColumnElement[bool]) -> Person | None:
         if self._session is None:
@@ -53,6 +55,19 @@ class Directory:
         """What the caller already read about ``email`` (None: not in staff), so asking for it
         again costs no query."""
         self._by_email[email] = person
+
+    def prospect_emails_on(self, domain: str) -> bool:
+        """Whether trialflow may email a prospect at ``domain`` (accounts.csv ``prospect_emails``, the most
+        specific account of the domain or a parent; a domain in no account: yes)."""
+        if self._session is None:
+            return True
+        if domain not in self._emails_on:
+            a = tables.accounts.c
+            rows = dict(self._session.execute(select(a.domain, a.prospect_emails)
+                                              .where(a.domain.in_(domain_candidates(domain)))).all())
+            found = [rows[d] for d in domain_candidates(domain) if d in rows]
+            self._emails_on[domain] = bool(found[0]) if found else True
+        return self._emails_on[domain]
 
     def by_slack_id(self, user_id: str) -> Person | None:
         return self._one(tables.staff.c.slack_user_id == user_id)

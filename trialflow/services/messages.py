@@ -8,6 +8,7 @@ import re
 import unicodedata
 from typing import Any, Protocol
 
+from trialflow.domain.normalize import is_public_domain
 from trialflow.domain.rotation import render
 from trialflow.domain.trial import Event, PlainTrial
 from trialflow.inert import code_span
@@ -86,6 +87,17 @@ def score(trial: PlainTrial) -> str:
     grade = trial.pql_grade or "-"
     points = trial.mql_points or 0
     return f"lead score: MQL {points} pts{' (MQL)' if is_mql(points) else ''} · PQL grade {grade}"
+
+
+def triage_reason(trial: PlainTrial) -> Fitted:
+    """Why a lead is in triage rather than on an instance (routing's case 3): its email is a public
+    mailbox's, its domain is in no account, or its account is known but not pre-qualified."""
+    if is_public_domain(trial.domain):
+        return Fitted("public mailbox ({domain}): shared by strangers, it can match no account",
+                      {"domain": Data(trial.domain)})
+    if trial.account_name:
+        return Fitted("known account {account}, not pre-qualified", {"account": Data(trial.account_name)})
+    return Fitted("unknown domain: {domain} is in no account of accounts.csv", {"domain": Data(trial.domain)})
 
 
 def account_of(trial: PlainTrial) -> str:

@@ -21,6 +21,7 @@ from trialflow.inert import code_span
 from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
 from trialflow.services import opportunity_policies as opportunity
+from trialflow.services import prospect_policies as prospect
 from trialflow.services import slack_blocks as sb
 from trialflow.services.calendar import calendar_for
 from trialflow.services.fit import Data, Fitted
@@ -36,6 +37,7 @@ from trialflow.services.messages import (
     lead,
     routing_text,
     score,
+    triage_reason,
     who,
 )
 from trialflow.services.timers import (
@@ -89,6 +91,12 @@ class Context:
         why = f"away until {person.away_until:%m-%d}" if person and person.away_until else "not active"
         name = person.name if person else trial.ce
         return f"{self.people.mention(acting)} (for {sb.escape(name)}, {why})"
+
+    def prospect(self, fx: _Effects) -> prospect.Prospect:
+        """The prospect's emails for this event, unless their account turned them off."""
+        lookup = getattr(self.people, "prospect_emails_on", None)
+        on = lookup(fx.trial.domain) if lookup is not None else True
+        return prospect.Prospect(fx, self.people, fx.trial, on)
 
 
 class _Effects:
@@ -164,13 +172,24 @@ def _claimed(fx: _Effects, ctx: Context, trial: PlainTrial) -> None:
                   lead=lead(trial), kind=kind, account=Data(trial.account_name or ""), url=trial.instance_url or ""),
         sb.section(who(ctx.people, trial)),
         *routing_text(fx.event),
-        sb.section("Next: " + ("inbound SDR routes to the named SDR, who converts to Opp."
-                               if named else "inbound SDR converts to Opp (AE/CE assigned by round robin).")),
+        sb.section(_after_claim(ctx, trial, named)),
         *([sb.section(manual)] if manual else []),
         sb.buttons(trial.id, lc.CONVERT_TO_OPPORTUNITY, lc.REASSIGN),
     )
     fx.channel()
     _start_clock(fx, trial, fx.event.at)
+    prospect.started(ctx.prospect(fx), fx.event.at)
+
+
+def _after_claim(ctx: Context, trial: PlainTrial, named: bool) -> str:
+    """What is left to people after a claim: only what trialflow has not done itself (it routed the
+    lead to the named SDR, assigned the AE/CE and invites them to the account's channel)."""
+    channel = "#" + channel_name(trial.account_name) if trial.account_name else "the account's channel"
+    if named:
+        return sb.mrkdwn("Next: named SDR {sdr} converts to Opp. (trialflow routed the lead to them and is inviting "
+                         "the AE and CE to {channel}.)", sdr=ctx.people.mention(trial.sdr), channel=channel)
+    return sb.mrkdwn("Next: inbound SDR converts to Opp. (trialflow assigned the AE and CE by round robin and is "
+                     "inviting them to {channel}.)", channel=channel)
 
 
 def _start_clock(fx: _Effects, trial: PlainTrial, now: datetime) -> None:
@@ -202,8 +221,24 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
     out = Decisions()
     events, trial.events[:] = list(trial.events), []
     for event in events:
-        HANDLERS[event.trigger](_Effects(ctx, event, out), ctx, trial, event)
+        fx = _Effects(ctx, event, out)
+        HANDLERS[event.trigger](fx, ctx, trial, event)
+        _refresh_homes(fx, trial, event)
     return out
+
+
+def _refresh_homes(fx: _Effects, trial: PlainTrial, event: Event) -> None:
+    """The App Home tabs this step changes (``services.app_home``): its people's, and every SDR's
+    when a lead enters or leaves triage. The prospect's emails change nothing they show."""
+    if event.trigger in PROSPECT_STEPS:
+        return
+    people = sorted({p for p in (trial.sdr, trial.ae, trial.ce) if p})
+    triage = lc.TRIAGE in (event.from_state, event.to_state)
+    if people or triage:
+        fx.add("home", "slack.home", {"people": people, **({"triage": True} if triage else {})})
+
+
+PROSPECT_STEPS = frozenset({lc.TELL_DEADLINE, lc.SEND_ONBOARDING_TIP, lc.CHECK_IN})
 
 
 def _on_route_to_existing(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -233,6 +268,7 @@ def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> Non
 def _on_triage(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.alert(sb.mrkdwn(":mag: New cloud trial request from {lead} ({domain}): inbound SDR, please triage.",
                        lead=lead(trial), domain=host(trial.domain)),
+             sb.section(sb.mrkdwn("*Why triage:* {reason}", reason=triage_reason(trial))),
              sb.context(score(trial)), sb.buttons(trial.id, lc.QUALIFY, lc.DISQUALIFY))
     at = event.at
     fx.out.schedule(trial.id, lc.TRIAGE_REMINDER, ctx.calendar.add_hours(at, ctx.settings.triage_reminder_business_hours), at)
@@ -346,6 +382,7 @@ def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
                                                                   str(review_at(trial).date())))
     fx.out.cancel(trial.id, lc.HAND_OFF_REMINDER, lc.HAND_OFF_ESCALATION)
     _start_clock(fx, trial, event.at)
+    prospect.started(ctx.prospect(fx), event.at)
     opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
@@ -430,6 +467,7 @@ def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
                                                 actor=Data(event.actor)))
     fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
+    prospect.extended(ctx.prospect(fx), event, until)
     opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
@@ -454,6 +492,7 @@ def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> 
                                                  account=Data(account_of(trial)), actor=Data(event.actor)))
     fx.update_alert(sb.mrkdwn(":tada: {lead}: converted.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    prospect.converted(ctx.prospect(fx))
     opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)  # a won deal belongs in Salesforce
 
 
@@ -482,6 +521,7 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
                           sb.buttons(trial.id, lc.REQUEST_FEEDBACK))
     fx.update_alert(sb.mrkdwn(":wastebasket: {lead}: terminated.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
+    prospect.ended(ctx.prospect(fx), event, ctx.settings.feedback_url or f"mailto:{ctx.settings.feedback_sender}")
     opportunity.upsert(fx, ctx.settings, trial, event.at, reason=reason or "no reason given")
     if trial.instance_host:
         fx.out.release_instance(trial.instance_host)
@@ -490,6 +530,18 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
 def _on_feedback(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     fx.email("feedback", "feedback_request", trial.email, sender=ctx.settings.feedback_sender, name=trial.name or "",
              cc=[trial.ce])
+
+
+def _on_tell_deadline(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.tell_deadline(ctx.prospect(fx), event)
+
+
+def _on_onboarding_tip(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.onboarding_tip(ctx.prospect(fx), event)
+
+
+def _on_check_in(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    prospect.check_in(ctx.prospect(fx), event)
 
 
 # One handler per lifecycle step (a test checks that every trigger of the table has one).
@@ -525,4 +577,7 @@ HANDLERS: dict[str, Callable[[_Effects, Context, PlainTrial, Event], None]] = {
     lc.CHASE_INSTANCE_REQUEST: _on_chase_instance_request,
     lc.REMIND_HAND_OFF: _on_remind_hand_off,
     lc.ESCALATE_HAND_OFF: _on_escalate_hand_off,
+    lc.TELL_DEADLINE: _on_tell_deadline,
+    lc.SEND_ONBOARDING_TIP: _on_onboarding_tip,
+    lc.CHECK_IN: _on_check_in,
 }

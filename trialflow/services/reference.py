@@ -22,7 +22,7 @@ from trialflow.domain.normalize import PUBLIC_EMAIL_DOMAINS, normalize_domain, n
 from trialflow.errors import ConfigError, InvalidSignup
 
 ACCOUNT_COLUMNS = ["domain", "account_name", "prequalified", "named_account", "named_sdr", "owner_ae", "owner_ce"]
-# accounts.csv may also have auto_add_colleagues (true when blank or absent).
+# accounts.csv may also have auto_add_colleagues and prospect_emails (true when blank or absent).
 STAFF_COLUMNS = ["email", "name", "role", "slack_user_id", "github_login", "active"]
 # staff.csv may also have away_until (ISO date), backup (email), weight (default 1) and
 # max_open_trials (blank: no cap). A blank away_until keeps what the person set with /trial away.
@@ -126,6 +126,8 @@ def parse_accounts(path: Path, progress: Progress | None = None, total: int | No
             "owner_ce": _email(row["owner_ce"], "owner_ce", p, line),
             # Optional column: blank or absent is true (a colleague's signup gets them an account).
             "auto_add_colleagues": _bool(row.get("auto_add_colleagues") or "true", "auto_add_colleagues", p, line),
+            # Optional column: blank or absent is true (the prospect gets trialflow's emails).
+            "prospect_emails": _bool(row.get("prospect_emails") or "true", "prospect_emails", p, line),
         }
         if progress and len(out) % 5000 == 0:
             progress("accounts.csv: validated", len(out), total or 0)

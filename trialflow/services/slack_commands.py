@@ -10,7 +10,7 @@ import logging
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trialflow.db import tables
@@ -19,6 +19,7 @@ from trialflow.domain.normalize import normalize_domain, normalize_email
 from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup
 from trialflow.services import fit as limits
+from trialflow.services.app_home import open_trials_of, triage_queue
 from trialflow.services.calendar import calendar_for
 from trialflow.services.directory import Directory, Person, set_away
 from trialflow.services.slack_steps import esc, run_command
@@ -29,7 +30,7 @@ log = logging.getLogger("trialflow.interactions")
 
 HELP = """*/trial* — cloud trials from Slack (answers are only visible to you)
 • `/trial status <email|domain>` — where a trial is, who owns it, what is next
-• `/trial mine` — open trials where you are the SDR, AE or CE
+• `/trial mine` — open trials where you are the SDR, AE or CE, soonest deadline first
 • `/trial queue` — the triage queue, highest lead score first
 • `/trial domain <trial id|email> <new-subdomain>` — request a vanity domain (GitHub issue with the checklist; the AE is told)
 • `/trial away <YYYY-MM-DD>` — you are away through that date: the rotation skips you, your backup (or the trial's AE) gets your prompts
@@ -116,24 +117,12 @@ def _status(session: Session, query: str) -> str:
 
 
 def _mine(session: Session, person: Person) -> str:
-    t = tables.trials
-    mine = or_(t.c.sdr == person.email, t.c.ae == person.email, t.c.ce == person.email)
-    open_states = [s for s in lc.STATES if s not in lc.FINAL_STATES]
-    trials = session.scalars(select(Trial).where(mine, t.c.state.in_(open_states))
-                             .order_by(t.c.created_at.desc()).limit(LIST_LIMIT)).all()
+    trials, total = open_trials_of(session, person.email, LIST_LIMIT)
     if not trials:
         return f"No open trials where you ({esc(person.name)}) are the SDR, AE or CE."
-    total = session.execute(select(func.count()).select_from(t).where(mine, t.c.state.in_(open_states))).scalar_one()
-    head = f"*Your open trials* ({total}{f', newest {LIST_LIMIT} shown' if total > LIST_LIMIT else ''}):"
-    return "\n".join([head, *(_trial_line(session, trial) for trial in trials)])
-
-
-def triage_queue(session: Session, limit: int = QUEUE_LIMIT) -> list[Trial]:
-    """Triage, highest lead score first: MQL points, then PQL grade (A best, ungraded last), then oldest."""
-    t = tables.trials
-    return list(session.scalars(select(Trial).where(t.c.state == lc.TRIAGE)
-                                .order_by(t.c.mql_points.desc(), func.coalesce(t.c.pql_grade, "Z"), t.c.created_at, t.c.id)
-                                .limit(limit)))
+    shown = f", first {LIST_LIMIT} shown" if total > LIST_LIMIT else ""
+    head = f"*Your open trials* ({total}, soonest deadline first{shown}):"
+    return "\n".join([head, *(_trial_line(session, trial) for trial, _due in trials)])
 
 
 def _queue(session: Session) -> str:

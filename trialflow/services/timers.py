@@ -25,6 +25,12 @@ USAGE_ANSWER_MINUTES = 15
 # Day 15 with no usage data: the CE is asked again this often until they decide.
 ASK_AGAIN_DAYS = 2
 
+# The prospect is told: tips while the instance is unused, check-ins once it is used, notices before decisions.
+ONBOARDING_TIP_DAYS = (1, 3, 7)
+DEADLINE_NOTICE_DAYS = 3
+FIRST_CHECK_IN_DAYS = 2
+CHECK_IN_EVERY_DAYS = 7
+
 TIMER_KINDS: tuple[str, ...] = tuple(timer.kind for timer in lc.TIMERS)
 
 
@@ -72,6 +78,40 @@ def step_for(trial: PlainTrial, kind: str, usage: Usage | None = None) -> tuple[
     waiting = _WAITS.get(kind)
     if waiting is not None and trial.state == waiting[0]:
         return waiting[1], {}
+    if trial.state in lc.LIVE_TRIAL:
+        return _prospect_step(trial, kind)
+    return None
+
+
+def _prospect_step(trial: PlainTrial, kind: str) -> tuple[str, dict[str, Any]] | None:
+    """The prospect's emails: tips only while the instance is unused, check-ins only once it is used."""
+    if kind == lc.PROSPECT_DEADLINE_NOTICE:
+        return lc.TELL_DEADLINE, {"decision": "day15" if trial.state == lc.ACTIVE else "day30"}
+    if kind == lc.ONBOARDING_TIP and not in_use(trial):
+        # Which tip is the policy's to say (the one whose day has come); never more tips than days.
+        sent = sum(1 for entry in trial.history if entry.trigger == lc.SEND_ONBOARDING_TIP)
+        if sent < len(ONBOARDING_TIP_DAYS):
+            return lc.SEND_ONBOARDING_TIP, {}
+    if kind == lc.PROSPECT_CHECK_IN and in_use(trial):
+        return lc.CHECK_IN, {}
+    return None
+
+
+def in_use(trial: PlainTrial) -> bool:
+    """The instance reported use since the trial started (its usage polls or its own reports): the
+    only sign of use the prospect's emails go by (a lead score is not use of the instance)."""
+    return used_since_start(trial.started_at, trial.last_activity_at)
+
+
+def used_since_start(started_at: datetime | None, last_activity_at: datetime | None) -> bool:
+    return bool(started_at and last_activity_at and last_activity_at >= activity_counts_from(started_at))
+
+
+def extension_end(trial: PlainTrial) -> datetime | None:
+    """When the latest extension ends (the day-30 decision, or a later one)."""
+    for entry in reversed(trial.history):
+        if entry.trigger == lc.EXTEND and entry.detail.get("until"):
+            return datetime.fromisoformat(entry.detail["until"])
     return None
 
 
@@ -125,5 +165,6 @@ def activity_counts_from_sql(started_at: ColumnElement[datetime], dialect: str) 
 
 def deadlines(session: Session, trial_id: str) -> dict[str, str]:
     rows = session.execute(select(tables.timers.c.kind, tables.timers.c.due_at).where(
-        tables.timers.c.trial_id == trial_id, tables.timers.c.fired_at.is_(None)).order_by(tables.timers.c.due_at))
+        tables.timers.c.trial_id == trial_id, tables.timers.c.fired_at.is_(None),
+        tables.timers.c.kind.not_in(sorted(lc.PROSPECT_TIMERS))).order_by(tables.timers.c.due_at))
     return {kind: due.isoformat() for kind, due in rows}

@@ -1,13 +1,13 @@
 """Salesforce as the system of record: accounts.crm_account_id (the Account an Opportunity belongs to)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0010'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
