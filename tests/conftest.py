@@ -13,7 +13,7 @@ from sqlalchemy import text
 from tests.support.config import write_config
 
 # The local servers that answer like Slack, GitHub, Salesforce, Sourcegraph instances and an SMTP relay, as fixtures for every test.
-from tests.support.fake_github import fake_github  # noqa: F401
+from tests.support.fake_github import fake_github, github  # noqa: F401
 from tests.support.fake_salesforce import fake_salesforce, salesforce_key  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
 from tests.support.fake_sourcegraph import fake_sourcegraph  # noqa: F401
