@@ -96,7 +96,7 @@ class Context:
         """The prospect's emails for this event, unless their account turned them off."""
         lookup = getattr(self.people, "prospect_emails_on", None)
         on = lookup(fx.trial.domain) if lookup is not None else True
-        return prospect.Prospect(fx, self.people, fx.trial, on)
+        return prospect.Prospect(fx, self.people, fx.trial, on, self.calendar.today(fx.event.at))
 
 
 class _Effects:
