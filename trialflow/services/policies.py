@@ -228,14 +228,17 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
 
 
 def _refresh_homes(fx: _Effects, trial: PlainTrial, event: Event) -> None:
-    """The App Home tabs this step changes (``services.app_home``): its people's, and every SDR's
-    when a lead enters or leaves triage. The prospect's emails change nothing they show."""
+    """The App Home tabs this step changes (``services.app_home``): its people's, those it replaced
+    (a reassignment takes the trial off their tab), and every SDR's when a lead enters or leaves
+    triage. The prospect's emails change nothing they show."""
     if event.trigger in PROSPECT_STEPS:
         return
     people = sorted({p for p in (trial.sdr, trial.ae, trial.ce) if p})
+    replaced = sorted(set(event.detail.get("replaced", {}).values()) - set(people))
     triage = lc.TRIAGE in (event.from_state, event.to_state)
-    if people or triage:
-        fx.add("home", "slack.home", {"people": people, **({"triage": True} if triage else {})})
+    if people or replaced or triage:
+        fx.add("home", "slack.home", {"people": people, **({"replaced": replaced} if replaced else {}),
+                                      **({"triage": True} if triage else {})})
 
 
 PROSPECT_STEPS = frozenset({lc.TELL_DEADLINE, lc.SEND_ONBOARDING_TIP, lc.CHECK_IN})
