@@ -14,6 +14,8 @@ from trialflow.delivery.core import Deliverer
 from trialflow.delivery.crm import CrmTransport
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.domain import lifecycle as lc
+from trialflow.scoring import DEFAULT_PQL_CSV
+from trialflow.services.activity import ActivityReport, record_activity
 from trialflow.services.directory import Directory
 from trialflow.services.opportunities import OpportunityRecorder
 from trialflow.services.signups import SignupInput, submit_signup
@@ -189,3 +191,25 @@ def test_a_new_ae_becomes_the_opportunity_s_owner(runtime, fake_salesforce, conv
     Deliverer(runtime, _transports(runtime)).drain_all()
     owners = [c.get("OwnerId") for c in fake_salesforce.changes[converted_to_opp]]
     assert owners == [fake_salesforce.users["alice.ae@example.com"], andy]
+
+
+def test_each_pql_grade_change_reaches_the_opportunity_once_even_back_to_an_earlier_grade(
+        runtime, clock, config_dir, fake_salesforce, converted_to_opp):
+    """pql.csv reworded between reports moves the grade B, then C, then back to B with no step in
+    between: Salesforce hears each change, once and in order, and ends on the trial's grade."""
+    deliver = Deliverer(runtime, _transports(runtime)).drain_all
+    deliver()
+    with runtime.session_factory() as s:
+        host = s.scalar(select(tables.trials.c.instance_host).where(tables.trials.c.id == converted_to_opp))
+    pql = config_dir / "pql.csv"
+    strict = DEFAULT_PQL_CSV.replace("B,2,20,1,1", "B,2,1000,1,1")
+    for text in (DEFAULT_PQL_CSV, strict, DEFAULT_PQL_CSV):
+        pql.write_text(text)
+        clock.advance(hours=1)
+        record_activity(runtime, host, ActivityReport(clock.now(), 2, 20, 1, 1))
+        record_activity(runtime, host, ActivityReport(clock.now(), 2, 20, 1, 1))   # the same report again
+        deliver()
+    grades = [c["Trial_PQL_Grade__c"] for c in fake_salesforce.changes[converted_to_opp] if "Trial_PQL_Grade__c" in c]
+    assert grades == ["B", "C", "B"]    # 20 searches, then 40 (short of the stricter B), then 60
+    assert _trial(runtime, converted_to_opp).pql_grade == "B"
+    assert fake_salesforce.opportunity(converted_to_opp)["Trial_PQL_Grade__c"] == "B"

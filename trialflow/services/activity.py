@@ -83,12 +83,12 @@ def trial_for_host(session: Session, host: str) -> tuple[bool, str | None]:
     return owner is not None or trial_id is not None, trial_id
 
 
-def _tell_the_opportunity(uow: UnitOfWork, rt: App, trial_id: str) -> None:
+def _tell_the_opportunity(uow: UnitOfWork, rt: App, trial_id: str, report: ActivityReport) -> None:
     """A new PQL grade, or the first use: the trial's Opportunity (if any) is updated."""
     trial = uow.session.get(Trial, trial_id)
     if trial is not None:
         uow.session.refresh(trial)  # the grade and activity were just written with Core statements
-        uow.persist(opportunity_policies.grade_changed(rt.settings, trial, rt.clock.now()))
+        uow.persist(opportunity_policies.grade_changed(rt.settings, trial, rt.clock.now(), report.at))
 
 
 def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str,
             # Grade now, not at the next sweep: the triage queue and the dashboard read it.
             graded = grade_trials(session, rt.clock.now(), config_dir=rt.settings.config_dir, trial_ids=[trial_id])
             if graded.changed or activated:
-                _tell_the_opportunity(uow, rt, trial_id)
+                _tell_the_opportunity(uow, rt, trial_id, report)
         last = session.scalar(select(tables.trials.c.last_activity_at).where(tables.trials.c.id == trial_id)) \
             if trial_id else None
         uow.commit()

@@ -76,18 +76,24 @@ def upsert(fx: Effects, settings: Settings, trial: PlainTrial, at: datetime, *, 
 
 
 class _GradeEffects:
-    def __init__(self, trial: PlainTrial, out: Decisions, at: datetime, grade: str | None):
-        self.trial, self.out, self.at, self.grade = trial, out, at, grade
+    """Keyed by the activity report that moved the grade, not by the grade: a grade that comes back
+    (B, C, then B again with no step between) is a change Salesforce must hear too, while the same
+    report recorded twice (its duplicate is ignored) never decides it twice."""
+
+    def __init__(self, trial: PlainTrial, out: Decisions, at: datetime, report_at: datetime):
+        self.trial, self.out, self.at, self.report_at = trial, out, at, report_at
 
     def add(self, name: str, kind: str, payload: dict[str, Any]) -> None:
-        key = f"{self.trial.id}:{len(self.trial.history)}:pql-{self.grade or 'none'}:{name}"
+        key = (f"{self.trial.id}:{len(self.trial.history)}:pql-{self.trial.pql_grade or 'none'}"
+               f":{self.report_at.isoformat()}:{name}")
         self.out.effect(key, kind, payload, self.at, self.trial.id)
 
 
-def grade_changed(settings: Settings, trial: PlainTrial, at: datetime) -> Decisions:
-    """The instance's activity moved the trial's PQL grade (or activated it): the Opportunity hears."""
+def grade_changed(settings: Settings, trial: PlainTrial, at: datetime, report_at: datetime) -> Decisions:
+    """The instance's activity report of ``report_at`` moved the trial's PQL grade (or activated
+    it): the Opportunity hears, once per report."""
     out = Decisions()
-    upsert(_GradeEffects(trial, out, at, trial.pql_grade), settings, trial, at)
+    upsert(_GradeEffects(trial, out, at, report_at), settings, trial, at)
     return out
 
 
