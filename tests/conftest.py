@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 from tests.support.config import write_config
 
-# The local servers that answer like Slack, GitHub, Sourcegraph instances and an SMTP relay, as fixtures for every test.
-from tests.support.fake_github import fake_github  # noqa: F401
+# The local servers that answer like Slack, GitHub, Salesforce, Sourcegraph instances and an SMTP relay, as fixtures for every test.
+from tests.support.fake_github import fake_github, github  # noqa: F401
+from tests.support.fake_salesforce import fake_salesforce, salesforce_key  # noqa: F401
 from tests.support.fake_slack import fake_slack  # noqa: F401
 from tests.support.fake_sourcegraph import fake_sourcegraph  # noqa: F401
 from tests.support.services import claim_redis_db, create_run_database, drop_run_database, release_redis_db

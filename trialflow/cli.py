@@ -91,7 +91,9 @@ def prepare_database(rt: Runtime, load_config: bool = True) -> None:
         _log().warning("no reference data at %s (TRIALFLOW_CONFIG_DIR): every signup will go to triage until "
                        "`trialflow config load --dir DIR` is run", config_dir.resolve())
     if load_config and (config_dir / "accounts.csv").exists():
-        report = load_reference_data(rt.session_factory, config_dir, rt.clock.now())
+        # With Salesforce the accounts are its own (config load --from salesforce, hourly), not the file's.
+        report = load_reference_data(rt.session_factory, config_dir, rt.clock.now(),
+                                     keep_accounts=rt.settings.salesforce_configured)
         _log().info("reference data loaded from %s: %s accounts, %s staff, %s instances",
                     config_dir, report.accounts, report.staff, report.instances)
         for w in report.warnings:
@@ -159,26 +161,35 @@ def migrate() -> int:
 @config_app.command("load")
 def config_load(directory: Annotated[Path | None, typer.Option(
         "--dir", help="directory with accounts.csv, staff.csv, instances.csv",
-        show_default="TRIALFLOW_CONFIG_DIR")] = None) -> int:
-    """Load accounts, staff and instances from CSV files (all or nothing)."""
+        show_default="TRIALFLOW_CONFIG_DIR")] = None,
+                source: Annotated[Literal["files", "salesforce"], typer.Option(
+        "--from", help="salesforce: the accounts are Salesforce's named and pre-qualified accounts instead of "
+                       "accounts.csv (staff.csv and instances.csv still from --dir)")] = "files") -> int:
+    """Load accounts, staff and instances from CSV files, or the accounts from Salesforce (all or nothing)."""
     from trialflow.db.migrate import upgrade
-    from trialflow.errors import ConfigError
+    from trialflow.errors import ConfigError, DeliveryError
     from trialflow.progress import progress_on_stderr
+    from trialflow.services.crm_accounts import load_from_salesforce
     from trialflow.services.reference import load_reference_data
 
     rt = _runtime()
     folder = directory or Path(rt.settings.config_dir)
+    where = str(folder)
     with progress_on_stderr() as progress:
         upgrade(rt.settings.database_url, progress=progress)
         try:
-            report = load_reference_data(rt.session_factory, folder, rt.clock.now(), progress=progress)
-        except ConfigError as exc:
+            if source == "salesforce":
+                report, where = load_from_salesforce(rt, folder, progress)
+            else:
+                report = load_reference_data(rt.session_factory, folder, rt.clock.now(), progress=progress)
+        except (ConfigError, DeliveryError) as exc:
             print(f"error: {exc}\nnothing was imported.", file=sys.stderr)
             return 2
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"loaded {report.accounts:,} accounts, {report.staff:,} staff, {report.instances:,} instances "
-          f"({report.pool_added} new in the pool) from {folder}")
+          f"({report.pool_added} new in the pool) from {where}")
+    print(f"accounts: {len(report.added):,} added, {len(report.removed):,} removed, {len(report.changed):,} changed")
     for email in report.away_kept:
         print(f"kept: {email} is away (set with /trial away; staff.csv's away_until is blank)")
     # Open trials of people staff.csv now marks inactive go to the rotation; their new owners are told.
@@ -476,7 +487,7 @@ def doctor(instance: Annotated[str | None, typer.Option(metavar="HOST", help="th
                                                        show_default="one from the database")] = None,
            only: Annotated[list[str] | None, typer.Option(metavar="SYSTEM",
                                                           help="check only this system (repeatable): database, "
-                                                               "broker, slack, github, smtp, instances",
+                                                               "broker, slack, github, smtp, instances, salesforce",
                                                           show_default="all")] = None) -> int:
     """Check every configured system, one line each: ok, or what is wrong and how to fix it.
     Reads only; exits 1 if something configured is broken."""

@@ -357,6 +357,19 @@ def _an_instance(settings: Settings) -> str | None:
         engine.dispose()
 
 
+# --- Salesforce -----------------------------------------------------------------------------------
+
+def check_salesforce(settings: Settings) -> list[Finding]:
+    """A JWT login and one query (``trialflow.crm.salesforce.check``): reads only."""
+    if not settings.salesforce_configured:
+        return [not_configured("salesforce", "TRIALFLOW_SALESFORCE_CLIENT_ID unset: accounts come from accounts.csv "
+                                             "and opportunities are kept on the trial")]
+    from trialflow.crm.salesforce import check
+
+    result = check(settings)
+    return [ok("salesforce", result.detail) if result.ok else broken("salesforce", result.detail)]
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 Check = Callable[[Settings], list[Finding]]
@@ -368,6 +381,7 @@ CHECKS: dict[str, Check] = {
     "github": check_github,
     "smtp": check_smtp,
     "instances": check_instance_api,
+    "salesforce": check_salesforce,
 }
 
 

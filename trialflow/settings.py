@@ -142,6 +142,53 @@ class Settings(BaseSettings):
         "Redis answers"))
     log_json: bool = Field(False, description="log one JSON object per line (as `--log-json`)")
 
+    # Salesforce, the system of record (trialflow.crm.salesforce): OAuth 2.0 JWT bearer with a connected
+    # app's certificate and a pre-authorized integration user. CLIENT_ID, USERNAME and PRIVATE_KEY_FILE:
+    # all or none; none: accounts.csv and opportunities recorded locally.
+    salesforce_login_url: str = Field("https://login.salesforce.com", description=(
+        "Salesforce's login: `https://test.salesforce.com` for a sandbox, or your My Domain; the JWT's audience"))
+    salesforce_client_id: str | None = Field(None, description=(
+        "the connected app's consumer key (see Salesforce, the system of record); unset: `accounts.csv` and "
+        "opportunities kept locally"))
+    salesforce_username: str | None = Field(None, description="the pre-authorized integration user")
+    salesforce_private_key_file: Path | None = Field(None, description=(
+        "the private key (PEM) of the certificate the connected app holds, kept outside the repository"))
+    salesforce_api_version: str = Field("59.0", description=(
+        "the REST API version (46.0 or later answers an upsert's update with its id)"))
+    salesforce_timeout_seconds: float = Field(30.0, gt=0, description=(
+        "how long one Salesforce call may take before it is retried later"))
+    salesforce_accounts_every_hours: float = Field(1.0, gt=0, description=(
+        "how often `trialflow serve` and Celery beat read the accounts from Salesforce"))
+    salesforce_domain_field: str = Field("Website", description=(
+        "the Account field holding its domain (a URL's host, `www.` dropped)"))
+    salesforce_prequalified_field: str = Field("Trial_Prequalified__c", description=(
+        "the Account checkbox: pre-qualified for a cloud trial"))
+    salesforce_named_field: str = Field("Named_Account__c", description=(
+        "the Account checkbox: a named account (named implies pre-qualified)"))
+    salesforce_named_sdr_field: str = Field("Named_SDR__r.Email", description=(
+        "the Account field (a relationship path is fine) holding the named SDR's email"))
+    salesforce_ae_field: str = Field("Owner.Email", description="the Account field holding the owner AE's email")
+    salesforce_ce_team_role: str = Field("Customer Engineer", description=(
+        "the account team role (AccountTeamMember.TeamMemberRole) of the CE"))
+    salesforce_trial_id_field: str = Field("Trial_Id__c", description=(
+        "the Opportunity's External ID field holding the trial id: upserts are keyed on it"))
+    salesforce_instance_url_field: str = Field("Trial_Instance_URL__c", description=(
+        "the Opportunity field for the trial instance's URL (empty: not sent)"))
+    salesforce_trial_end_field: str = Field("Trial_End_Date__c", description=(
+        "the Opportunity field for the trial's end date (empty: not sent)"))
+    salesforce_pql_grade_field: str = Field("Trial_PQL_Grade__c", description=(
+        "the Opportunity field for the PQL grade (empty: not sent)"))
+    salesforce_activated_field: str = Field("Trial_Activated__c", description=(
+        "the Opportunity checkbox: the instance has been used (empty: not sent)"))
+    salesforce_loss_reason_field: str = Field("Loss_Reason__c", description=(
+        "the Opportunity field for why a trial was terminated (empty: not sent)"))
+    salesforce_lead_source: str = Field("Cloud Trial", description="the Opportunity's LeadSource")
+    salesforce_stage_qualified: str = Field("Qualification", description=(
+        "the stage once converted to Opp or qualified, before the trial starts"))
+    salesforce_stage_started: str = Field("Value Proposition", description="the stage while the trial runs")
+    salesforce_stage_won: str = Field("Closed Won", description="the stage of a converted trial")
+    salesforce_stage_lost: str = Field("Closed Lost", description="the stage of a terminated trial")
+
     oidc_issuer: str | None = Field(None, description=(
         "staff sign-in: the OpenID Connect issuer (`https://slack.com`, `https://accounts.google.com`, "
         "`https://<org>.okta.com`)"))
@@ -173,7 +220,8 @@ class Settings(BaseSettings):
     @field_validator("slack_bot_token", "slack_signing_secret", "github_token", "github_webhook_secret",
                      "activity_secret", "events_token", "instance_token", "instance_tokens_file", "oidc_issuer",
                      "oidc_client_id", "oidc_client_secret", "public_url", "session_secret", "api_tokens",
-                     "metrics_token", "data_dir", mode="before")
+                     "metrics_token", "data_dir", "salesforce_client_id", "salesforce_username",
+                     "salesforce_private_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value
@@ -249,6 +297,7 @@ class Settings(BaseSettings):
             self._instance_tokens = read_instance_tokens(self.instance_tokens_file)
         self.api_token_pairs()  # a malformed or short token stops trialflow here, not at the first request
         self._check_sign_in()
+        self._check_salesforce()
         if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_METRICS_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return self
@@ -297,6 +346,28 @@ class Settings(BaseSettings):
         if len(self.session_secret.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"TRIALFLOW_SESSION_SECRET must be at least {MIN_TOKEN_LENGTH} characters "
                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+    def _check_salesforce(self) -> None:
+        named = {"TRIALFLOW_SALESFORCE_CLIENT_ID": self.salesforce_client_id,
+                 "TRIALFLOW_SALESFORCE_USERNAME": self.salesforce_username,
+                 "TRIALFLOW_SALESFORCE_PRIVATE_KEY_FILE": self.salesforce_private_key_file}
+        missing = [name for name, value in named.items() if value is None]
+        if len(missing) == len(named):
+            return
+        if missing:
+            raise ValueError(f"Salesforce needs {', '.join(missing)} as well (or unset all of "
+                             "TRIALFLOW_SALESFORCE_CLIENT_ID, _USERNAME and _PRIVATE_KEY_FILE)")
+        parts = urlsplit(self.salesforce_login_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("TRIALFLOW_SALESFORCE_LOGIN_URL must be an https URL, like https://login.salesforce.com "
+                             f"or https://acme.my.salesforce.com, not {self.salesforce_login_url!r}")
+        assert self.salesforce_private_key_file is not None
+        if not self.salesforce_private_key_file.is_file():
+            raise ValueError(f"TRIALFLOW_SALESFORCE_PRIVATE_KEY_FILE: {self.salesforce_private_key_file} does not exist")
+
+    @property
+    def salesforce_configured(self) -> bool:
+        return self.salesforce_client_id is not None
 
     def api_token_pairs(self) -> list[tuple[str, str]]:
         """``TRIALFLOW_API_TOKENS`` as (name, token) pairs; ValueError names what is wrong."""

@@ -57,6 +57,8 @@ def make_celery_app(broker_url: str | None = None) -> Celery:
         beat_schedule={
             "relay": {"task": "trialflow.relay", "schedule": settings.beat_relay_seconds},
             "sweep": {"task": "trialflow.sweep", "schedule": settings.beat_sweep_seconds},
+            # Salesforce's accounts; the task itself keeps to salesforce_accounts_every_hours.
+            "crm-accounts": {"task": "trialflow.crm_accounts", "schedule": 300.0},
         },
     )
     return app

@@ -10,7 +10,7 @@ from celery import shared_task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from trialflow.delivery.core import batches
-from trialflow.delivery.wiring import build_deliverer, reconcile_daily
+from trialflow.delivery.wiring import build_deliverer, reconcile_daily, refresh_crm_accounts
 from trialflow.runtime import Runtime
 from trialflow.services.spooled_signups import replay_if_any
 from trialflow.services.sweep import sweep as run_sweep
@@ -65,6 +65,13 @@ def sweep() -> int:
         log.info("sweep: %s", "; ".join(report.actions))
     reconcile_daily(_runtime())
     return len(report.actions)
+
+
+@shared_task(name="trialflow.crm_accounts")
+def crm_accounts() -> int:
+    """Named and pre-qualified accounts from Salesforce (hourly; nothing when it is not configured)."""
+    report = refresh_crm_accounts(_runtime())
+    return report.accounts if report else 0
 
 
 def dispatch(ids, batch_size: int | None = None) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.fake_github import FakeGitHub
 from tests.support.fake_sourcegraph import FakeSourcegraph
-from tests.support.signed import FIXTURE_REPO, interactive_fake_slack
+from tests.support.signed import interactive_fake_slack
 from tests.support.smtp import SmtpServer
 
 
@@ -15,11 +14,6 @@ def slack():
     with interactive_fake_slack() as fake:
         yield fake
 
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -9,18 +9,21 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.support.block_kit import assert_valid_view
-from tests.support.config import ACCOUNTS, write_config
+from tests.support.config import ACCOUNTS, STAFF, write_config
 from tests.support.signed import block_action, post_interaction, signing_settings, slack_headers
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.slack import SlackTransport
 from trialflow.services.app_home import HomeViews
+from trialflow.services.coverage import reassign_from_inactive
 from trialflow.services.directory import Directory
+from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.slack_commands import handle_slash_command
 from trialflow.services.trials import Command, run
 
 CAROL, IVY, NINA, ALICE = "U0CE00001", "U0SDR0001", "U0SDR0002", "U0AE00001"
+CHRIS, ADA = "U0CE00002", "U0ADMIN01"
 
 
 @pytest.fixture
@@ -88,6 +91,33 @@ def test_a_ce_sees_their_trials_soonest_deadline_first_with_the_channels_buttons
     assert buttons(home_of(fake_slack, CAROL)) == [(gina, active), (bob, ["extend", "convert", "terminate"])]
     mine = handle_slash_command(runtime, {"user_id": CAROL, "text": "mine"})["text"]
     assert mine.index(gina) < mine.index(bob)
+
+
+def listed(fake_slack, user_id: str) -> list[str]:
+    """The trials the person's Home tab lists now (its last publish)."""
+    return [trial_id for trial_id, _ in buttons(home_of(fake_slack, user_id))]
+
+
+def test_a_reassignment_takes_the_trial_off_the_replaced_persons_tab_even_when_they_were_deactivated(
+        runtime, clock, fake_slack, deliver, config_dir):
+    bob = signup(runtime, "bob@acme-corp.com")         # Carol is Acme's CE
+    deliver()
+    assert listed(fake_slack, CAROL) == [bob] and CHRIS not in fake_slack.home_views
+
+    act(runtime, bob, "reassign", ADA, ce="chris.ce@example.com")
+    deliver()
+    assert listed(fake_slack, CHRIS) == [bob]
+    assert listed(fake_slack, CAROL) == [], "Carol's tab was republished without the trial"
+    assert "No open trials where you (Carol CE)" in texts(home_of(fake_slack, CAROL))
+
+    # Chris is deactivated (staff.csv): the coverage sweep gives the trial to the next CE, and Chris's
+    # tab, though no longer active, stops listing it.
+    (config_dir / "staff.csv").write_text(STAFF.replace("chris-ce,true", "chris-ce,false"))
+    load_reference_data(runtime.session_factory, config_dir, clock.now())
+    [moved] = reassign_from_inactive(runtime)
+    assert (moved.trial_id, moved.before, moved.after) == (bob, "chris.ce@example.com", "carol.ce@example.com")
+    deliver()
+    assert listed(fake_slack, CHRIS) == [] and listed(fake_slack, CAROL) == [bob]
 
 
 def test_a_button_pressed_in_the_home_tab_takes_its_step_and_the_tab_follows(client, runtime, clock, fake_slack,

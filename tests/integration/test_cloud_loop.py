@@ -8,8 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
-from tests.support.signed import FIXTURE_REPO, issue_closed, issue_comment, post_webhook, signing_settings
+from tests.support.signed import issue_closed, issue_comment, post_webhook, signing_settings
 from trialflow.api.app import create_app
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
@@ -21,12 +20,6 @@ from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
 from trialflow.services.trials import Command, run
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -301,8 +301,9 @@ def test_redis_without_a_worker(redis_url, sqlite, config_dir):
 
 def test_nothing_configured_is_said_plainly_and_is_no_failure(sqlite, config_dir):
     findings = doctor.run(make_settings(sqlite, config_dir))
-    assert [f.system for f in findings] == ["database", "broker", "slack", "github", "smtp", "instances"]
-    assert [f.ok for f in findings] == [True, None, None, None, None, None]
+    assert [f.system for f in findings] == ["database", "broker", "slack", "github", "smtp", "instances",
+                                            "salesforce"]
+    assert [f.ok for f in findings] == [True, None, None, None, None, None, None]
 
 
 def test_one_system_s_surprise_does_not_hide_the_others(sqlite, config_dir):
@@ -316,9 +317,11 @@ def test_one_system_s_surprise_does_not_hide_the_others(sqlite, config_dir):
 @pytest.mark.redis
 @pytest.mark.celery
 def test_a_team_deployment_as_the_readme_says_is_all_green(tmp_path, redis_url, fake_slack, fake_github,
-                                                           fake_sourcegraph, config_dir):
+                                                           fake_sourcegraph, fake_salesforce, salesforce_key,
+                                                           config_dir):
     """Migrations and reference data, a worker on Redis, the Slack app from the manifest, the GitHub
-    webhook, SMTP with STARTTLS and a login, the instance automation account: `trialflow doctor`."""
+    webhook, SMTP with STARTTLS and a login, the instance automation account, Salesforce's connected
+    app: `trialflow doctor`."""
     fake_github.permissions["admin"] = True
     fake_github.add_hook(PUBLIC_URL + "/github/webhooks")
     with SmtpServer(starttls=True, credentials=("trialflow", "mail-pass-0042"), cert_dir=tmp_path) as smtp:
@@ -326,9 +329,11 @@ def test_a_team_deployment_as_the_readme_says_is_all_green(tmp_path, redis_url, 
                         config_dir=str(config_dir), data_dir=str(tmp_path / "data"), public_url=PUBLIC_URL,
                         github_webhook_secret=HOOK_SECRET, smtp_url=smtp.url, slack_signing_secret=SIGNING_SECRET,
                         **fake_slack.settings(),
-                        **fake_github.settings(), **fake_sourcegraph.settings())
+                        **fake_github.settings(), **fake_sourcegraph.settings(),
+                        **{k: str(v) for k, v in fake_salesforce.settings(salesforce_key).items()})
         env = trialflow_env(**settings)
         env["SSL_CERT_FILE"] = str(smtp.ca_file)
+        env["REQUESTS_CA_BUNDLE"] = str(fake_salesforce.ca_bundle)
         # `trialflow migrate` and `trialflow config load`, in this process (their CLI has its own tests).
         load_config(settings["database_url"], config_dir)
         worker = TrialflowProcess(["worker", "--name", "doctor"], env, tmp_path / "worker.log").start()
@@ -343,5 +348,5 @@ def test_a_team_deployment_as_the_readme_says_is_all_green(tmp_path, redis_url, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line.split()[:2] for line in checked if line] == [
         ["ok", "database"], ["ok", "broker"], ["ok", "worker"], ["ok", "slack"], ["ok", "slack"], ["ok", "slack"],
-        ["ok", "github"], ["ok", "github"], ["ok", "smtp"], ["ok", "instances"]]
+        ["ok", "github"], ["ok", "github"], ["ok", "smtp"], ["ok", "instances"], ["ok", "salesforce"]]
     assert done.stdout.strip().endswith("all configured systems answer as trialflow needs")

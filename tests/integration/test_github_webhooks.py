@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import LOOPBACK_CLIENT, make_settings
-from tests.support.fake_github import FakeGitHub
 from tests.support.signed import (
     FIXTURE_REPO,
     comment_as,
@@ -28,13 +27,6 @@ from trialflow.delivery.github import GitHubTransport
 from trialflow.runtime import Runtime
 from trialflow.services.directory import Directory
 from trialflow.services.trials import Command, run
-
-
-@pytest.fixture
-def github():
-    """The cloud team's repository: trialflow files its instance requests here and reads comments back."""
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
 
 
 @pytest.fixture

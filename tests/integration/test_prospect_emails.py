@@ -8,13 +8,14 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.support.config import ACCOUNTS, write_config
+from tests.support.config import ACCOUNTS, STAFF, write_config
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport
 from trialflow.services.activity import ActivityReport, record_activity
 from trialflow.services.directory import Directory
+from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
 from trialflow.services.trials import Command, run
@@ -151,6 +152,37 @@ def test_an_unused_trial_gets_the_three_tips_no_check_in_and_a_feedback_link_whe
     assert FEEDBACK in ended
     assert "How is your Sourcegraph trial going?" not in subjects(smtp_server, "gina@globex.com")
     assert not [s for s in subjects(smtp_server, "gina@globex.com") if "reviewed on" in s], "it ended before day 12"
+
+
+def away(rt, config_dir, until: str, backup: str = "") -> None:
+    """staff.csv says Carol (the acme-corp CE) is away through ``until``, covered by ``backup``."""
+    lines = STAFF.strip().splitlines()
+    rows = [lines[0] + ",away_until,backup"] + [
+        line + (f",{until},{backup}" if line.startswith(CE) else ",,") for line in lines[1:]]
+    (config_dir / "staff.csv").write_text("\n".join(rows) + "\n")
+    load_reference_data(rt.session_factory, config_dir, rt.clock.now())
+
+
+def test_while_the_ce_is_away_the_prospect_hears_from_their_backup_else_from_the_trials_ae(
+        runtime, clock, smtp_server, deliver, config_dir):
+    away(runtime, config_dir, "2026-01-06", backup="chris.ce@example.com")
+    signup(runtime, "bob@acme-corp.com")
+    deliver()
+    [started] = [m for m in smtp_server.to("bob@acme-corp.com") if m["Subject"] != PENDING]
+    assert (started["From"], started["Reply-To"], started["Cc"]) == ("chris.ce@example.com", "chris.ce@example.com", AE)
+    assert started.get_content().rstrip().endswith("Chris CE") and "Carol CE" not in started.get_content()
+
+    away(runtime, config_dir, "2026-01-06")                  # no backup: the trial's AE, not copied to themself
+    tick(runtime, deliver, clock, days=1, minutes=1)         # day 1 (6 January): the first tip
+    tip = smtp_server.to("bob@acme-corp.com")[-1]
+    assert tip["Subject"].endswith("connect your code")
+    assert (tip["From"], tip["Reply-To"], tip["Cc"]) == (AE, AE, None)
+    assert tip.get_content().rstrip().endswith("Alice AE")
+
+    tick(runtime, deliver, clock, days=2)                    # day 3 (8 January): Carol is back
+    tip = smtp_server.to("bob@acme-corp.com")[-1]
+    assert tip["Subject"].endswith("three searches worth trying")
+    assert (tip["From"], tip["Cc"]) == (CE, AE) and tip.get_content().rstrip().endswith("Carol CE")
 
 
 def test_an_account_can_turn_the_emails_off_and_the_config_directory_can_reword_them(

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import make_settings
-from tests.support.fake_github import FakeGitHub
 from tests.support.outbox import enqueue_effect
-from tests.support.signed import FIXTURE_REPO, issue_closed, post_webhook, signing_settings
+from tests.support.signed import issue_closed, post_webhook, signing_settings
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
@@ -27,11 +26,6 @@ from trialflow.services.trials import Command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.integration.test_sweep import act, effects, history, pending_timers
 from tests.support.block_kit import assert_valid_message
-from tests.support.fake_github import FakeGitHub
 from tests.support.processes import trialflow_env
-from tests.support.signed import FIXTURE_REPO
 from trialflow.clock import ManualClock
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
@@ -43,11 +41,6 @@ def paris(day: int, hour: int, minute: int = 0) -> datetime:
 def clock() -> ManualClock:
     return ManualClock(FRIDAY_2PM)
 
-
-@pytest.fixture
-def github():
-    with FakeGitHub(repo=FIXTURE_REPO) as fake:
-        yield fake
 
 
 @pytest.fixture

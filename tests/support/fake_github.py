@@ -402,6 +402,16 @@ def fake_github():
         yield github
 
 
+@pytest.fixture
+def github():
+    """A running FakeGitHub on the repository the fixtures' webhook payloads name (FIXTURE_REPO),
+    so signed webhooks from ``tests/support/signed.py`` reach the issues trialflow opened."""
+    from tests.support.signed import FIXTURE_REPO
+
+    with FakeGitHub(repo=FIXTURE_REPO) as fake:
+        yield fake
+
+
 if __name__ == "__main__":
     import argparse
 

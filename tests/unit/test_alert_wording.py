@@ -21,6 +21,9 @@ class People:
     def by_email(self, email):
         return None
 
+    def acting_for(self, email, today, fallback=None):
+        return email or fallback       # nobody here is away
+
     def mention(self, email):
         return f"<@{self.slack[email]}>" if email in self.slack else (email or "_unassigned_")
 

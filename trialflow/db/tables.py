@@ -103,6 +103,8 @@ accounts = Table(
     Column("owner_ce", String(254)),
     # Case 1 on a trial instance: a colleague's signup gets them an account (false: their admin is asked).
     Column("auto_add_colleagues", Boolean, nullable=False, default=True, server_default="1"),
+    # The account's id in the CRM (Salesforce), when it was read from there: its Opportunities point at it.
+    Column("crm_account_id", String(18)),
     # The prospect's lifecycle and onboarding emails (services.prospect_policies); false: none are sent.
     Column("prospect_emails", Boolean, nullable=False, default=True, server_default="1"),
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from trialflow.crm import crm_for
+from trialflow.delivery.crm import CrmTransport, OpportunityFacts
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport
 from trialflow.delivery.github import GitHubTransport
@@ -13,10 +15,12 @@ from trialflow.delivery.sourcegraph import SourcegraphAdmin
 
 
 def build_transports(settings, facts: InstanceFacts | None = None, now: Callable[[], datetime] | None = None,
-                     homes: HomeViews | None = None) -> dict:
+                     homes: HomeViews | None = None, opportunities: OpportunityFacts | None = None) -> dict:
     """``facts`` and ``now``: where the instance transport records what instances answer, and the
     clock (``services.instance_sync.InstanceRecorder``); without them there is no instance transport.
-    ``homes``: the App Home views Slack publishes (``services.app_home.HomeViews``)."""
+    ``homes``: the App Home views Slack publishes (``services.app_home.HomeViews``).
+    ``opportunities``: where the CRM transport records the Opportunity's id
+    (``services.opportunities.OpportunityRecorder``); without it there is no CRM transport."""
     transports: dict = {}
     if settings.slack_bot_token is not None:
         transports["slack"] = SlackTransport(settings, homes=homes)
@@ -34,4 +38,6 @@ def build_transports(settings, facts: InstanceFacts | None = None, now: Callable
         # With no token for a host its effects are never decided (the policies take the manual
         # path), so the adapter only meets hosts it may administer.
         transports["instance"] = InstanceTransport(SourcegraphAdmin(settings), transports["email"], facts, now)
+    if opportunities is not None:
+        transports["crm"] = CrmTransport(crm_for(settings), opportunities)
     return transports

@@ -13,9 +13,11 @@ from trialflow.delivery.github import issue_states
 from trialflow.delivery.relay import InProcessRelay
 from trialflow.delivery.sourcegraph import SourcegraphAdmin
 from trialflow.delivery.transports import build_transports
-from trialflow.services import reconcile
+from trialflow.errors import ConfigError, DeliveryError
+from trialflow.services import crm_accounts, reconcile, reference
 from trialflow.services.app_home import HomeViews
 from trialflow.services.instance_sync import InstanceRecorder
+from trialflow.services.opportunities import OpportunityRecorder
 from trialflow.services.sweep import sweep
 
 log = logging.getLogger("trialflow.delivery")
@@ -23,7 +25,8 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 def build_deliverer(rt, transports=None, lease_seconds: float | None = None) -> Deliverer:
-    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now, HomeViews(rt)),
+    return Deliverer(rt, transports or build_transports(rt.settings, InstanceRecorder(rt), rt.clock.now, HomeViews(rt),
+                                                        OpportunityRecorder(rt)),
                      lease_seconds=lease_seconds or rt.settings.delivery_lease_seconds)
 
 
@@ -44,6 +47,16 @@ def reconcile_daily(rt) -> None:
         reconcile.post_daily(rt, run_reconcile(rt))
 
 
+def refresh_crm_accounts(rt) -> reference.LoadReport | None:
+    """The accounts from Salesforce when an hour has passed (serve's loop and Celery beat). A failed
+    read changes nothing and is tried again at the next tick."""
+    try:
+        return crm_accounts.refresh_accounts(rt)
+    except (DeliveryError, ConfigError) as exc:
+        log.warning("accounts could not be read from Salesforce: %s", exc)
+        return None
+
+
 def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..., None] | None = None):
     """Start delivery for ``trialflow serve``; returns a function that stops it.
 
@@ -61,6 +74,13 @@ def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..
 
     last = {"at": 0.0}
     reconciling = threading.Event()
+    reading_accounts = threading.Event()
+
+    def accounts_in_background() -> None:
+        try:
+            refresh_crm_accounts(rt)
+        finally:
+            reading_accounts.clear()
 
     def reconcile_in_background() -> None:
         try:
@@ -80,6 +100,9 @@ def start_delivery(rt, with_scheduler: bool = True, send_to_workers: Callable[..
                 # Its probes may take a while: never in the way of delivery.
                 reconciling.set()
                 threading.Thread(target=reconcile_in_background, name="reconcile", daemon=True).start()
+            if rt.settings.salesforce_configured and not reading_accounts.is_set():
+                reading_accounts.set()
+                threading.Thread(target=accounts_in_background, name="crm-accounts", daemon=True).start()
 
     relay = InProcessRelay(build_deliverer(rt), rt.settings.relay_interval_seconds, on_tick=tick)
     rt.wake = relay.wake

@@ -19,11 +19,12 @@ from trialflow.db import tables
 from trialflow.db.sql import insert_ignore
 from trialflow.domain import lifecycle as lc
 from trialflow.domain.normalize import normalize_domain
+from trialflow.domain.trial import Trial
 from trialflow.errors import InvalidSignup, NotFound
 from trialflow.scoring import grade_trials
-from trialflow.services import prospect_policies
+from trialflow.services import opportunity_policies, prospect_policies
 from trialflow.services.timers import used_since_start
-from trialflow.services.uow import App
+from trialflow.services.uow import App, UnitOfWork
 
 COUNTERS = ("active_users", "searches", "code_intel_actions", "repositories")
 # Counters that mean someone used the instance; repositories alone (a sync) does not.
@@ -82,6 +83,14 @@ def trial_for_host(session: Session, host: str) -> tuple[bool, str | None]:
     return owner is not None or trial_id is not None, trial_id
 
 
+def _tell_the_opportunity(uow: UnitOfWork, rt: App, trial_id: str, report: ActivityReport) -> None:
+    """A new PQL grade, or the first use: the trial's Opportunity (if any) is updated."""
+    trial = uow.session.get(Trial, trial_id)
+    if trial is not None:
+        uow.session.refresh(trial)  # the grade and activity were just written with Core statements
+        uow.persist(opportunity_policies.grade_changed(rt.settings, trial, rt.clock.now(), report.at))
+
+
 def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str, Any]:
     try:
         host = normalize_domain(raw_host)
@@ -94,6 +103,7 @@ def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str,
             raise NotFound(f"No instance {host} is known to trialflow.")
         recorded = insert_ignore(session, tables.instance_activity, {
             "host": host, "trial_id": trial_id, "at": report.at, **{n: getattr(report, n) for n in COUNTERS}})
+        activated = False
         if recorded and trial_id and report.shows_use:
             t = tables.trials
             before = session.execute(select(t.c.state, t.c.started_at, t.c.last_activity_at)
@@ -103,13 +113,16 @@ def record_activity(rt: App, raw_host: str, report: ActivityReport) -> dict[str,
                     and used_since_start(before.started_at, report.at):
                 # The instance's first use since the start: the prospect's check-ins may begin.
                 uow.persist(prospect_policies.first_use(trial_id, rt.clock.now()))
+            activated = before is not None and before.last_activity_at is None
             # Forward only: a late report for an earlier moment never moves activity back.
             session.execute(update(t).where(t.c.id == trial_id, or_(t.c.last_activity_at.is_(None),
                                                                     t.c.last_activity_at < report.at))
                             .values(last_activity_at=report.at))
         if recorded and trial_id:
             # Grade now, not at the next sweep: the triage queue and the dashboard read it.
-            grade_trials(session, rt.clock.now(), config_dir=rt.settings.config_dir, trial_ids=[trial_id])
+            graded = grade_trials(session, rt.clock.now(), config_dir=rt.settings.config_dir, trial_ids=[trial_id])
+            if graded.changed or activated:
+                _tell_the_opportunity(uow, rt, trial_id, report)
         last = session.scalar(select(tables.trials.c.last_activity_at).where(tables.trials.c.id == trial_id)) \
             if trial_id else None
         uow.commit()

@@ -123,7 +123,9 @@ def home_view(session: Session, person: Person) -> dict[str, Any]:
 
 class HomeViews:
     """What ``delivery.slack`` publishes for a ``slack.home`` effect: (Slack user id, view) for each
-    person it names (by email, by Slack user id, or every active SDR for the triage queue)."""
+    person it names (by email, by Slack user id, or every active SDR for the triage queue). Those a
+    reassignment ``replaced`` get theirs even when no longer active (the reason they were replaced):
+    otherwise their tab keeps listing trials that are not theirs."""
 
     def __init__(self, rt: App):
         self.rt = rt
@@ -137,10 +139,12 @@ class HomeViews:
             if payload.get("triage"):
                 found += [Person(**row._mapping) for row in session.execute(
                     select(tables.staff).where(s.role.in_(sorted(SDR_ROLES)), s.active.is_(True)))]
+            found = [p for p in found if p is not None and p.active]
+            found += [people.by_email(email) for email in payload.get("replaced") or []]
             seen: set[str] = set()
             views = []
             for person in found:
-                if person is None or not person.active or not person.slack_user_id or person.slack_user_id in seen:
+                if person is None or not person.slack_user_id or person.slack_user_id in seen:
                     continue
                 seen.add(person.slack_user_id)
                 views.append((person.slack_user_id, home_view(session, person)))

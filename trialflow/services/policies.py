@@ -20,6 +20,7 @@ from trialflow.domain.trial import CASE_NAMED, SYSTEM, Event, PlainTrial
 from trialflow.inert import code_span
 from trialflow.services import fit as limits
 from trialflow.services import instance_policies as instances
+from trialflow.services import opportunity_policies as opportunity
 from trialflow.services import prospect_policies as prospect
 from trialflow.services import slack_blocks as sb
 from trialflow.services.calendar import calendar_for
@@ -95,7 +96,7 @@ class Context:
         """The prospect's emails for this event, unless their account turned them off."""
         lookup = getattr(self.people, "prospect_emails_on", None)
         on = lookup(fx.trial.domain) if lookup is not None else True
-        return prospect.Prospect(fx, self.people, fx.trial, on)
+        return prospect.Prospect(fx, self.people, fx.trial, on, self.calendar.today(fx.event.at))
 
 
 class _Effects:
@@ -227,14 +228,17 @@ def decide(trial: PlainTrial, ctx: Context) -> Decisions:
 
 
 def _refresh_homes(fx: _Effects, trial: PlainTrial, event: Event) -> None:
-    """The App Home tabs this step changes (``services.app_home``): its people's, and every SDR's
-    when a lead enters or leaves triage. The prospect's emails change nothing they show."""
+    """The App Home tabs this step changes (``services.app_home``): its people's, those it replaced
+    (a reassignment takes the trial off their tab), and every SDR's when a lead enters or leaves
+    triage. The prospect's emails change nothing they show."""
     if event.trigger in PROSPECT_STEPS:
         return
     people = sorted({p for p in (trial.sdr, trial.ae, trial.ce) if p})
+    replaced = sorted(set(event.detail.get("replaced", {}).values()) - set(people))
     triage = lc.TRIAGE in (event.from_state, event.to_state)
-    if people or triage:
-        fx.add("home", "slack.home", {"people": people, **({"triage": True} if triage else {})})
+    if people or replaced or triage:
+        fx.add("home", "slack.home", {"people": people, **({"replaced": replaced} if replaced else {}),
+                                      **({"triage": True} if triage else {})})
 
 
 PROSPECT_STEPS = frozenset({lc.TELL_DEADLINE, lc.SEND_ONBOARDING_TIP, lc.CHECK_IN})
@@ -259,6 +263,7 @@ def _on_wait(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> Non
         fx.update_alert(sb.mrkdwn(text + " Qualified by {sdr}.", lead=lead(trial), sdr=ctx.people.mention(trial.sdr)),
                         *routing_text(event))
         fx.out.cancel(trial.id, lc.TRIAGE_REMINDER, lc.TRIAGE_ESCALATION)
+        opportunity.upsert(fx, ctx.settings, trial, event.at, always=bool(event.detail.get("qualified")))
     else:
         fx.alert(sb.mrkdwn(text, lead=lead(trial)), sb.context(score(trial)))
 
@@ -349,6 +354,7 @@ def _on_disqualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) 
 
 def _on_qualify(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
     _instance_requested(fx, ctx, trial, ctx.people.mention(trial.sdr))
+    opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)
 
 
 def _on_request_instance(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -380,9 +386,17 @@ def _on_hand_off(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
     fx.out.cancel(trial.id, lc.HAND_OFF_REMINDER, lc.HAND_OFF_ESCALATION)
     _start_clock(fx, trial, event.at)
     prospect.started(ctx.prospect(fx), event.at)
+    opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
 def _on_convert_to_opp(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
+    if ctx.settings.salesforce_configured:
+        # The id is Salesforce's to give: its link follows in this channel once the upsert answers.
+        opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)
+        fx.to_account_channel("opp", sb.mrkdwn(":briefcase: Converted to Opp: the Opportunity for {account} is being "
+                                               "written to Salesforce. {who}", account=Data(account_of(trial)),
+                                               who=who(ctx.people, trial)))
+        return
     opp = event.detail.get("opportunity_id") or trial.opportunity_id or "n/a"
     fx.to_account_channel("opp", sb.mrkdwn(":briefcase: Opportunity {opp} created for {account}. {who}", opp=Data(opp),
                                            account=Data(account_of(trial)), who=who(ctx.people, trial)))
@@ -395,6 +409,7 @@ def _on_reassign(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) ->
                                                   why=Fitted(" ({reason})", {"reason": Data(reason)}) if reason else ""),
                           *routing_text(event))
     fx.channel()
+    opportunity.upsert(fx, ctx.settings, trial, event.at)  # the AE owns the Opportunity
 
 
 def _on_domain_change(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -456,6 +471,7 @@ def _on_extend(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> N
     fx.out.cancel(trial.id, lc.TERMINATION_HEADS_UP, lc.DAY15_REVIEW, lc.DAY30_ESCALATION)
     fx.out.schedule(trial.id, lc.DAY30_DECISION, until, event.at)
     prospect.extended(ctx.prospect(fx), event, until)
+    opportunity.upsert(fx, ctx.settings, trial, event.at)
 
 
 def _on_remind_decision(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -480,6 +496,7 @@ def _on_convert(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> 
     fx.update_alert(sb.mrkdwn(":tada: {lead}: converted.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
     prospect.converted(ctx.prospect(fx))
+    opportunity.upsert(fx, ctx.settings, trial, event.at, always=True)  # a won deal belongs in Salesforce
 
 
 def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -> None:
@@ -508,6 +525,7 @@ def _on_terminate(fx: _Effects, ctx: Context, trial: PlainTrial, event: Event) -
     fx.update_alert(sb.mrkdwn(":wastebasket: {lead}: terminated.", lead=lead(trial)))
     fx.out.cancel(trial.id, *TIMER_KINDS)
     prospect.ended(ctx.prospect(fx), event, ctx.settings.feedback_url or f"mailto:{ctx.settings.feedback_sender}")
+    opportunity.upsert(fx, ctx.settings, trial, event.at, reason=reason or "no reason given")
     if trial.instance_host:
         fx.out.release_instance(trial.instance_host)
 

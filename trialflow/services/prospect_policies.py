@@ -11,7 +11,7 @@ accounts.csv gets none of these (the timers still run; nothing is sent).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from trialflow.domain import lifecycle as lc
@@ -36,6 +36,8 @@ TEMPLATES = ("trial_started", "trial_review_notice", "trial_ending_notice", "tri
 class People(Protocol):
     def by_email(self, email: str | None) -> Any: ...
 
+    def acting_for(self, email: str | None, today: date, fallback: str | None = None) -> str | None: ...
+
 
 class Effects(Protocol):
     out: Decisions
@@ -46,24 +48,28 @@ class Effects(Protocol):
 
 
 class Prospect:
-    """The emails of one event to its trial's prospect; ``on``: the account lets trialflow email them."""
+    """The emails of one event to its trial's prospect; ``on``: the account lets trialflow email them.
+    They come from the CE, or while the CE is away from whoever acts for them (their backup, else the
+    trial's AE: the same rule as the CE's prompts), signed by that person; ``today``: the event's day."""
 
-    def __init__(self, fx: Effects, people: People, trial: PlainTrial, on: bool):
+    def __init__(self, fx: Effects, people: People, trial: PlainTrial, on: bool, today: date):
         self.fx = fx
         self.people = people
         self.trial = trial
         self.on = on
+        self.today = today
 
     def send(self, slot: str, template: str, **context: Any) -> None:
         if not self.on:
             return
         trial = self.trial
-        ce = self.people.by_email(trial.ce)
+        sender = self.people.acting_for(trial.ce, self.today, fallback=trial.ae) if trial.ce else None
+        ce = self.people.by_email(sender)
         ae = self.people.by_email(trial.ae)
-        self.fx.email(f"prospect-{slot}", template, trial.email, cc=[trial.ae], sender=trial.ce or None,
-                      name=trial.name or "", account=account_of(trial), instance_url=trial.instance_url or "",
-                      ce_name=ce.name if ce else "", ce_email=trial.ce or "", ae_name=ae.name if ae else "",
-                      **context)
+        self.fx.email(f"prospect-{slot}", template, trial.email, cc=[trial.ae if trial.ae != sender else None],
+                      sender=sender, name=trial.name or "", account=account_of(trial),
+                      instance_url=trial.instance_url or "", ce_name=ce.name if ce else "", ce_email=sender or "",
+                      ae_name=ae.name if ae else "", **context)
 
 
 def _day(at: datetime) -> str:

@@ -42,6 +42,10 @@ class LoadReport:
     instances: int = 0
     pool_added: int = 0
     warnings: list[str] = field(default_factory=list)
+    # What this load changed in accounts, by domain (``config load`` prints the counts).
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
     away_kept: list[str] = field(default_factory=list)  # away set with /trial away, not in the file
 
 
@@ -204,11 +208,51 @@ def _count_lines(path: Path) -> int:
         return max(sum(1 for _ in fh) - 1, 0)
 
 
-def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path, now: datetime, progress: Progress | None = None) -> LoadReport:
+_ACCOUNT_FIELDS = ("account_name", "prequalified", "named_account", "named_sdr", "owner_ae", "owner_ce",
+                   "auto_add_colleagues", "crm_account_id")
+
+
+def replace_accounts(session: Session, accounts: list[dict[str, Any]], report: LoadReport,
+                     progress: Progress | None = None, source: str = "accounts.csv") -> None:
+    """Replace the accounts wholesale, in the caller's transaction, noting what was added, removed
+    and changed. Trials and domain claims are not touched: an account that is no longer
+    pre-qualified keeps its live trials and its instance."""
+    rows = [{"crm_account_id": None, **a} for a in accounts]
+    before = {r.domain: r._asdict() for r in session.execute(select(tables.accounts))}
+    after = {r["domain"]: r for r in rows}
+    report.added = sorted(after.keys() - before.keys())
+    report.removed = sorted(before.keys() - after.keys())
+    report.changed = sorted(d for d in after.keys() & before.keys()
+                            if any(before[d].get(f) != after[d].get(f) for f in _ACCOUNT_FIELDS))
+    session.execute(delete(tables.accounts))
+    batch = 5000
+    for i in range(0, len(rows), batch):
+        session.execute(insert(tables.accounts), rows[i:i + batch])
+        if progress:
+            progress(f"{source}: written", min(i + batch, len(rows)), len(rows))
+
+
+def load_accounts(session_factory: sessionmaker[Session], accounts: list[dict[str, Any]], source: str,
+                  progress: Progress | None = None) -> LoadReport:
+    """Accounts only (read from the CRM on the schedule), all or nothing."""
+    report = LoadReport(accounts=len(accounts))
+    with session_factory() as session, session.begin():
+        replace_accounts(session, accounts, report, progress, source)
+    return report
+
+
+def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path, now: datetime,
+                        progress: Progress | None = None, accounts: list[dict[str, Any]] | None = None,
+                        accounts_source: str = "accounts.csv", keep_accounts: bool = False) -> LoadReport:
+    """``accounts``: already read from elsewhere (the CRM) instead of accounts.csv. ``keep_accounts``:
+    the accounts stay as they are (they come from the CRM, on its own schedule)."""
     config_dir = Path(config_dir)
-    accounts_path = config_dir / "accounts.csv"
-    total = _count_lines(accounts_path) if accounts_path.exists() else 0
-    accounts = parse_accounts(accounts_path, progress, total)
+    if keep_accounts:
+        accounts = []
+    elif accounts is None:
+        accounts_path = config_dir / "accounts.csv"
+        total = _count_lines(accounts_path) if accounts_path.exists() else 0
+        accounts = parse_accounts(accounts_path, progress, total)
     staff = parse_staff(config_dir / "staff.csv")
     instances = parse_instances(config_dir / "instances.csv")
     report = LoadReport(accounts=len(accounts), staff=len(staff), instances=len(instances))
@@ -216,16 +260,12 @@ def load_reference_data(session_factory: sessionmaker[Session], config_dir: Path
     for a in accounts[:100000]:
         for col in ("named_sdr", "owner_ae", "owner_ce"):
             if a[col] and a[col] not in known:
-                report.warnings.append(f"accounts.csv: {a['domain']}: {col} {a[col]} is not in staff.csv")
+                report.warnings.append(f"{accounts_source}: {a['domain']}: {col} {a[col]} is not in staff.csv")
     del report.warnings[50:]
 
     with session_factory() as session, session.begin():
-        session.execute(delete(tables.accounts))
-        batch = 5000
-        for i in range(0, len(accounts), batch):
-            session.execute(insert(tables.accounts), accounts[i:i + batch])
-            if progress:
-                progress("accounts.csv: written", min(i + batch, len(accounts)), len(accounts))
+        if not keep_accounts:
+            replace_accounts(session, accounts, report, progress, accounts_source)
         # /trial away is kept unless the file says otherwise (a blank cell is not "back").
         # (An absence already over is not carried: there is nothing left to keep.)
         away = dict(session.execute(select(tables.staff.c.email, tables.staff.c.away_until)

@@ -122,7 +122,7 @@ def _open_modal(rt: App, web: SlackWeb, name: str, trial_id: str, user_id: str, 
             uow.commit()
             return ephemeral(f":warning: Cannot qualify {esc(trial.email)}: {NO_CE}. Add one (role `ce`, active "
                              "`true`) and press Qualify again. Nothing was changed.", response_url)
-        view = build_modal(session, name, trial, response_url)
+        view = build_modal(session, name, trial, response_url, rt.settings.salesforce_configured)
         uow.commit()
     if not trigger_id:
         return ephemeral(":warning: Slack sent no trigger id, so the form cannot be opened. Please try again.", response_url)

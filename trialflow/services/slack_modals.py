@@ -71,17 +71,23 @@ def _select(options: list[dict[str, Any]], initial: str | None = None, placehold
     return element
 
 
-def build_modal(session: Session, name: str, trial: Trial, response_url: str | None) -> dict[str, Any]:
-    """The form behind a button. ``callback_id`` says which step; ``private_metadata`` which trial."""
+def build_modal(session: Session, name: str, trial: Trial, response_url: str | None,
+                salesforce: bool = False) -> dict[str, Any]:
+    """The form behind a button. ``callback_id`` says which step; ``private_metadata`` which trial.
+    ``salesforce``: the Opportunity is Salesforce's to create, so nobody types its id."""
     lead = sb.mrkdwn("*{name}* {email} · {account}", name=Data(trial.name or trial.email), email=esc(trial.email),
                      account=Data(trial.account_name or trial.domain, keep_end=True))
     score = f"MQL {trial.mql_points or 0} pts · PQL grade {trial.pql_grade or '-'}"
     blocks: list[dict[str, Any]] = [sb.section(lead), sb.context(score)]
     if name == lc.QUALIFY:
         title, submit = "Qualify lead", "Qualify"
-        blocks.append(_input("opportunity_id", "Salesforce opportunity id",
-                             {"type": "plain_text_input", "max_length": OPPORTUNITY_MAX},
-                             optional=True, hint="Converting to Opp is part of qualifying; leave empty if it is not created yet."))
+        if salesforce:
+            blocks.append(sb.context("Converting to Opp is part of qualifying: trialflow creates the Opportunity in "
+                                     "Salesforce and posts its link in the account channel."))
+        else:
+            blocks.append(_input("opportunity_id", "Salesforce opportunity id",
+                                 {"type": "plain_text_input", "max_length": OPPORTUNITY_MAX}, optional=True,
+                                 hint="Converting to Opp is part of qualifying; leave empty if it is not created yet."))
         blocks.append(sb.context("Qualifying assigns an AE and a CE by round robin, creates the account channel, "
                                  "raises the instance request with the CE's email, and sends the welcome email."))
     elif name == lc.DISQUALIFY:

@@ -172,6 +172,7 @@ def _convert_to_opp(uow: UnitOfWork, settings: Settings, now: datetime, trial: T
 
 def _reassign(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
     people = Directory(uow.session)
+    before = {"ae": trial.ae, "ce": trial.ce}
     for role in ("ae", "ce"):
         wanted = cmd.detail.get(role)
         if wanted == "next":
@@ -182,7 +183,10 @@ def _reassign(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, 
                 raise InvalidSignup(f"{wanted} is not an active {role.upper()} in staff.csv", role)
             setattr(trial, role, person.email)
     reason = {"reason": cmd.detail["reason"]} if cmd.detail.get("reason") else {}
-    trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce, **reason)
+    # Who was replaced: their Home tab no longer lists the trial (``policies._refresh_homes``).
+    replaced = {role: email for role, email in before.items() if email and email != getattr(trial, role)}
+    trial.fire(lc.REASSIGN, actor=cmd.actor, at=now, ae=trial.ae, ce=trial.ce, **reason,
+               **({"replaced": replaced} if replaced else {}))
 
 
 def _mark_ready(uow: UnitOfWork, settings: Settings, now: datetime, trial: Trial, cmd: Command) -> None:
