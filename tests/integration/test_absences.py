@@ -18,6 +18,7 @@ from tests.support.block_kit import assert_valid_message
 from tests.support.config import STAFF, write_config
 from tests.support.processes import trialflow_env
 from tests.support.signed import post_command, signing_settings, slash_command
+from tests.support.steps import signup
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
 from trialflow.errors import NotAllowed
@@ -25,7 +26,6 @@ from trialflow.runtime import Runtime
 from trialflow.services.coverage import reassign_from_inactive
 from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
-from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,9 +48,6 @@ def reload(runtime, config_dir, text: str):
     (config_dir / "staff.csv").write_text(text)
     return load_reference_data(runtime.session_factory, config_dir, runtime.clock.now())
 
-
-def signup(rt, email: str) -> str:
-    return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email)).trial_id
 
 
 def people_of(rt, trial_id: str) -> tuple[str | None, str | None]:

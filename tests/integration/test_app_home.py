@@ -11,16 +11,14 @@ from tests.conftest import make_settings
 from tests.support.block_kit import assert_valid_view
 from tests.support.config import ACCOUNTS, STAFF, write_config
 from tests.support.signed import block_action, post_interaction, signing_settings, slack_headers
+from tests.support.steps import act, signup
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.slack import SlackTransport
 from trialflow.services.app_home import HomeViews
 from trialflow.services.coverage import reassign_from_inactive
-from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
-from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.slack_commands import handle_slash_command
-from trialflow.services.trials import Command, run
 
 CAROL, IVY, NINA, ALICE = "U0CE00001", "U0SDR0001", "U0SDR0002", "U0AE00001"
 CHRIS, ADA = "U0CE00002", "U0ADMIN01"
@@ -42,14 +40,6 @@ def deliver(runtime, settings):
                                "email": DryRunTransport("email"), "github": DryRunTransport("github")}).drain_all
 
 
-def signup(rt, email: str) -> str:
-    return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email)).trial_id
-
-
-def act(rt, trial_id: str, trigger: str, slack_id: str, **detail) -> None:
-    with rt.session_factory() as s:
-        person = Directory(s).by_slack_id(slack_id)
-    run(rt, Command(trial_id, trigger, slack_id, person, detail))
 
 
 def home_of(fake_slack, user_id: str) -> dict:

@@ -9,16 +9,15 @@ from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.support.config import ACCOUNTS, STAFF, write_config
+from tests.support.steps import act
 from trialflow.db import tables
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
 from trialflow.delivery.email import EmailTransport
 from trialflow.services.activity import ActivityReport, record_activity
-from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
 from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
-from trialflow.services.trials import Command, run
 
 FEEDBACK = "https://survey.example.com/cloud-trial"
 CE, AE = "carol.ce@example.com", "alice.ae@example.com"
@@ -42,11 +41,6 @@ def deliver(runtime, settings):
 def signup(rt, email: str) -> str:
     return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email, name=NAME)).trial_id
 
-
-def act(rt, trial_id: str, trigger: str, slack_id: str, **detail) -> None:
-    with rt.session_factory() as s:
-        person = Directory(s).by_slack_id(slack_id)
-    run(rt, Command(trial_id, trigger, slack_id, person, detail))
 
 
 def host_of(rt, trial_id: str) -> str:

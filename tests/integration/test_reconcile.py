@@ -13,12 +13,10 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import make_settings
 from tests.support.processes import trialflow_env
+from tests.support.steps import act, signup
 from trialflow.db import tables
 from trialflow.delivery.wiring import run_reconcile
 from trialflow.services import reconcile
-from trialflow.services.directory import Directory
-from trialflow.services.signups import SignupInput, submit_signup
-from trialflow.services.trials import Command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,14 +31,6 @@ def settings(db_url, config_dir, fake_sourcegraph, fake_github):
     return make_settings(db_url, config_dir, **fake_sourcegraph.settings(), **fake_github.settings())
 
 
-def signup(rt, email: str) -> str:
-    return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email)).trial_id
-
-
-def act(rt, trial_id: str, trigger: str, slack_id: str, **detail) -> None:
-    with rt.session_factory() as s:
-        person = Directory(s).by_slack_id(slack_id)
-    run(rt, Command(trial_id, trigger, slack_id, person, detail))
 
 
 def snapshot(rt) -> tuple:

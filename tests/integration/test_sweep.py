@@ -14,28 +14,18 @@ from sqlalchemy import func, insert, select, update
 
 from tests.conftest import make_settings
 from tests.support.processes import trialflow_env
+from tests.support.steps import act, signup
 from trialflow.db import tables
 from trialflow.domain import lifecycle as lc
 from trialflow.metrics import SWEEP_KEY
 from trialflow.runtime import Runtime
 from trialflow.services.activity import ActivityReport, record_activity
-from trialflow.services.directory import Directory
 from trialflow.services.reference import load_reference_data
-from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
-from trialflow.services.trials import Command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def signup(rt, email: str, **extra) -> str:
-    return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email, **extra)).trial_id
-
-
-def act(rt, trial_id: str, trigger: str, slack_id: str, **detail) -> None:
-    with rt.session_factory() as s:
-        person = Directory(s).by_slack_id(slack_id)
-    run(rt, Command(trial_id, trigger, slack_id, person, detail))
 
 
 def used(rt, trial_id: str) -> None:

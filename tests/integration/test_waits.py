@@ -15,6 +15,7 @@ from tests.conftest import make_settings
 from tests.integration.test_sweep import act, effects, history, pending_timers
 from tests.support.block_kit import assert_valid_message
 from tests.support.processes import trialflow_env
+from tests.support.steps import signup
 from trialflow.clock import ManualClock
 from trialflow.delivery.core import Deliverer
 from trialflow.delivery.dryrun import DryRunTransport
@@ -22,7 +23,6 @@ from trialflow.delivery.github import GitHubTransport
 from trialflow.domain import lifecycle as lc
 from trialflow.runtime import Runtime
 from trialflow.services.reference import load_reference_data
-from trialflow.services.signups import SignupInput, submit_signup
 from trialflow.services.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,9 +48,6 @@ def settings(db_url, config_dir, github):
     (config_dir / "holidays.csv").write_text(HOLIDAYS)
     return make_settings(db_url, config_dir, business_timezone=PARIS, **github.settings())
 
-
-def signup(rt, email: str) -> str:
-    return submit_signup(rt.uow, rt.settings, rt.clock, SignupInput(email=email)).trial_id
 
 
 def at(rt, clock, when: datetime):
