@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -45,6 +46,20 @@ def _where(loc: tuple[Any, ...] | list[Any], what: str | None) -> tuple[str, str
     if what is not None:
         return name, f"{what}'s {name}" if name else what
     return name, f"{kind} {name}".strip()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def document_as(model: type[M], document: Any, what: str) -> M | JSONResponse:
+    """``document`` (parsed JSON) read as ``model``, or the 400 answer that says what is wrong with it."""
+    if not isinstance(document, dict):
+        return error(400, f"{what} must be a JSON object.")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        message, field = validation_message(exc.errors(), what)
+        return error(400, message, field=field)
 
 
 def validation_message(errors: Sequence[Any], what: str | None = None) -> tuple[str, str | None]:

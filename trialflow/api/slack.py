@@ -11,12 +11,11 @@ import logging
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from trialflow.api import docs
 from trialflow.api.common import RT, error, parse_form, parse_json, read_body
-from trialflow.api.errors import validation_message
+from trialflow.api.errors import document_as
 from trialflow.api.schemas import InteractionForm, SlackAnswer, SlackEvent, SlackEventAnswer, SlashCommandForm
 from trialflow.delivery.slack import slack_web
 from trialflow.services.app_home import home_opened
@@ -82,14 +81,9 @@ async def slack_interactions(request: Request, rt: RT, background: BackgroundTas
     raw = parse_form(body).get("payload")
     if not raw:
         return error(400, "Expected a form field 'payload' holding the interaction's JSON.")
-    document = parse_json(raw.encode(), "The interaction payload")
-    if not isinstance(document, dict):
-        return error(400, "The interaction payload must be a JSON object.")
-    try:
-        payload = Interaction.model_validate(document)
-    except ValidationError as exc:
-        message, field = validation_message(exc.errors(), "The interaction payload")
-        return error(400, message, field=field)
+    payload = document_as(Interaction, parse_json(raw.encode(), "The interaction payload"), "The interaction payload")
+    if isinstance(payload, Response):
+        return payload
     web = slack_web(rt.settings)
     reply = await run_in_threadpool(handle_interaction, rt, payload, web)
     if reply.notify and reply.response_url:
@@ -121,14 +115,9 @@ async def slack_events(request: Request, rt: RT):
     body = await verified_body(request, rt)
     if isinstance(body, Response):
         return body
-    document = parse_json(body, "The Slack event")
-    if not isinstance(document, dict):
-        return error(400, "The Slack event must be a JSON object.")
-    try:
-        payload = SlackEvent.model_validate(document)
-    except ValidationError as exc:
-        message, field = validation_message(exc.errors(), "The Slack event")
-        return error(400, message, field=field)
+    payload = document_as(SlackEvent, parse_json(body, "The Slack event"), "The Slack event")
+    if isinstance(payload, Response):
+        return payload
     if payload.type == "url_verification":
         return JSONResponse({"challenge": payload.challenge or ""})
     event = payload.event or {}
